@@ -1,0 +1,157 @@
+"""The one answer extractor, shared by filtering, teaching and evaluation.
+
+Whether a mined path, a teacher rationale or a model prediction is correct is
+decided by the same two functions: :func:`extract_answer` and :func:`is_correct`.
+
+Extraction is a named chain, as in lm-evaluation-harness:
+
+1. ``strict``   - the text after the first ``the answer is`` (SERT's target ends
+   ``So the answer is {a}.``; Zero-shot-CoT teachers say ``Therefore, the answer is``).
+2. ``flexible`` - a fallback for outputs without that phrase: the leading yes/no,
+   an option letter or option text, or the last number.
+3. ``None``     - nothing usable (counted wrong, and a format error).
+
+Normalised answers by kind:
+``yesno`` -> ``"yes"``/``"no"``; ``choice`` -> an upper-case letter ``"A"``..;
+``number`` -> a canonical number string (``"1234"``, ``"2.5"``); ``text`` -> lower-case words.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+KINDS = ("yesno", "choice", "number", "text")
+
+# Text a small model produces after its answer that belongs to a new example.
+_CONTINUATION = re.compile(r"\n\s*(Question|Q)\s*:|(?<=[.!?\s])Question\s*:")
+_ANSWER_IS = re.compile(r"the answer is\s*:?\s*", re.IGNORECASE)
+_YES = {"yes", "true", "correct"}
+_NO = {"no", "false", "incorrect"}
+_NUMBER = re.compile(r"-?\$?\s?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+@dataclass(frozen=True)
+class Extraction:
+    answer: str | None
+    method: str | None  # "strict", "flexible" or None
+
+
+def truncate_continuation(text: str) -> str:
+    """Cut a generation where it starts a hallucinated new ``Question:``."""
+    m = _CONTINUATION.search(text)
+    return text[: m.start()] if m else text
+
+
+def normalize_number(s: str) -> str | None:
+    s = s.replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
+    try:
+        x = float(s)
+    except ValueError:
+        return None
+    if math.isnan(x) or math.isinf(x):
+        return None
+    if abs(x - round(x)) < 1e-9:
+        return str(int(round(x)))
+    return f"{x:.6f}".rstrip("0").rstrip(".")
+
+
+def normalize_answer(raw: str, kind: str, choices: Sequence[str] | None = None) -> str | None:
+    """Normalise an answer string (gold or extracted) of the given kind; None if unusable."""
+    if raw is None:
+        return None
+    s = str(raw).strip()
+    if kind == "yesno":
+        m = re.match(r"\W*([A-Za-z]+)", s)
+        if not m:
+            return None
+        w = m.group(1).lower()
+        return "yes" if w in _YES else "no" if w in _NO else None
+    if kind == "choice":
+        letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices or ()) or 26]
+        m = re.match(r"\s*\(([A-Za-z])\)", s) or re.match(r"\s*([A-Za-z])\s*(?:[).:,]|$)", s)
+        if m and m.group(1).upper() in letters:
+            return m.group(1).upper()
+        i = _match_option(s, choices) if choices else None
+        return letters[i] if i is not None else None
+    if kind == "number":
+        m = _NUMBER.search(s)
+        return normalize_number(m.group(0)) if m else None
+    if kind == "text":
+        t = re.sub(r"[^\w\s]", " ", s.lower())
+        t = " ".join(t.split())
+        return t or None
+    raise ValueError(f"unknown answer kind {kind!r}; expected one of {KINDS}")
+
+
+def _match_option(s: str, choices: Sequence[str]) -> int | None:
+    """Index of the option whose text the answer names (longest match wins)."""
+    low = " " + " ".join(re.sub(r"[^\w\s]", " ", s.lower()).split()) + " "
+    best, best_len = None, 0
+    for i, c in enumerate(choices):
+        ct = " ".join(re.sub(r"[^\w\s]", " ", c.lower()).split())
+        if ct and f" {ct} " in low and len(ct) > best_len:
+            best, best_len = i, len(ct)
+    return best
+
+
+def _first_sentence(s: str) -> str:
+    s = s.strip()
+    m = re.search(r"[.\n]", s)
+    return s[: m.start()] if m else s
+
+
+def extract_answer(text: str, kind: str, choices: Sequence[str] | None = None) -> Extraction:
+    """Extract and normalise the answer of a generated ``text`` (see module doc)."""
+    if not text:
+        return Extraction(None, None)
+    body = truncate_continuation(text)
+    m = _ANSWER_IS.search(body)
+    if m:
+        tail = _first_sentence(body[m.end():]) if kind != "number" else body[m.end():].split("\n")[0]
+        ans = normalize_answer(tail, kind, choices)
+        if ans is not None:
+            return Extraction(ans, "strict")
+    ans = _flexible(body, kind, choices)
+    return Extraction(ans, "flexible" if ans is not None else None)
+
+
+def _flexible(body: str, kind: str, choices: Sequence[str] | None) -> str | None:
+    s = body.strip()
+    if not s:
+        return None
+    if kind == "yesno":
+        first = normalize_answer(s, "yesno")
+        if first is not None:
+            return first
+        words = re.findall(r"[A-Za-z]+", s.lower())
+        for w in words:
+            if w in ("yes", "no"):
+                return w
+        return None
+    if kind == "choice":
+        m = re.search(r"\(([A-Za-z])\)", s)
+        letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices or ()) or 26]
+        if m and m.group(1).upper() in letters:
+            return m.group(1).upper()
+        return normalize_answer(_first_sentence(s), "choice", choices) or (
+            normalize_answer(s, "choice", choices) if choices else None)
+    if kind == "number":
+        nums = _NUMBER.findall(s)
+        return normalize_number(nums[-1]) if nums else None
+    if kind == "text":
+        return normalize_answer(_first_sentence(s), "text")
+    raise ValueError(f"unknown answer kind {kind!r}")
+
+
+def is_correct(pred: str | None, gold: str, kind: str) -> bool:
+    """Compare a normalised prediction with a normalised gold answer."""
+    if pred is None or gold is None:
+        return False
+    if kind == "number":
+        try:
+            return abs(float(pred) - float(gold)) < 1e-6 * max(1.0, abs(float(gold)))
+        except ValueError:
+            return False
+    return pred == gold

@@ -1,0 +1,190 @@
+"""Artifacts on disk: atomic writes, append-only JSONL logs, run-directory locks.
+
+Every artifact is either written atomically (temp file in the same directory,
+fsync, rename) or is an append-only JSONL log whose torn last line (a process
+killed mid-write) is detected and dropped on the next read.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .errors import SertError
+
+
+def ensure_dir(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SertError(f"cannot create output directory {p}: {e.strerror}") from None
+    if not os.access(p, os.W_OK):
+        raise SertError(f"output directory {p} is not writable")
+    return p
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+    p = Path(path)
+    ensure_dir(p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    p = Path(path)
+    try:
+        with open(p, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise SertError(f"{p}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise SertError(f"{p}:{e.lineno}: malformed JSON ({e.msg})") from None
+
+
+def iter_jsonl(path: str | os.PathLike, *, tolerate_torn_tail: bool = False) -> Iterator[dict]:
+    """Yield the objects of a JSONL file.
+
+    A malformed line is an error naming file and line, except a final line with
+    no newline when ``tolerate_torn_tail`` is set: that is a write cut short by a
+    kill, and it is dropped (the caller redoes that record).
+    """
+    p = Path(path)
+    try:
+        f = open(p, encoding="utf-8")
+    except FileNotFoundError:
+        raise SertError(f"{p}: file not found") from None
+    with f:
+        lines = f.readlines()
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        torn = i == len(lines) and not line.endswith("\n")
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            if torn and tolerate_torn_tail:
+                return
+            raise SertError(f"{p}:{i}: malformed JSON line ({e.msg})") from None
+        if torn and tolerate_torn_tail:
+            # Complete JSON but no newline: the writer may have died before the
+            # newline; keep it, the repair in JsonlLog adds the newline.
+            pass
+        if not isinstance(obj, dict):
+            raise SertError(f"{p}:{i}: expected a JSON object, got {type(obj).__name__}")
+        yield obj
+
+
+def read_jsonl(path: str | os.PathLike, *, tolerate_torn_tail: bool = False) -> list[dict]:
+    return list(iter_jsonl(path, tolerate_torn_tail=tolerate_torn_tail))
+
+
+class JsonlLog:
+    """Append-only JSONL log that survives SIGKILL at any moment.
+
+    On open, a torn last line is cut off (the file is truncated to the end of
+    its last complete line), so appends continue from a clean state. Each
+    append is one ``write`` of a full line followed by flush + fsync.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        ensure_dir(self.path.parent)
+        self._repair()
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def _repair(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if not data:
+            return
+        keep = len(data)
+        if not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1  # 0 when the only line is torn
+        else:
+            return
+        with open(self.path, "r+b") as f:
+            f.truncate(keep)
+
+    def records(self) -> list[dict]:
+        return read_jsonl(self.path) if self.path.exists() else []
+
+    def append(self, record: dict) -> None:
+        self.append_many([record])
+
+    def append_many(self, records: Iterable[dict]) -> None:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        if not text:
+            return
+        self._f.write(text)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "JsonlLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``.sert.lock``, flock-based).
+
+    A second ``sert`` process on the same directory refuses with a clear
+    message instead of corrupting it. The OS drops the lock when the holder
+    dies, so a SIGKILLed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.dir = ensure_dir(directory)
+        self.path = self.dir / ".sert.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise SertError(
+                f"{self.dir} is in use by another sert process (pid {other}); "
+                "wait for it to finish or use another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

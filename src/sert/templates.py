@@ -1,0 +1,46 @@
+"""Every prompt and training target of the paper, in one place (SERT §II).
+
+Training examples are (prompt, completion) pairs: the loss is taken on the
+completion only (prompt tokens masked, as in Fine-tune-CoT), and the same
+prompt string is what evaluation feeds the trained model.
+"""
+from __future__ import annotations
+
+ANSWER_PHRASE = "So the answer is"
+COT_TRIGGER = "Let's think step by step."
+
+
+def mining_prompt(question: str) -> str:
+    """SERT §II-A: zero-shot prompt for latent-path mining, no CoT trigger, no examples."""
+    return f"Question: {question} Answer:"
+
+
+def train_prompt(question: str) -> str:
+    """Prompt side of every training target (SERT §II-B/C): ``Question: {q}. Answer:``.
+
+    Evaluation uses it too, so trained models see exactly their training prefix.
+    """
+    return f"Question: {question}. Answer:"
+
+
+def self_training_target(question: str, path: str, answer: str) -> tuple[str, str]:
+    """SERT §II-B: ``Question: {q}. Answer: {path} So the answer is {a}.``"""
+    return train_prompt(question), f" {_clean(path)} {ANSWER_PHRASE} {answer}."
+
+
+def distillation_target(question: str, rationale: str, answer: str) -> tuple[str, str]:
+    """SERT §II-C: ``Question: {q}. Answer: Let's think step by step. {R} So the answer is {a}.``"""
+    return train_prompt(question), f" {COT_TRIGGER} {_clean(rationale)} {ANSWER_PHRASE} {answer}."
+
+
+def finetune_target(question: str, answer: str) -> tuple[str, str]:
+    """The Finetune arm (SERT Table II): answer only, ``Question: {q}. Answer: So the answer is {a}.``
+
+    (D) The paper does not print this template; we keep the answer phrase so one
+    extractor reads every arm's output.
+    """
+    return train_prompt(question), f" {ANSWER_PHRASE} {answer}."
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
