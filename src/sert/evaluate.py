@@ -1,0 +1,262 @@
+"""Evaluation (SERT §III): greedy decoding on a task's test split and the paper's metrics.
+
+Inputs: a model (id, path or the embedded default) and a task. Outputs in
+``--out DIR``: ``predictions.jsonl`` (one record per question: output text,
+extracted answer, correctness, format issues, lengths) and ``metrics.json``
+(Acc with 95% bootstrap CI, Fmt, Len, Rep, optional judge score, wall time,
+versions). Predictions are appended batch by batch, so an interrupted run
+resumes where it stopped; two runs can be compared question by question with
+:func:`sert.metrics.compare_runs`.
+
+The prompt is ``Question: {q}. Answer:`` (:func:`sert.templates.train_prompt`),
+the exact prefix every trained arm saw; the answer is read by the shared
+extractor :func:`sert.answers.extract_answer`.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .answers import extract_answer, is_correct, truncate_continuation
+from .config import EvalConfig
+from .errors import SertError
+from .io import JsonlLog, RunLock, atomic_write_json, ensure_dir
+from .metrics import bootstrap_ci, format_issues, rep_n
+from .tasks import Example, load_examples
+from .templates import ANSWER_PHRASE, train_prompt
+
+STOP_STRINGS = ["Question:"]  # a small model's hallucinated next example: stop decoding there
+
+
+def generate_greedy(model, tokenizer, prompts: Sequence[str], batch_size: int = 32, max_new_tokens: int = 128,
+                    progress: bool = True, stop_strings: Sequence[str] | None = STOP_STRINGS,
+                    on_batch: Callable[[list[int], list[dict]], None] | None = None) -> list[dict]:
+    """Batched greedy decoding, longest prompts first (less padding, early OOM).
+
+    Returns, per prompt, ``{"text", "token_ids", "finish"}``; ``on_batch(indices, results)``
+    is called after every batch so callers can persist progress.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    tokenizer.padding_side = "left"
+    lens = [len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -lens[i])
+    results: list[dict | None] = [None] * len(prompts)
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    bar = tqdm(total=len(prompts), desc="eval", unit="q", disable=not progress, file=sys.stderr)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(model.device)
+        kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=sorted(i for i in eos_ids if i is not None))
+        if stop_strings:
+            kw.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
+        with torch.inference_mode():
+            out = model.generate(**enc, **kw, top_p=None, top_k=None, temperature=None)
+        new = out[:, enc.input_ids.shape[1]:].tolist()
+        batch_res = []
+        for i, ids in zip(idx, new):
+            cut = next((j for j, t in enumerate(ids) if t in eos_ids), None)
+            finish = "eos" if cut is not None else "length"
+            ids = ids[:cut] if cut is not None else ids
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            if finish == "length" and stop_strings and any(text.rstrip().endswith(s) for s in stop_strings):
+                finish = "stop"
+            results[i] = {"text": text, "token_ids": ids, "finish": finish}
+            batch_res.append(results[i])
+        if on_batch:
+            on_batch(idx, batch_res)
+        bar.update(len(idx))
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
+def score(example: Example, text: str, token_ids: Sequence[int], tokenizer=None) -> dict:
+    """Everything the metrics need about one output, with the shared extractor."""
+    ex = extract_answer(text, example.kind, example.choices)
+    body = truncate_continuation(text)
+    k = body.find(ANSWER_PHRASE)
+    reasoning = body[:k] if k >= 0 else body
+    if tokenizer is not None:
+        reasoning_tokens = len(tokenizer(reasoning.strip(), add_special_tokens=False).input_ids) if reasoning.strip() else 0
+        body_ids = tokenizer(body, add_special_tokens=False).input_ids if body else []
+    else:
+        reasoning_tokens = len(reasoning.split())
+        body_ids = body.split()
+    issues = format_issues(text, ex.method == "strict", token_ids)
+    return {
+        "pred": ex.answer, "method": ex.method, "correct": is_correct(ex.answer, example.answer, example.kind),
+        "fmt_ok": not issues, "fmt_issues": issues, "reasoning_tokens": reasoning_tokens,
+        "rep1": rep_n(body_ids, 1), "n_tokens": len(token_ids),
+    }
+
+
+def summarize(records: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+    n = len(records)
+    if n == 0:
+        raise SertError("no predictions to summarise")
+    correct = [1.0 if r["correct"] else 0.0 for r in records]
+    lo, hi = bootstrap_ci(correct, n_boot, seed)
+    m = {
+        "n": n,
+        "acc": sum(correct) / n,
+        "acc_ci": [lo, hi],
+        "acc_strict": sum(1 for r in records if r["correct"] and r["method"] == "strict") / n,
+        "fmt": sum(1 for r in records if r["fmt_ok"]) / n,
+        "len": sum(r["reasoning_tokens"] for r in records) / n,
+        "rep": sum(r["rep1"] for r in records) / n,
+        "no_answer": sum(1 for r in records if r["pred"] is None) / n,
+    }
+    judged = [r["judge"] for r in records if r.get("judge") is not None]
+    if judged:
+        m["judge"] = sum(judged) / len(judged)
+        m["judge_n"] = len(judged)
+    return m
+
+
+def environment() -> dict:
+    import subprocess
+
+    info = {"python": platform.python_version(), "platform": platform.platform()}
+    for mod in ("torch", "transformers", "accelerate", "peft"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # pragma: no cover
+            pass
+    from . import __version__
+    info["sert"] = __version__
+    try:
+        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except Exception:  # pragma: no cover
+        info["git"] = None
+    return info
+
+
+def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, out_dir: str | Path | None = None,
+             progress: bool = True, label: str | None = None, judge=None) -> dict:
+    """Evaluate ``model`` on ``examples``; resumable when ``out_dir`` is given."""
+    t0 = time.time()
+    done: dict[str, dict] = {}
+    log = None
+    if out_dir is not None:
+        out = ensure_dir(out_dir)
+        log = JsonlLog(out / "predictions.jsonl")
+        wanted = {e.id for e in examples}
+        done = {r["id"]: r for r in log.records() if r["id"] in wanted}
+    todo = [e for e in examples if e.id not in done]
+
+    def persist(idx: list[int], res: list[dict]) -> None:
+        recs = []
+        for i, r in zip(idx, res):
+            e = todo[i]
+            rec = {"id": e.id, "question": e.question, "gold": e.answer, "output": r["text"],
+                   "finish": r["finish"], **score(e, r["text"], r["token_ids"], tokenizer)}
+            done[e.id] = rec
+            recs.append(rec)
+        if log is not None:
+            log.append_many(recs)
+
+    if todo:
+        generate_greedy(model, tokenizer, [train_prompt(e.question) for e in todo], cfg.batch_size,
+                        cfg.max_new_tokens, progress=progress, on_batch=persist)
+    if log is not None:
+        log.close()
+    records = [done[e.id] for e in examples]
+    if judge is not None:
+        records = judge(records)
+    metrics = summarize(records, cfg.n_bootstrap, cfg.seed)
+    metrics.update({"label": label, "split": cfg.split, "max_new_tokens": cfg.max_new_tokens,
+                    "generated_tokens": sum(r["n_tokens"] for r in records),
+                    "wall_s": round(time.time() - t0, 2), "resumed": len(examples) - len(todo),
+                    "env": environment()})
+    if out_dir is not None:
+        atomic_write_json(Path(out_dir) / "metrics.json", metrics)
+    return metrics
+
+
+def run_eval(model_name: str, task: str, cfg: EvalConfig, out_dir: str | Path | None = None,
+             device: str | None = None, dtype: str | None = None, progress: bool = True) -> dict:
+    from .models import load_model
+
+    examples = load_examples(task, cfg.split, cfg.limit)
+    lock = RunLock(out_dir) if out_dir is not None else None
+    if lock:
+        lock.__enter__()
+    try:
+        t0 = time.time()
+        model, tok, place = load_model(model_name, device, dtype)
+        load_s = time.time() - t0
+        judge = _make_judge(cfg) if cfg.judge else None
+        m = evaluate(model, tok, examples, cfg, out_dir, progress=progress, label=model_name, judge=judge)
+        m.update({"model": model_name, "task": task, "device": place.device, "dtype": place.dtype,
+                  "load_s": round(load_s, 2)})
+        if out_dir is not None:
+            atomic_write_json(Path(out_dir) / "metrics.json", m)
+        return m
+    finally:
+        if lock:
+            lock.__exit__(None, None, None)
+
+
+def _make_judge(cfg: EvalConfig):
+    """The paper's optional 0-10 LLM judge through any OpenAI-compatible endpoint."""
+    try:
+        from .openai_client import make_judge
+    except ImportError as e:  # pragma: no cover
+        raise SertError(f"eval.judge needs sert.openai_client ({e})") from None
+    return make_judge(cfg.judge, cfg.judge_base_url)
+
+
+def format_metrics(m: dict) -> str:
+    lo, hi = m["acc_ci"]
+    s = (f"accuracy {100 * m['acc']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}, n={m['n']}) | "
+         f"Fmt {100 * m['fmt']:.1f}% | Len {m['len']:.1f} | Rep {m['rep']:.3f}")
+    if "judge" in m:
+        s += f" | Judge {m['judge']:.2f}"
+    return s
+
+
+def add_parser(sub) -> None:
+    from .cli import add_config_flags, add_model_args
+
+    p = sub.add_parser("eval", help="evaluate a model on a task (greedy; Acc with 95% CI, Fmt, Len, Rep)",
+                       description="Batched greedy evaluation with the paper's metrics. Resumable with --out.")
+    add_model_args(p)
+    p.add_argument("--task", required=True, help="task name (see 'sert tasks') or a .jsonl/.csv file")
+    p.add_argument("--out", default=None, help="directory for predictions.jsonl and metrics.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(p, EvalConfig)
+    p.set_defaults(func=_cli)
+
+    t = sub.add_parser("tasks", help="list the registered tasks with their split sizes")
+    t.set_defaults(func=_cli_tasks)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    from .cli import config_from_args
+
+    cfg = config_from_args(EvalConfig, args, section="eval")
+    m = run_eval(args.model, args.task, cfg, args.out, args.device, args.dtype, progress=not args.quiet)
+    print(format_metrics(m))
+    print(f"wall time {m['wall_s']:.1f} s (+ {m['load_s']:.1f} s model load) on {m['device']}/{m['dtype']}")
+    if args.out:
+        print(f"predictions: {Path(args.out) / 'predictions.jsonl'}\nmetrics: {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def _cli_tasks(args: argparse.Namespace) -> int:
+    from .tasks import TASKS
+
+    for name, t in TASKS.items():
+        tr, te = len(t.examples("train")), len(t.examples("test"))
+        teachers = ", ".join(t.teachers) or "-"
+        print(f"{name:28s} {t.kind:7s} train {tr:5d}  test {te:5d}  teachers: {teachers}")
+    return 0

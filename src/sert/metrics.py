@@ -1,0 +1,94 @@
+"""The paper's evaluation metrics (SERT §III) and the statistics around them.
+
+- ``acc``  accuracy, with a 95% bootstrap confidence interval;
+- ``fmt``  format alignment: share of outputs with no format error (no
+  ``So the answer is <answer>``), no hallucinated continuation (a new
+  ``Question:``/``Q:`` after the answer) and no severe repetition;
+- ``len``  mean reasoning length in tokens (output before the answer phrase);
+- ``rep``  unigram repetition rep-1 = 1 - unique tokens / tokens.
+
+(D) rep-n = 1 - unique n-grams / total n-grams (SERT cites it without a formula).
+(D) "severe repetition": rep-4 > 0.5 over the output tokens, i.e. most 4-grams repeat.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+from typing import Sequence
+
+SEVERE_REP4 = 0.5
+
+
+def rep_n(tokens: Sequence, n: int) -> float:
+    """1 - unique n-grams / total n-grams; 0.0 when there are no n-grams."""
+    total = len(tokens) - n + 1
+    if total <= 0:
+        return 0.0
+    grams = {tuple(tokens[i:i + n]) for i in range(total)}
+    return 1.0 - len(grams) / total
+
+
+def has_continuation(text: str) -> bool:
+    """True if the output starts a new example (hallucinated ``Question:``/``Q:``)."""
+    return re.search(r"(^|\n|[.!?]\s*)(Question|Q)\s*:", text) is not None
+
+
+def format_issues(text: str, strict_answer: bool, token_ids: Sequence[int]) -> list[str]:
+    issues = []
+    if not strict_answer:
+        issues.append("no_answer_phrase")
+    if has_continuation(text):
+        issues.append("continuation")
+    if rep_n(token_ids, 4) > SEVERE_REP4:
+        issues.append("repetition")
+    return issues
+
+
+def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values`` (e.g. 0/1 correctness)."""
+    n = len(values)
+    if n == 0:
+        return (float("nan"), float("nan"))
+    if n_boot <= 0:
+        m = sum(values) / n
+        return (m, m)
+    rng = random.Random(seed)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
+    lo = means[int(math.floor(alpha / 2 * n_boot))]
+    hi = means[min(n_boot - 1, int(math.ceil((1 - alpha / 2) * n_boot)) - 1)]
+    return (lo, hi)
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """Exact McNemar test on paired correctness (same questions): two-sided p-value."""
+    if len(a) != len(b):
+        raise ValueError("paired test needs the same questions in both runs")
+    only_a = sum(1 for x, y in zip(a, b) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b) if y and not x)
+    k, n = min(only_a, only_b), only_a + only_b
+    if n == 0:
+        p = 1.0
+    else:
+        p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return {"only_a": only_a, "only_b": only_b, "p_value": p}
+
+
+def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Accuracy difference b - a with a 95% paired bootstrap CI."""
+    n = len(a)
+    diffs = [float(y) - float(x) for x, y in zip(a, b)]
+    lo, hi = bootstrap_ci(diffs, n_boot, seed)
+    return {"diff": sum(diffs) / n if n else float("nan"), "ci": [lo, hi]}
+
+
+def compare_runs(a: Sequence[dict], b: Sequence[dict]) -> dict:
+    """Paired comparison of two prediction lists (``id``, ``correct``) on their shared ids."""
+    bmap = {r["id"]: r for r in b}
+    shared = [r["id"] for r in a if r["id"] in bmap]
+    amap = {r["id"]: r for r in a}
+    ca = [bool(amap[i]["correct"]) for i in shared]
+    cb = [bool(bmap[i]["correct"]) for i in shared]
+    out = {"n": len(shared), **paired_bootstrap(ca, cb)}
+    out.update(mcnemar_exact(ca, cb))
+    return out

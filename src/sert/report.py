@@ -1,0 +1,429 @@
+"""The experiment's report (SERT Table II): ``report.md`` and a self-contained ``report.html``.
+
+Input: a run directory written by :func:`sert.pipeline.run_experiment` (``config.yaml``,
+``eval/<arm>/{metrics.json,predictions.jsonl}``, ``filter/funnel.{json,png}``,
+``arms/<arm>/arm.json``, ``stages.json``, ``commands.txt``). Every part is optional:
+an arm that has not been evaluated is simply not in the table.
+
+Output: ``RUN/report.md`` (images linked relative to RUN), ``RUN/report.html`` (images
+embedded as base64, so the one file can be mailed) and ``RUN/plots/accuracy.png``.
+
+Contents: the Table II layout (Acc with 95% bootstrap CI, Fmt, Len, Rep, judge score when
+present) with the paper's published accuracy beside ours; paired significance of SERT+RD vs
+RD and SERT vs Finetune on the same questions (paired bootstrap CI of the difference, exact
+McNemar p); the filter funnel; sample outputs of every arm for the same questions; and the
+config, seeds, versions, stage timings and commands that reproduce the run.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import math
+import re
+from pathlib import Path
+
+from .errors import SertError
+from .io import atomic_write_text, ensure_dir, read_json, read_jsonl
+
+ARMS = ["base", "finetune", "rd", "sert", "sert_rd"]
+ARM_LABELS = {"base": "Base (untrained)", "finetune": "Finetune", "rd": "RD", "sert": "SERT",
+              "sert_rd": "SERT+RD"}
+# Pairs (baseline, treatment) of the paper's two claims: SERT+RD beats RD, SERT beats Finetune.
+COMPARISONS = [("rd", "sert_rd"), ("finetune", "sert")]
+
+# SERT Table II (Zhang et al., ICASSP 2025), accuracy in %, per student and task.
+PAPER = {
+    "gpt2": ("GPT-2 (124M)", {
+        "strategyqa": {"finetune": 54.00, "rd": 52.69, "sert": 54.00, "sert_rd": 54.65},
+        "commonsense_qa": {"finetune": 20.80, "rd": 21.87, "sert": 20.72, "sert_rd": 21.95}}),
+    "gpt2-medium": ("GPT-2-medium", {
+        "strategyqa": {"finetune": 50.22, "rd": 52.69, "sert": 55.17, "sert_rd": 56.34},
+        "commonsense_qa": {"finetune": 19.82, "rd": 21.54, "sert": 23.10, "sert_rd": 25.72}}),
+    "gpt2-large": ("GPT-2-large", {
+        "strategyqa": {"finetune": 53.57, "rd": 50.22, "sert": 55.75, "sert_rd": 57.21},
+        "commonsense_qa": {"finetune": 20.88, "rd": 22.93, "sert": 22.63, "sert_rd": 26.03}}),
+}
+# Fine-tune-CoT (Ho et al. 2023), same teacher: the published RD reference for GPT-2 S/M/L.
+FINETUNE_COT = {"gpt2": {"strategyqa": 55.75, "commonsense_qa": 22.69},
+                "gpt2-medium": {"strategyqa": 56.19, "commonsense_qa": 21.70},
+                "gpt2-large": {"strategyqa": 53.86, "commonsense_qa": 22.28}}
+N_SAMPLES = 4  # sample questions shown for every arm
+
+
+def paper_key(model: str) -> str | None:
+    """``gpt2`` / ``gpt2-medium`` / ``gpt2-large`` for those students (by id or path), else None."""
+    base = str(model).rstrip("/").lower().rsplit("/", 1)[-1]
+    return base if base in PAPER else None
+
+
+def paper_row(model: str, task: str) -> tuple[str, dict | None, bool]:
+    """``(label, {arm: acc%} or None, exact)``: the paper's row for a GPT-2 student, else GPT-2 (124M) as reference."""
+    key = paper_key(model)
+    label, rows = PAPER[key or "gpt2"]
+    if key is None:
+        label = f"{label}, for reference"
+    return label, rows.get(task), key is not None
+
+
+# ------------------------------------------------------------------ gathering
+def _load_run(run_dir: Path) -> dict:
+    import yaml
+
+    run: dict = {"dir": run_dir, "config": {}, "arms": {}, "train": {}}
+    cfg_file = run_dir / "config.yaml"
+    if cfg_file.exists():
+        run["config"] = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+        run["config_text"] = cfg_file.read_text(encoding="utf-8")
+    order = list(run["config"].get("arms") or ARMS)
+    order += [a for a in ARMS if a not in order]
+    for arm in order:
+        m = run_dir / "eval" / arm / "metrics.json"
+        p = run_dir / "eval" / arm / "predictions.jsonl"
+        if m.exists():
+            run["arms"][arm] = {"metrics": read_json(m),
+                                "preds": read_jsonl(p, tolerate_torn_tail=True) if p.exists() else []}
+        a = run_dir / "arms" / arm / "arm.json"
+        if a.exists():
+            run["train"][arm] = read_json(a)
+    f = run_dir / "filter" / "funnel.json"
+    run["funnel"] = read_json(f) if f.exists() else None
+    s = run_dir / "stages.json"
+    run["stages"] = read_json(s) if s.exists() else None
+    c = run_dir / "commands.txt"
+    run["commands"] = c.read_text(encoding="utf-8") if c.exists() else None
+    first = next(iter(run["arms"].values()), None)
+    run["task"] = run["config"].get("task") or (first["metrics"].get("task") if first else None)
+    run["model"] = run["config"].get("model") or (first["metrics"].get("model") if first else None)
+    return run
+
+
+def _pct(x, digits: int = 2) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
+
+
+def _num(x, fmt: str) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def results_table(run: dict) -> tuple[list[str], list[list[str]]]:
+    """Table II: one row per evaluated arm."""
+    label, paper, _ = paper_row(run["model"] or "", run["task"] or "")
+    judge = any("judge" in a["metrics"] for a in run["arms"].values())
+    head = ["Arm", "Acc % (95% CI)", "Fmt %", "Len", "Rep", *(["Judge (0-10)"] if judge else []), "n",
+            f"Paper Acc % ({label})"]
+    rows = []
+    for arm, a in run["arms"].items():
+        m = a["metrics"]
+        lo, hi = m.get("acc_ci", [None, None])
+        pub = (paper or {}).get(arm)
+        rows.append([ARM_LABELS.get(arm, arm), f"{_pct(m.get('acc'))} [{_pct(lo)}, {_pct(hi)}]",
+                     _pct(m.get("fmt"), 1), _num(m.get("len"), ".1f"), _num(m.get("rep"), ".3f"),
+                     *([_num(m.get("judge"), ".2f")] if judge else []), str(m.get("n", "–")),
+                     "–" if pub is None else f"{pub:.2f}"])
+    return head, rows
+
+
+def significance(run: dict) -> list[dict]:
+    """Paired comparisons of the paper's claims on the questions both arms answered."""
+    from .metrics import compare_runs
+
+    out = []
+    _, paper, _ = paper_row(run["model"] or "", run["task"] or "")
+    for base, treat in COMPARISONS:
+        if base not in run["arms"] or treat not in run["arms"]:
+            continue
+        c = compare_runs(run["arms"][base]["preds"], run["arms"][treat]["preds"])
+        if c["n"] == 0:
+            continue
+        pub = None
+        if paper and base in paper and treat in paper:
+            pub = paper[treat] - paper[base]
+        out.append({"baseline": base, "treatment": treat, **c, "paper_diff_pp": pub})
+    return out
+
+
+def _sample_ids(run: dict) -> list[str]:
+    """The same few questions for every arm: first those on which the arms disagree."""
+    arms = [a for a in run["arms"].values() if a["preds"]]
+    if not arms:
+        return []
+    maps = [{r["id"]: r for r in a["preds"]} for a in arms]
+    shared = [r["id"] for r in arms[0]["preds"] if all(r["id"] in m for m in maps)]
+    split = [i for i in shared if len({bool(m[i]["correct"]) for m in maps}) > 1]
+    agree = [i for i in shared if i not in set(split)]
+    return (split + agree)[:N_SAMPLES]
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _funnel_rows(funnel) -> tuple[list[str], list[list[str]]] | None:
+    """The funnel as a table, whatever its exact shape (list of steps or mapping)."""
+    if not funnel:
+        return None
+    steps = funnel.get("steps") if isinstance(funnel, dict) else funnel
+    if isinstance(steps, list) and steps and isinstance(steps[0], dict):
+        keys = list(dict.fromkeys(k for s in steps for k in s))
+        return keys, [[_cell(s.get(k)) for k in keys] for s in steps]
+    if isinstance(funnel, dict):
+        flat = {k: v for k, v in funnel.items() if not isinstance(v, (dict, list))}
+        rows = [[k, _cell(v)] for k, v in flat.items()]
+        for k, v in funnel.items():
+            if isinstance(v, dict):
+                rows += [[f"{k}.{kk}", _cell(vv)] for kk, vv in v.items() if not isinstance(vv, (dict, list))]
+        return ["stage", "value"], rows
+    return None
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "–" if v is None else str(v)
+
+
+# ------------------------------------------------------------------ plots
+def accuracy_plot(run: dict, path: Path) -> Path | None:
+    """Bars: our accuracy with 95% CI; diamonds: the paper's published accuracy."""
+    if not run["arms"]:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    label, paper, _ = paper_row(run["model"] or "", run["task"] or "")
+    arms = list(run["arms"])
+    acc = [100 * run["arms"][a]["metrics"]["acc"] for a in arms]
+    ci = [run["arms"][a]["metrics"].get("acc_ci", [None, None]) for a in arms]
+    err = [[max(0.0, y - 100 * (c[0] if c[0] is not None else y / 100)) for y, c in zip(acc, ci)],
+           [max(0.0, 100 * (c[1] if c[1] is not None else y / 100) - y) for y, c in zip(acc, ci)]]
+    fig, ax = plt.subplots(figsize=(1.3 * len(arms) + 2.5, 3.6), dpi=110)
+    xs = range(len(arms))
+    ax.bar(xs, acc, yerr=err, capsize=5, color="#4c78a8", label="this run (95% CI)")
+    px = [i for i, a in enumerate(arms) if paper and a in paper]
+    if px:
+        ax.scatter(px, [paper[arms[i]] for i in px], marker="D", color="#e45756", zorder=3,
+                   label=f"paper: {label}")
+    for i, y in enumerate(acc):
+        ax.annotate(f"{y:.1f}", (i, y), textcoords="offset points", xytext=(8, 2), fontsize=8)
+    ax.set_xticks(list(xs), [ARM_LABELS.get(a, a) for a in arms])
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, min(100, max(acc + [p for p in (paper or {}).values()] + [10]) * 1.35))
+    ax.set_title(f"{run['task']} · {Path(str(run['model'])).name}", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    ensure_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+# ------------------------------------------------------------------ document
+def _build(run: dict, acc_png: Path | None) -> list[tuple]:
+    """The report as blocks, rendered once to Markdown and once to HTML."""
+    cfg = run["config"]
+    d: list[tuple] = []
+    d.append(("h1", f"SERT experiment: {run['task']} · {run['model']}"))
+    d.append(("p", f"Run directory `{run['dir']}`. Arms of SERT Table II (Zhang et al., ICASSP 2025): "
+                   "Finetune (answer-only, from the base model), RD (distillation of teacher rationales from "
+                   "the base model), SERT (self-training on the model's own filtered latent paths), SERT+RD "
+                   "(distillation started from the SERT checkpoint), and the untrained base model."))
+    d.append(("h2", "Results (Table II layout)"))
+    if run["arms"]:
+        head, rows = results_table(run)
+        d.append(("table", head, rows))
+        label, paper, exact = paper_row(run["model"] or "", run["task"] or "")
+        m0 = next(iter(run["arms"].values()))["metrics"]
+        notes = [f"Greedy decoding on the {m0.get('split', 'test')} split, max {m0.get('max_new_tokens', '?')} new "
+                 "tokens; answer read after `So the answer is`. Acc: accuracy with 95% percentile bootstrap CI; "
+                 "Fmt: share of outputs with no format error, hallucinated continuation or severe repetition; "
+                 "Len: mean reasoning tokens; Rep: unigram repetition rep-1."]
+        if paper is None:
+            notes.append(f"The paper reports no numbers for task `{run['task']}`.")
+        elif not exact:
+            notes.append(f"The paper has no row for `{run['model']}`; its {label.split(',')[0]} row is shown for "
+                         "reference only, not as a like-for-like comparison.")
+        ftc = FINETUNE_COT.get(paper_key(run["model"] or ""), {}).get(run["task"] or "")
+        if ftc is not None:
+            notes.append(f"Fine-tune-CoT (Ho et al. 2023) published {ftc:.2f} for the same student and teacher.")
+        d.append(("p", " ".join(notes)))
+        if acc_png:
+            d.append(("img", acc_png, "accuracy by arm"))
+    else:
+        d.append(("p", "No arm has been evaluated yet."))
+
+    d.append(("h2", "Paired significance (same questions)"))
+    sig = significance(run)
+    if sig:
+        rows = []
+        for s in sig:
+            verdict = "significant" if s["p_value"] < 0.05 and (s["ci"][0] > 0 or s["ci"][1] < 0) else \
+                "not significant"
+            rows.append([f"{ARM_LABELS[s['treatment']]} vs {ARM_LABELS[s['baseline']]}", str(s["n"]),
+                         f"{100 * s['diff']:+.2f}", f"[{100 * s['ci'][0]:+.2f}, {100 * s['ci'][1]:+.2f}]",
+                         f"{s['only_b']} / {s['only_a']}", f"{s['p_value']:.4g}", verdict,
+                         "–" if s["paper_diff_pp"] is None else f"{s['paper_diff_pp']:+.2f}"])
+        d.append(("table", ["Comparison", "n", "Δ Acc (pp)", "95% paired bootstrap CI", "wins / losses",
+                            "McNemar exact p", "at α=0.05", "paper Δ (pp)"], rows))
+        d.append(("p", "Δ = treatment − baseline on the questions both arms answered; wins / losses count the "
+                       "questions only the treatment / only the baseline got right (the discordant pairs McNemar's "
+                       "test uses)."))
+    else:
+        d.append(("p", "Needs both arms of a pair (SERT+RD and RD, or SERT and Finetune) evaluated."))
+
+    if run["funnel"] is not None or (run["dir"] / "filter" / "funnel.png").exists():
+        d.append(("h2", "Filter funnel (latent paths kept by each filter, in the paper's order)"))
+        fr = _funnel_rows(run["funnel"])
+        if fr:
+            d.append(("table", *fr))
+        if (run["dir"] / "filter" / "funnel.png").exists():
+            d.append(("img", run["dir"] / "filter" / "funnel.png", "filter funnel"))
+
+    if run["train"]:
+        d.append(("h2", "Training"))
+        rows = []
+        for arm, t in run["train"].items():
+            rows.append([ARM_LABELS.get(arm, arm), t.get("stage", "–"), f"`{t.get('init', '–')}`",
+                         f"`{t.get('data', '–')}`", _cell(t.get("n_examples")), _cell(t.get("wall_s"))])
+        d.append(("table", ["Arm", "stage", "initialised from", "data", "examples", "wall s"], rows))
+
+    ids = _sample_ids(run)
+    if ids:
+        d.append(("h2", "Sample outputs (same questions for every arm)"))
+        maps = {arm: {r["id"]: r for r in a["preds"]} for arm, a in run["arms"].items() if a["preds"]}
+        for i in ids:
+            r0 = next(m[i] for m in maps.values())
+            d.append(("h3", f"{i} · gold: {r0.get('gold')}"))
+            d.append(("p", _short(r0.get("question", ""), 400)))
+            rows = [[ARM_LABELS.get(arm, arm), _short(m[i].get("output", ""), 360), str(m[i].get("pred")),
+                     "✓" if m[i].get("correct") else "✗"] for arm, m in maps.items()]
+            d.append(("table", ["Arm", "output", "answer", ""], rows))
+
+    d.append(("h2", "Reproduce"))
+    seeds = {k: (cfg.get(k) or {}).get("seed") for k in ("mine", "train", "eval")}
+    if cfg:
+        d.append(("p", "Seeds: " + ", ".join(f"{k}.seed = {v}" for k, v in seeds.items()) + "."))
+    env = next((a["metrics"].get("env") for a in run["arms"].values() if a["metrics"].get("env")), None)
+    if env:
+        d.append(("p", "Versions: " + ", ".join(f"{k} {v}" for k, v in env.items() if v) + "."))
+    if run["stages"]:
+        st = run["stages"].get("stages", run["stages"])
+        rows = [[name, s.get("status", "–"), _cell(s.get("wall_s"))] for name, s in st.items() if isinstance(s, dict)]
+        total = sum(float(s.get("wall_s") or 0) for s in st.values() if isinstance(s, dict))
+        rows.append(["**total**", "", f"{total:.1f}"])
+        d.append(("table", ["stage", "status", "wall s"], rows))
+    if run["commands"]:
+        d.append(("p", "Commands (`commands.txt`):"))
+        d.append(("pre", run["commands"].rstrip()))
+    if run.get("config_text"):
+        d.append(("p", "Resolved config (`config.yaml`):"))
+        d.append(("pre", run["config_text"].rstrip()))
+    return d
+
+
+def _md_cell(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(blocks: list[tuple], run_dir: Path) -> str:
+    out = []
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3"):
+            out.append("#" * int(kind[1]) + " " + b[1])
+        elif kind == "p":
+            out.append(b[1])
+        elif kind == "table":
+            head, rows = b[1], b[2]
+            out.append("\n".join(["| " + " | ".join(_md_cell(h) for h in head) + " |",
+                                  "|" + "|".join("---" for _ in head) + "|",
+                                  *("| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows)]))
+        elif kind == "img":
+            rel = Path(b[1]).resolve().relative_to(run_dir.resolve()) if Path(b[1]).resolve().is_relative_to(
+                run_dir.resolve()) else Path(b[1])
+            out.append(f"![{b[2]}]({rel.as_posix()})")
+        elif kind == "pre":
+            out.append("```\n" + b[1] + "\n```")
+    return "\n\n".join(out) + "\n"
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.3em .6em;"
+        "vertical-align:top;font-size:.92em}th{background:#f3f3f3}pre{background:#f7f7f7;padding:.8em;"
+        "overflow-x:auto;font-size:.85em}code{background:#f3f3f3}img{max-width:100%}")
+
+
+def _inline(s: str) -> str:
+    """Escape, then the two bits of Markdown the blocks use: `code` and **bold**."""
+    s = html.escape(str(s))
+    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", s)
+
+
+def render_html(blocks: list[tuple], title: str) -> str:
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{_CSS}</style></head><body>"]
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3"):
+            out.append(f"<{kind}>{_inline(b[1])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{_inline(b[1])}</p>")
+        elif kind == "table":
+            out.append("<table><tr>" + "".join(f"<th>{_inline(h)}</th>" for h in b[1]) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in b[2])
+                       + "</table>")
+        elif kind == "img":
+            data = base64.b64encode(Path(b[1]).read_bytes()).decode()
+            out.append(f"<p><img alt='{html.escape(b[2])}' src='data:image/png;base64,{data}'></p>")
+        elif kind == "pre":
+            out.append(f"<pre>{html.escape(b[1])}</pre>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def write_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``RUN/report.md`` and ``RUN/report.html``; returns their paths."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SertError(f"{run_dir}: no such run directory")
+    if not (run_dir / "config.yaml").exists() and not (run_dir / "eval").is_dir():
+        raise SertError(f"{run_dir}: not a sert run directory (no config.yaml, no eval/)")
+    run = _load_run(run_dir)
+    png = accuracy_plot(run, run_dir / "plots" / "accuracy.png")
+    blocks = _build(run, png)
+    md = atomic_write_text(run_dir / "report.md", render_markdown(blocks, run_dir))
+    page = atomic_write_text(run_dir / "report.html", render_html(blocks, f"SERT report: {run['task']}"))
+    return md, page
+
+
+def summary_table(run_dir: str | Path) -> str:
+    """The results table as Markdown, for printing at the end of a run."""
+    run = _load_run(Path(run_dir))
+    if not run["arms"]:
+        return "(no arm evaluated)"
+    head, rows = results_table(run)
+    return render_markdown([("table", head, rows)], Path(run_dir)).rstrip()
+
+
+# ------------------------------------------------------------------ CLI
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", help="write report.md and report.html for a run directory",
+                       description="Table II layout, paper row, paired significance, funnel, samples, "
+                                   "reproduction info. Works on partial runs.")
+    p.add_argument("run_dir", help="run directory written by 'sert run'")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    md, page = write_report(args.run_dir)
+    print(summary_table(args.run_dir))
+    print(f"report: {md}\nhtml:   {page}")
+    return 0

@@ -1,0 +1,511 @@
+"""Stages 2-3 and the Finetune arm: supervised training on (prompt, completion) pairs.
+
+SERT §II-B (self-training on the selected latent paths), §II-C (reasoning
+distillation on teacher rationales) and the Finetune baseline of Table II all
+reduce to one recipe: causal-LM cross-entropy on the completion only (prompt
+tokens masked out with -100, EOS appended), Adam lr 3e-4, batch 8, 20 epochs.
+
+Inputs (``--data``):
+  --stage self      the filter stage's ``selected.jsonl`` (question, answer, path, optional weight)
+  --stage distill   the teach stage's ``rationales.jsonl`` (question, answer, rationale)
+  --stage finetune  a task name (its train split) or a JSONL/CSV file with question, answer
+A directory is accepted for self/distill and means the stage's file inside it.
+
+Outputs under ``--out DIR``:
+  DIR/final/              HF checkpoint (model + tokenizer + README.md model card); LoRA is
+                          merged, so evaluation loads a plain model. Written to a temp dir, renamed.
+  DIR/checkpoints/        Trainer checkpoints; a rerun resumes from the last one.
+  DIR/train_config.json   what was asked (model, stage, data, settings) + a fingerprint;
+                          resuming with a different fingerprint is refused.
+  DIR/train_summary.json  loss curve, tokens, wall time, throughput.
+
+The loop is transformers' Trainer, so ``accelerate launch`` / ``torchrun -m sert train``
+scale it over GPUs with no code of ours (only rank 0 writes DIR's own files).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .config import TrainConfig, to_dict
+from .errors import SertError
+from .io import RunLock, atomic_write_json, atomic_write_text, ensure_dir, read_json, read_jsonl
+from .templates import distillation_target, finetune_target, self_training_target
+
+STAGES = ("finetune", "self", "distill")
+STAGE_FILES = {"self": "selected.jsonl", "distill": "rationales.jsonl"}
+_FIELDS = {"finetune": ("question", "answer"), "self": ("question", "answer", "path"),
+           "distill": ("question", "answer", "rationale")}
+
+
+# ------------------------------------------------------------------ data
+def build_pairs(stage: str, records: Iterable[dict]) -> list[dict]:
+    """Training pairs ``{prompt, completion, weight}`` for ``stage`` from data records.
+
+    ``weight`` is the record's ``weight`` field (default 1.0); it is only used
+    when ``TrainConfig.use_weights`` is set.
+    """
+    if stage not in STAGES:
+        from .errors import did_you_mean
+        raise SertError(f"unknown stage '{stage}'{did_you_mean(stage, STAGES)}; expected one of {', '.join(STAGES)}")
+    out = []
+    for n, r in enumerate(records, 1):
+        if not isinstance(r, dict):
+            raise SertError(f"record {n}: expected an object with {', '.join(_FIELDS[stage])}")
+        for k in _FIELDS[stage]:
+            v = r.get(k)
+            if v is None or (isinstance(v, str) and not v.strip()):
+                raise SertError(f"record {n}: missing field '{k}' for --stage {stage} "
+                                f"(expected {', '.join(_FIELDS[stage])})")
+        q, a = str(r["question"]), str(r["answer"])
+        if stage == "self":
+            prompt, completion = self_training_target(q, str(r["path"]), a)
+        elif stage == "distill":
+            prompt, completion = distillation_target(q, str(r["rationale"]), a)
+        else:
+            prompt, completion = finetune_target(q, a)
+        w = r.get("weight", 1.0)
+        try:
+            w = float(1.0 if w is None else w)
+        except (TypeError, ValueError):
+            raise SertError(f"record {n}: weight must be a number, got {w!r}") from None
+        if not math.isfinite(w) or w < 0:
+            raise SertError(f"record {n}: weight must be a finite number >= 0, got {w}")
+        out.append({"prompt": prompt, "completion": completion, "weight": w})
+    return out
+
+
+def load_records(stage: str, data: str | os.PathLike | Sequence[dict], limit: int | None = None
+                 ) -> tuple[list[dict], str]:
+    """The stage's data records and a description of where they came from."""
+    if not isinstance(data, (str, os.PathLike)):
+        recs, src = list(data), "<records>"
+    else:
+        p = Path(data)
+        if p.is_dir():
+            if stage not in STAGE_FILES:
+                raise SertError(f"--data {p}: a directory is only accepted for --stage self/distill")
+            p = p / STAGE_FILES[stage]
+        if stage == "finetune" and not p.is_file():
+            from .tasks import get_task
+            exs = get_task(str(data)).examples("train", limit)
+            return [{"question": e.question, "answer": e.answer} for e in exs], f"task {data} (train split)"
+        if not p.is_file():
+            hint = f" (the {STAGE_FILES[stage]} written by the previous stage)" if stage in STAGE_FILES else ""
+            raise SertError(f"--data {p}: file not found{hint}")
+        if stage == "finetune":
+            from .tasks import read_user_examples
+            recs = [{"question": e.question, "answer": e.answer} for e in read_user_examples(p)]
+        else:
+            recs = read_jsonl(p)
+        src = str(p)
+    if limit is not None:
+        if limit < 1:
+            raise SertError(f"--limit must be a positive integer, got {limit}")
+        recs = recs[:limit]
+    if not recs:
+        raise SertError(f"--data {src}: no training records")
+    return recs, src
+
+
+def tokenize_pairs(pairs: list[dict], tok, max_length: int) -> tuple[list[dict], int]:
+    """Token ids and labels per pair; returns (features, number truncated).
+
+    Prompt and completion are tokenized apart and concatenated, so the mask
+    boundary is exact and the prompt ids equal what evaluation feeds the model.
+    Over-long examples lose the start of the prompt first (the answer side is
+    what is learned), then the end of the completion.
+    """
+    prompts = tok([p["prompt"] for p in pairs])["input_ids"]
+    comps = tok([p["completion"] for p in pairs], add_special_tokens=False)["input_ids"]
+    eos = tok.eos_token_id
+    if eos is None:
+        raise SertError("the tokenizer has no EOS token; cannot mark the end of a target")
+    feats, truncated = [], 0
+    for p, c, pair in zip(prompts, comps, pairs):
+        c = list(c) + [eos]
+        if len(p) + len(c) > max_length:
+            truncated += 1
+            keep_p = max(0, max_length - len(c))
+            p = p[len(p) - keep_p:] if keep_p else []
+            c = c[: max_length - len(p)]
+        feats.append({"input_ids": list(p) + c, "labels": [-100] * len(p) + c, "weight": pair["weight"]})
+    return feats, truncated
+
+
+class PadCollator:
+    """Right-pads a batch to its longest member (no fixed-length padding); counts tokens."""
+
+    def __init__(self, pad_id: int, use_weights: bool = False):
+        self.pad_id, self.use_weights = pad_id, use_weights
+        self.real_tokens = self.padded_tokens = self.loss_tokens = 0
+
+    def __call__(self, feats: list[dict]) -> dict:
+        import torch
+
+        n = max(len(f["input_ids"]) for f in feats)
+        ids = torch.full((len(feats), n), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(feats), n), -100, dtype=torch.long)
+        mask = torch.zeros((len(feats), n), dtype=torch.long)
+        for i, f in enumerate(feats):
+            k = len(f["input_ids"])
+            ids[i, :k] = torch.tensor(f["input_ids"])
+            labels[i, :k] = torch.tensor(f["labels"])
+            mask[i, :k] = 1
+        self.real_tokens += int(mask.sum())
+        self.padded_tokens += ids.numel()
+        self.loss_tokens += int((labels[:, 1:] != -100).sum())
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if self.use_weights:
+            batch["weight"] = torch.tensor([float(f["weight"]) for f in feats])
+        return batch
+
+
+def example_losses(logits, labels):
+    """Per-example token-mean cross-entropy over the unmasked (completion) tokens."""
+    import torch.nn.functional as F
+
+    lg = logits[:, :-1, :].float()
+    lb = labels[:, 1:]
+    ce = F.cross_entropy(lg.reshape(-1, lg.size(-1)), lb.reshape(-1), ignore_index=-100, reduction="none")
+    ce = ce.view(lb.shape)
+    m = (lb != -100).to(ce.dtype)
+    return (ce * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def weighted_loss(logits, labels, weights):
+    """(D) Weighted loss: mean over the batch of weight x per-example token-mean loss.
+
+    Weights are rescaled to mean 1 over the whole data set before training (see
+    :func:`run_train`), so the loss scale and lr keep their meaning and an
+    example's weight does not depend on who shares its batch.
+    """
+    return (weights.to(logits.device).float() * example_losses(logits, labels)).mean()
+
+
+def _trainer_classes():
+    from transformers import Trainer
+
+    class WeightedTrainer(Trainer):
+        """Trainer whose loss weights each example (its ``weight`` batch field)."""
+        loss_is_scaled_for_ga = False  # a per-batch mean: Trainer divides by the accumulation steps
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            weights = inputs.pop("weight")
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            loss = weighted_loss(outputs.logits, labels, weights)
+            return (loss, outputs) if return_outputs else loss
+
+    return Trainer, WeightedTrainer
+
+
+# ------------------------------------------------------------------ running
+def _fingerprint(model_name: str, stage: str, pairs: list[dict], cfg: TrainConfig) -> str:
+    h = hashlib.sha256()
+    skip = {"logging_steps", "save_total_limit"}  # do not change what is learned
+    h.update(json.dumps({"model": model_name, "stage": stage,
+                         "cfg": {k: v for k, v in to_dict(cfg).items() if k not in skip}},
+                        sort_keys=True, default=str).encode())
+    for p in pairs:
+        h.update(json.dumps(p, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _precision(cfg: TrainConfig, device: str, dtype: str | None) -> str:
+    """Mixed precision for training (master weights stay fp32): 'bf16', 'fp16' or 'fp32'."""
+    import torch
+
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if dtype in ("bfloat16", "bf16"):
+        return "bf16"
+    if dtype in ("float16", "fp16"):
+        if not cuda:
+            raise SertError("--dtype float16 needs CUDA; use float32 or bfloat16 on CPU")
+        return "fp16"
+    if dtype in ("float32", "fp32"):
+        return "fp32"
+    if dtype not in (None, "auto"):
+        raise SertError(f"--dtype {dtype}: expected auto, float32, bfloat16 or float16")
+    b = str(cfg.bf16).lower()
+    if b == "true":
+        return "bf16"
+    if b == "auto" and cuda and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    from . import __version__
+    return {"sert": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "python": sys.version.split()[0]}
+
+
+def _model_card(info: dict) -> str:
+    s = info["settings"]
+    m = info["metrics"]
+    rows = "\n".join(f"| {k} | {v} |" for k, v in s.items())
+    mrows = "\n".join(f"| {k} | {v} |" for k, v in m.items())
+    what = {"self": "SERT self-training on the model's own filtered latent reasoning paths (SERT §II-B)",
+            "distill": "reasoning distillation on teacher chain-of-thought rationales (SERT §II-C)",
+            "finetune": "plain fine-tuning on question -> answer (the Finetune arm of SERT Table II)"}[info["stage"]]
+    return f"""---
+base_model: {info['base_model']}
+library_name: transformers
+tags: [sert, reasoning, {info['stage']}]
+---
+# {info['name']}
+
+Trained with `sert train --stage {info['stage']}`: {what}.
+Self-Enhanced Reasoning Training: Zhang et al., ICASSP 2025 (arXiv 2502.12744).
+
+- Base model: `{info['base_model']}`
+- Data: `{info['data']}` ({info['n_examples']} examples)
+- Prompt: `Question: {{q}}. Answer:`; the model continues with its reasoning and
+  `So the answer is {{a}}.`, then EOS. Decode greedily from that prompt.
+
+## Settings
+| setting | value |
+|---|---|
+{rows}
+
+## Metrics
+| metric | value |
+|---|---|
+{mrows}
+
+Loss curve and token counts: `train_summary.json` next to this directory.
+"""
+
+
+def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: str, cfg: TrainConfig,
+              out_dir: str | os.PathLike, resume: bool = False, device: str | None = None,
+              dtype: str | None = None, limit: int | None = None) -> Path:
+    """Train ``model_name`` on ``data`` for ``stage``; return the final checkpoint directory.
+
+    ``device``: auto | cpu | cuda (pick a GPU with CUDA_VISIBLE_DEVICES). ``dtype``:
+    the mixed precision (auto = bf16 where the hardware has it, else fp32); weights
+    stay fp32. A finished ``out_dir/final`` makes this a no-op; a checkpoint in
+    ``out_dir/checkpoints`` is resumed automatically.
+    """
+    errs = cfg.validate()
+    if errs:
+        raise SertError("; ".join(errs))
+    out = Path(out_dir)
+    final = out / "final"
+    if stage not in STAGES:
+        build_pairs(stage, [])  # raises with did-you-mean
+    if (final / "config.json").exists():
+        print(f"[sert] train: {final} exists; skipped (delete it to retrain)")
+        return final
+    records, source = load_records(stage, data, limit)
+    pairs = build_pairs(stage, records)
+    if device not in (None, "auto", "cpu", "cuda"):
+        raise SertError(f"--device {device}: training takes auto, cpu or cuda; "
+                        "choose GPUs with CUDA_VISIBLE_DEVICES (or accelerate launch / torchrun)")
+    from .models import pick_placement
+    pick_placement(device)  # clear error if CUDA was asked for and is missing
+
+    lock = RunLock(out) if _is_main() else None
+    if lock:
+        lock.__enter__()
+    try:
+        if (final / "config.json").exists():  # finished by another process meanwhile
+            print(f"[sert] train: {final} exists; skipped (delete it to retrain)")
+            return final
+        return _train(model_name, pairs, source, stage, cfg, out, resume, device, dtype)
+    finally:
+        if lock:
+            lock.__exit__(None, None, None)
+
+
+def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume, device, dtype) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .models import load_tokenizer, resolve_model
+
+    final = out / "final"
+    ckpt_dir = out / "checkpoints"
+    fp = _fingerprint(model_name, stage, pairs, cfg)
+    cfg_file = out / "train_config.json"
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if last:
+        old = read_json(cfg_file).get("fingerprint") if cfg_file.exists() else None
+        if old is not None and old != fp:
+            raise SertError(f"{ckpt_dir} holds checkpoints of a different model/data/settings "
+                            f"(fingerprint {old} != {fp}); use another --out or delete {ckpt_dir}")
+        print(f"[sert] train: resuming from {last}")
+    elif resume:
+        print(f"[sert] train: --resume given but {ckpt_dir} has no checkpoint; starting from the base model")
+    ensure_dir(out)
+    if _is_main():
+        atomic_write_json(cfg_file, {"model": model_name, "stage": stage, "data": source, "n_examples": len(pairs),
+                                     "device": device, "dtype": dtype, "train": to_dict(cfg), "fingerprint": fp})
+
+    tok = load_tokenizer(model_name)
+    feats, truncated = tokenize_pairs(pairs, tok, cfg.max_length)
+    if truncated:
+        print(f"[sert] train: {truncated} of {len(feats)} examples exceed max_length={cfg.max_length} "
+              "tokens and were truncated (start of the prompt first)")
+    if cfg.use_weights:
+        mean_w = sum(f["weight"] for f in feats) / len(feats)
+        if mean_w <= 0:
+            raise SertError("use_weights: every example has weight 0")
+        for f in feats:
+            f["weight"] = f["weight"] / mean_w  # (D) mean 1 over the data set, see weighted_loss
+
+    path = resolve_model(model_name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        from .models import _not_found
+        raise SertError(_not_found(model_name, e)) from None
+    model.config.use_cache = False
+    gc = model.generation_config
+    if gc.pad_token_id is None:
+        gc.pad_token_id = tok.pad_token_id
+    eos = gc.eos_token_id
+    if eos is None or (tok.eos_token_id not in (eos if isinstance(eos, list) else [eos])):
+        gc.eos_token_id = tok.eos_token_id if eos is None else sorted({*(eos if isinstance(eos, list) else [eos]),
+                                                                        tok.eos_token_id})
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                 lora_dropout=cfg.lora_dropout, target_modules="all-linear",
+                                                 task_type="CAUSAL_LM"))
+
+    precision = _precision(cfg, device or "auto", dtype)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = max(1, math.ceil(len(feats) / (cfg.batch_size * world * cfg.grad_accum)))
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,  # 0 -> AdamW is Adam, as the paper says
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        save_strategy="steps",
+        save_steps=min(steps_per_epoch, 200),  # at least once per epoch; a kill loses <= 200 steps
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=not sys.stderr.isatty(),
+    )
+    collator = PadCollator(tok.pad_token_id, use_weights=cfg.use_weights)
+    Trainer, WeightedTrainer = _trainer_classes()
+    cls = WeightedTrainer if cfg.use_weights else Trainer
+
+    class _Print(TrainerCallback):
+        def on_log(self, a, state, control, logs=None, **kw):
+            if state.is_world_process_zero and logs and "loss" in logs and args.disable_tqdm:
+                print(f"[sert] train: step {state.global_step}/{state.max_steps} "
+                      f"epoch {logs.get('epoch', 0):.2f} loss {logs['loss']:.4f}", flush=True)
+
+    trainer = cls(model=model, args=args, data_collator=collator, train_dataset=feats, processing_class=tok,
+                  callbacks=[_Print()])
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=last or None)
+    wall = time.time() - t0
+    if not trainer.is_world_process_zero():
+        return final
+
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    if cfg.lora:
+        trained = trained.merge_and_unload()
+    trained.config.use_cache = True
+    curve = [{"step": h["step"], "epoch": h.get("epoch"), "loss": h["loss"]}
+             for h in trainer.state.log_history if "loss" in h]
+    ppl_tokens = collator.real_tokens
+    metrics = {
+        "final_loss": round(curve[-1]["loss"], 4) if curve else None,
+        "mean_train_loss": round(result.training_loss, 4),
+        "steps": trainer.state.global_step,
+        "train_time_s": round(wall, 1),
+        "useful_tokens_per_s": round(ppl_tokens / wall, 1) if wall > 0 else None,
+        "padding_efficiency": round(ppl_tokens / collator.padded_tokens, 3) if collator.padded_tokens else None,
+    }
+    settings = {"stage": stage, "data": source, "examples": len(feats), "truncated": truncated,
+                "precision": precision, "world_size": world,
+                **{k: v for k, v in to_dict(cfg).items() if k not in ("logging_steps", "save_total_limit")}}
+    summary = {
+        "stage": stage, "model": model_name, "data": source, "n_examples": len(feats), "n_truncated": truncated,
+        "loss_curve": curve, **metrics,
+        "tokens": {"useful": ppl_tokens, "padded": collator.padded_tokens, "supervised": collator.loss_tokens,
+                   "note": "counted in this session (after a resume: since the resume)"},
+        "resumed_from": last, "device": str(trainer.args.device), "precision": precision, "world_size": world,
+        "config": to_dict(cfg), "fingerprint": fp, "versions": _versions(),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=".final-tmp-", dir=out))
+    try:
+        trained.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        card = {"name": f"{Path(str(model_name)).name}-sert-{stage}", "base_model": model_name, "stage": stage,
+                "data": source, "n_examples": len(feats), "settings": settings, "metrics": metrics}
+        atomic_write_text(tmp / "README.md", _model_card(card))
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_json(out / "train_summary.json", summary)
+    print(f"[sert] train: done in {wall:.0f}s, final loss {metrics['final_loss']}, "
+          f"{metrics['useful_tokens_per_s']} tokens/s -> {final}")
+    return final
+
+
+# ------------------------------------------------------------------ CLI
+def add_parser(sub) -> None:
+    from .cli import add_config_flags, add_model_args
+
+    p = sub.add_parser("train", help="self-train / distil / fine-tune a model (SERT §II-B, §II-C)",
+                       description=__doc__.split("\n\n")[0])
+    add_model_args(p)
+    p.add_argument("--data", required=True,
+                   help="self: selected.jsonl (or its dir); distill: rationales.jsonl (or its dir); "
+                        "finetune: a task name (train split) or JSONL/CSV with question, answer")
+    p.add_argument("--stage", required=True, choices=STAGES)
+    p.add_argument("--out", required=True, help="run directory: DIR/final, DIR/checkpoints, DIR/train_summary.json")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint in DIR/checkpoints (automatic when one exists)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N records")
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args) -> int:
+    from .cli import config_from_args
+
+    cfg = config_from_args(TrainConfig, args, section="train")
+    final = run_train(args.model, args.data, args.stage, cfg, args.out, resume=args.resume,
+                      device=args.device, dtype=args.dtype, limit=args.limit)
+    print(final)
+    return 0

@@ -1,0 +1,85 @@
+"""The shared extractor on literal outputs of every task's kind, incl. real teacher text."""
+import json
+
+import pytest
+
+from sert.answers import extract_answer, is_correct, normalize_answer, truncate_continuation
+from sert.tasks import DATA, get_task
+
+
+@pytest.mark.parametrize("text,kind,choices,want,method", [
+    (" So the answer is yes.", "yesno", None, "yes", "strict"),
+    ("Frost is common in December. So the answer is no.\nQuestion: Is ice cold?", "yesno", None, "no", "strict"),
+    ("Yes, because commencements happen in winter.", "yesno", None, "yes", "flexible"),
+    ("The answer is: True", "yesno", None, "yes", "strict"),
+    ("", "yesno", None, None, None),
+    ("I am not sure about that at all.", "yesno", None, None, None),
+    ("So the answer is (B) enforce.", "choice", ["ignore", "enforce", "authoritarian", "yell at", "avoid"], "B", "strict"),
+    ("So the answer is yell at.", "choice", ["ignore", "enforce", "authoritarian", "yell at", "avoid"], "D", "strict"),
+    ("So the answer is a library.", "choice", ["bank", "library", "mall", "zoo", "park"], "B", "strict"),
+    ("So the answer is e", "choice", ["bank", "library", "mall", "zoo", "park"], "E", "strict"),
+    ("They keep money at the bank (A).", "choice", ["bank", "library", "mall", "zoo", "park"], "A", "flexible"),
+    ("So the answer is $1,234.50.", "number", None, "1234.5", "strict"),
+    ("48/2 = 24 clips in May. 48+24 = 72", "number", None, "72", "flexible"),
+    ("So the answer is 5.0 apples.", "number", None, "5", "strict"),
+    ("So the answer is -3.", "number", None, "-3", "strict"),
+    ("So the answer is \"yajo\".", "text", None, "yajo", "strict"),
+])
+def test_extract_literal_outputs(text, kind, choices, want, method):
+    got = extract_answer(text, kind, choices)
+    assert got.answer == want
+    assert got.method == method
+
+
+def test_continuation_is_cut_before_extraction():
+    text = " Frost comes in winter.\nQuestion: Is the sky green? Answer: So the answer is yes."
+    assert truncate_continuation(text) == " Frost comes in winter."
+    assert extract_answer(text, "yesno").answer is None
+
+
+def test_numbers_compare_as_floats():
+    assert is_correct("72", "72", "number")
+    assert is_correct(normalize_answer("72.0", "number"), "72", "number")
+    assert not is_correct("71", "72", "number")
+    assert not is_correct(None, "72", "number")
+
+
+def _davinci(task_dir, fname):
+    return json.loads((DATA / task_dir / fname).read_text())["data"]
+
+
+@pytest.mark.parametrize("task,task_dir,fname,lo,hi", [
+    # Fraction of the real text-davinci-002 completions our extractor finds correct;
+    # SOURCES.md (Fine-tune-CoT rule) gives 53.4% StrategyQA, 307/532 last letter, 479/532 coin flip.
+    ("strategyqa", "strategyqa", "D_strategy_qa.json", 0.50, 0.57),
+    ("svamp", "svamp", "D_svamp.json", 0.55, 0.80),
+    ("coin_flip", "coin_flip", "D_coin_flip.json", 0.85, 0.95),
+    ("date_understanding", "date_understanding", "D_date_understanding.json", 0.5, 0.9),
+    ("tracking_shuffled_objects", "tracking_shuffled_objects", "D_tracking_shuffled_objects.json", 0.4, 0.7),
+    ("last_letter_concatenation", "last_letter_concatenation", "D_last_letter_concatenation.json", 0.45, 0.7),
+    ("multiarith", "multiarith", "D_multiarith.json", 0.7, 0.95),
+])
+def test_real_teacher_completions(task, task_dir, fname, lo, hi):
+    t = get_task(task)
+    exs = t.load_all()
+    data = _davinci(task_dir, fname)
+    n = ok = 0
+    for k, recs in data.items():
+        r = recs[0]
+        text = r["reasoning_completion"] + "\nTherefore, the answer is" + r["completion"]
+        ex = exs[int(k)]
+        got = extract_answer(text, ex.kind, ex.choices)
+        n += 1
+        ok += is_correct(got.answer, ex.answer, ex.kind)
+    assert lo <= ok / n <= hi, (task, ok, n)
+
+
+def test_real_palm_csqa_rationales_parse():
+    rows = [json.loads(line) for line in (DATA / "commonsense_qa/palm/cqa_train.json").read_text().splitlines()[:200]]
+    texts = json.loads((DATA / "commonsense_qa/palm/train_CoT_0.json").read_text())[:200]
+    ok = 0
+    for row, text in zip(rows, texts):
+        got = extract_answer(text, "choice", row["choices"])
+        ok += got.answer is not None and row["choices"][ord(got.answer) - 65] == row["answer"]
+    # SOURCES.md: the parsed PaLM answer equals gold in 74.3% over all 9741
+    assert 0.65 <= ok / 200 <= 0.85

@@ -1,0 +1,45 @@
+import pytest
+
+from sert.evaluate import score, summarize
+from sert.metrics import bootstrap_ci, compare_runs, format_issues, mcnemar_exact, rep_n
+from sert.tasks import Example
+
+
+def test_rep_n():
+    assert rep_n([1, 2, 3, 4], 1) == 0.0
+    assert rep_n([1, 1, 1, 1], 1) == pytest.approx(0.75)
+    assert rep_n([1, 2, 1, 2, 1, 2], 2) == pytest.approx(1 - 2 / 5)
+    assert rep_n([1], 2) == 0.0
+
+
+def test_format_issues_on_hand_made_outputs():
+    assert format_issues(" Ice is frozen. So the answer is yes.", True, [1, 2, 3, 4, 5]) == []
+    assert format_issues(" yes", False, [1]) == ["no_answer_phrase"]
+    assert "continuation" in format_issues(" So the answer is yes.\nQuestion: why?", True, [1, 2])
+    assert "repetition" in format_issues("a a a", True, [7, 8] * 20)
+
+
+def test_score_and_summary():
+    ex = Example("q1", "Is ice cold?", "yes", "yesno")
+    good = score(ex, " Ice is frozen water. So the answer is yes.", list(range(10)))
+    bad = score(ex, " no no no", [5, 5, 5])
+    assert good["correct"] and good["fmt_ok"] and good["reasoning_tokens"] == 4
+    assert not bad["correct"] and not bad["fmt_ok"] and bad["rep1"] == pytest.approx(2 / 3)
+    m = summarize([good, bad], n_boot=200)
+    assert m["acc"] == 0.5 and m["fmt"] == 0.5 and m["len"] == pytest.approx((4 + 3) / 2)
+    assert 0.0 <= m["acc_ci"][0] <= 0.5 <= m["acc_ci"][1] <= 1.0
+
+
+def test_bootstrap_ci_shrinks_with_n():
+    small = bootstrap_ci([1, 0] * 10, 500)
+    large = bootstrap_ci([1, 0] * 500, 500)
+    assert small[0] < large[0] < 0.5 < large[1] < small[1]
+
+
+def test_mcnemar_and_compare():
+    a = [True] * 10 + [False] * 10
+    b = [True] * 10 + [True] * 8 + [False] * 2
+    r = mcnemar_exact(a, b)
+    assert (r["only_a"], r["only_b"]) == (0, 8) and r["p_value"] == pytest.approx(2 / 2 ** 8)
+    c = compare_runs([{"id": i, "correct": x} for i, x in enumerate(a)], [{"id": i, "correct": x} for i, x in enumerate(b)])
+    assert c["n"] == 20 and c["diff"] == pytest.approx(0.4)
