@@ -83,3 +83,9 @@ def test_real_palm_csqa_rationales_parse():
         ok += got.answer is not None and row["choices"][ord(got.answer) - 65] == row["answer"]
     # SOURCES.md: the parsed PaLM answer equals gold in 74.3% over all 9741
     assert 0.65 <= ok / 200 <= 0.85
+
+
+def test_hedged_choice_is_no_answer():
+    ch = ["aquarium", "lake", "sea", "river", "pond"]
+    assert extract_answer("So the answer is either (a) aquarium or (e) pond.", "choice", ch).answer is None
+    assert extract_answer("So the answer is (a) aquarium.", "choice", ch).answer == "A"

@@ -70,6 +70,9 @@ def normalize_answer(raw: str, kind: str, choices: Sequence[str] | None = None) 
         return "yes" if w in _YES else "no" if w in _NO else None
     if kind == "choice":
         letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices or ()) or 26]
+        named = {x.upper() for x in re.findall(r"\(([A-Za-z])\)", s) if x.upper() in letters}
+        if len(named) > 1:
+            return None  # a hedge such as "either (a) aquarium or (e) pond" is no answer
         m = re.match(r"\s*\(([A-Za-z])\)", s) or re.match(r"\s*([A-Za-z])\s*(?:[).:,]|$)", s)
         if m and m.group(1).upper() in letters:
             return m.group(1).upper()
@@ -113,6 +116,8 @@ def extract_answer(text: str, kind: str, choices: Sequence[str] | None = None) -
         ans = normalize_answer(tail, kind, choices)
         if ans is not None:
             return Extraction(ans, "strict")
+        if kind == "choice" and len(set(re.findall(r"\(([A-Za-z])\)", tail.upper()))) > 1:
+            return Extraction(None, None)  # a stated hedge: no fallback guess
     ans = _flexible(body, kind, choices)
     return Extraction(ans, "flexible" if ans is not None else None)
 

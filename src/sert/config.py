@@ -59,6 +59,8 @@ class FilterConfig:
     min_ppl: float = 5.0               # (S) drop PPL < 5 (under the sampling model, (D))
     answer_consistency: bool = False   # (D) STaR-style: drop paths whose stated answer contradicts gold; off = paper
     confidence_weight: str | None = None  # (D) None | "ppl" | "delta": per-example loss weight for training
+    direct_answer_min_words: int = 5   # (D) pattern "direct_answer": fewer reasoning words than this = no reasoning
+    option_listing_min: int = 3        # (D) pattern "option_listing": this many option markers/items = a listing
 
     def validate(self) -> list[str]:
         e = []
@@ -72,6 +74,9 @@ class FilterConfig:
             e.append(f"filter.max_rep2: expected a rate in [0, 1], got {self.max_rep2}")
         if self.min_ppl < 1:
             e.append(f"filter.min_ppl: expected >= 1 (perplexity is never below 1), got {self.min_ppl}")
+        for k in ("direct_answer_min_words", "option_listing_min"):
+            if getattr(self, k) < 1:
+                e.append(f"filter.{k}: expected a positive integer, got {getattr(self, k)}")
         if self.confidence_weight not in (None, "ppl", "delta"):
             e.append(f"filter.confidence_weight: expected null, 'ppl' or 'delta', got {self.confidence_weight!r}")
         return e

@@ -227,7 +227,7 @@ def format_metrics(m: dict) -> str:
 def add_parser(sub) -> None:
     from .cli import add_config_flags, add_model_args
 
-    p = sub.add_parser("eval", help="evaluate a model on a task (greedy; Acc with 95% CI, Fmt, Len, Rep)",
+    p = sub.add_parser("eval", help="evaluate a model on a task (greedy; Acc with 95%% CI, Fmt, Len, Rep)",
                        description="Batched greedy evaluation with the paper's metrics. Resumable with --out.")
     add_model_args(p)
     p.add_argument("--task", required=True, help="task name (see 'sert tasks') or a .jsonl/.csv file")

@@ -83,11 +83,45 @@ def embedded_model_dir() -> Path:
     return out
 
 
+ASSETS = Path(__file__).parent / "assets" / EMBEDDED_NAME  # config + tokenizer only (no weights)
+RANDOM_PREFIX = "random:"
+# The paper's students, for randomly initialised benchmarking models (sizes of GPT-2 S/M/L).
+GPT2_SIZES = {"gpt2": (768, 12, 12), "gpt2-medium": (1024, 24, 16), "gpt2-large": (1280, 36, 20)}
+
+
 def resolve_model(name: str) -> str:
     """Map a --model value to something ``from_pretrained`` accepts."""
     if name.lower() in EMBEDDED:
         return str(embedded_model_dir())
     return name
+
+
+def random_model(name: str, seed: int = 0):
+    """``random:smollm2-135m`` / ``random:gpt2[-medium|-large]`` / ``random:PATH``: the architecture
+    with random weights, and the embedded tokenizer (shipped with the package).
+
+    Throughput does not depend on weight values, so benchmarks on machines without the
+    embedded weights (or without hub access) use these.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config
+
+    arch = name[len(RANDOM_PREFIX):] if name.startswith(RANDOM_PREFIX) else name
+    tok = AutoTokenizer.from_pretrained(ASSETS)
+    if arch.lower() in EMBEDDED:
+        cfg = AutoConfig.from_pretrained(ASSETS)
+    elif arch.lower() in GPT2_SIZES:
+        d, n, h = GPT2_SIZES[arch.lower()]
+        cfg = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=d, n_layer=n, n_head=h,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    elif Path(arch).exists():
+        cfg = AutoConfig.from_pretrained(arch)
+    else:
+        raise SertError(f"--model {name}: expected random:smollm2-135m, random:gpt2[-medium|-large] "
+                        "or random:PATH-with-config.json")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    return model, tok
 
 
 @dataclass
@@ -131,12 +165,19 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None):
     from transformers import AutoModelForCausalLM
 
     place = pick_placement(device, dtype)
-    path = resolve_model(name)
-    tok = load_tokenizer(name)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, place.dtype))
-    except (OSError, ValueError) as e:
-        raise SertError(_not_found(name, e)) from None
+    if name.startswith(RANDOM_PREFIX):
+        model, tok = random_model(name)
+        model.to(getattr(torch, place.dtype))
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "left"
+    else:
+        path = resolve_model(name)
+        tok = load_tokenizer(name)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, place.dtype))
+        except (OSError, ValueError) as e:
+            raise SertError(_not_found(name, e)) from None
     model.to(place.device)
     model.eval()
     if model.generation_config.pad_token_id is None:

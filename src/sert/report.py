@@ -87,6 +87,10 @@ def _load_run(run_dir: Path) -> dict:
         a = run_dir / "arms" / arm / "arm.json"
         if a.exists():
             run["train"][arm] = read_json(a)
+            ts = run_dir / "arms" / arm / "train_summary.json"
+            if ts.exists():  # written by sert.train: loss curve, steps, timing
+                t = read_json(ts)
+                run["train"][arm].update({k: t.get(k) for k in ("steps", "final_loss", "mean_train_loss")})
     f = run_dir / "filter" / "funnel.json"
     run["funnel"] = read_json(f) if f.exists() else None
     s = run_dir / "stages.json"
@@ -162,21 +166,13 @@ def _short(text: str, n: int) -> str:
 
 
 def _funnel_rows(funnel) -> tuple[list[str], list[list[str]]] | None:
-    """The funnel as a table, whatever its exact shape (list of steps or mapping)."""
-    if not funnel:
+    """The funnel (``sert.filters``: ``stages`` = paths and questions left after each filter) as a table."""
+    steps = funnel.get("stages") if isinstance(funnel, dict) else None
+    if not steps:
         return None
-    steps = funnel.get("steps") if isinstance(funnel, dict) else funnel
-    if isinstance(steps, list) and steps and isinstance(steps[0], dict):
-        keys = list(dict.fromkeys(k for s in steps for k in s))
-        return keys, [[_cell(s.get(k)) for k in keys] for s in steps]
-    if isinstance(funnel, dict):
-        flat = {k: v for k, v in funnel.items() if not isinstance(v, (dict, list))}
-        rows = [[k, _cell(v)] for k, v in flat.items()]
-        for k, v in funnel.items():
-            if isinstance(v, dict):
-                rows += [[f"{k}.{kk}", _cell(vv)] for kk, vv in v.items() if not isinstance(vv, (dict, list))]
-        return ["stage", "value"], rows
-    return None
+    rows = [[s.get("stage", "?"), _cell(s.get("paths")), _cell(s.get("questions")), _cell(s.get("removed")),
+             ", ".join(f"{k} {v}" for k, v in (s.get("removed_by") or {}).items())] for s in steps]
+    return ["filter", "paths left", "questions left", "removed", "removed by rule"], rows
 
 
 def _cell(v) -> str:
@@ -283,6 +279,13 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
         fr = _funnel_rows(run["funnel"])
         if fr:
             d.append(("table", *fr))
+        sel = (run["funnel"] or {}).get("selected") or {}
+        if sel.get("questions"):
+            d.append(("p", f"Selected for self-training: {sel['questions']} paths (one per question), mean "
+                           f"{_cell(sel.get('mean_tokens'))} tokens, mean rep-2 {_cell(sel.get('mean_rep2'))}, median "
+                           f"PPL {_cell(sel.get('median_ppl'))}; {_pct(sel.get('states_answer'), 0)}% state an answer, "
+                           f"of which {_pct(sel.get('answer_matches_gold'), 0)}% match the gold answer (the paper "
+                           "appends the gold answer to every path regardless)."))
         if (run["dir"] / "filter" / "funnel.png").exists():
             d.append(("img", run["dir"] / "filter" / "funnel.png", "filter funnel"))
 
@@ -291,8 +294,10 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
         rows = []
         for arm, t in run["train"].items():
             rows.append([ARM_LABELS.get(arm, arm), t.get("stage", "–"), f"`{t.get('init', '–')}`",
-                         f"`{t.get('data', '–')}`", _cell(t.get("n_examples")), _cell(t.get("wall_s"))])
-        d.append(("table", ["Arm", "stage", "initialised from", "data", "examples", "wall s"], rows))
+                         f"`{t.get('data', '–')}`", _cell(t.get("n_examples")), _cell(t.get("steps")),
+                         _cell(t.get("mean_train_loss")), _cell(t.get("final_loss")), _cell(t.get("wall_s"))])
+        d.append(("table", ["Arm", "stage", "initialised from", "data", "examples", "steps", "mean loss",
+                            "last logged loss", "wall s"], rows))
 
     ids = _sample_ids(run)
     if ids:

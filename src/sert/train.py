@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from .config import TrainConfig, to_dict
 from .errors import SertError
@@ -199,6 +199,11 @@ def _trainer_classes():
         """Trainer whose loss weights each example (its ``weight`` batch field)."""
         loss_is_scaled_for_ga = False  # a per-batch mean: Trainer divides by the accumulation steps
 
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            # transformers < 5.2x decides the accumulation scaling from this flag alone
+            self.model_accepts_loss_kwargs = False
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             weights = inputs.pop("weight")
             labels = inputs.pop("labels")
@@ -338,7 +343,7 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
 
 def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume, device, dtype) -> Path:
     import torch
-    from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArguments
+    from transformers import AutoModelForCausalLM, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
     from .models import load_tokenizer, resolve_model
@@ -396,7 +401,19 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     precision = _precision(cfg, device or "auto", dtype)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps_per_epoch = max(1, math.ceil(len(feats) / (cfg.batch_size * world * cfg.grad_accum)))
+    # names that moved between transformers releases (>= 4.57 supported)
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    version_kw = {}
+    if "train_sampling_strategy" in known:
+        version_kw["train_sampling_strategy"] = "group_by_length" if cfg.group_by_length else "random"
+    else:
+        version_kw["group_by_length"] = cfg.group_by_length
+    if "warmup_ratio" in known:
+        version_kw["warmup_ratio"] = cfg.warmup_ratio
+    else:
+        version_kw["warmup_steps"] = cfg.warmup_ratio  # a float in [0, 1) is a ratio of total steps
     args = TrainingArguments(
+        **version_kw,
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
@@ -404,13 +421,11 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay,  # 0 -> AdamW is Adam, as the paper says
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         save_strategy="steps",
         save_steps=min(steps_per_epoch, 200),  # at least once per epoch; a kill loses <= 200 steps
         save_total_limit=cfg.save_total_limit,
@@ -419,20 +434,14 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        dataloader_pin_memory=device != "cpu" and torch.cuda.is_available(),
         disable_tqdm=not sys.stderr.isatty(),
     )
     collator = PadCollator(tok.pad_token_id, use_weights=cfg.use_weights)
     Trainer, WeightedTrainer = _trainer_classes()
     cls = WeightedTrainer if cfg.use_weights else Trainer
 
-    class _Print(TrainerCallback):
-        def on_log(self, a, state, control, logs=None, **kw):
-            if state.is_world_process_zero and logs and "loss" in logs and args.disable_tqdm:
-                print(f"[sert] train: step {state.global_step}/{state.max_steps} "
-                      f"epoch {logs.get('epoch', 0):.2f} loss {logs['loss']:.4f}", flush=True)
-
-    trainer = cls(model=model, args=args, data_collator=collator, train_dataset=feats, processing_class=tok,
-                  callbacks=[_Print()])
+    trainer = cls(model=model, args=args, data_collator=collator, train_dataset=feats, processing_class=tok)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last or None)
     wall = time.time() - t0
@@ -443,16 +452,16 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     if cfg.lora:
         trained = trained.merge_and_unload()
     trained.config.use_cache = True
-    curve = [{"step": h["step"], "epoch": h.get("epoch"), "loss": h["loss"]}
+    curve = [{"step": h["step"], "epoch": h.get("epoch"), "loss": h["loss"], "grad_norm": h.get("grad_norm")}
              for h in trainer.state.log_history if "loss" in h]
-    ppl_tokens = collator.real_tokens
+    useful = collator.real_tokens
     metrics = {
         "final_loss": round(curve[-1]["loss"], 4) if curve else None,
         "mean_train_loss": round(result.training_loss, 4),
         "steps": trainer.state.global_step,
         "train_time_s": round(wall, 1),
-        "useful_tokens_per_s": round(ppl_tokens / wall, 1) if wall > 0 else None,
-        "padding_efficiency": round(ppl_tokens / collator.padded_tokens, 3) if collator.padded_tokens else None,
+        "useful_tokens_per_s": round(useful / wall, 1) if wall > 0 else None,
+        "padding_efficiency": round(useful / collator.padded_tokens, 3) if collator.padded_tokens else None,
     }
     settings = {"stage": stage, "data": source, "examples": len(feats), "truncated": truncated,
                 "precision": precision, "world_size": world,
@@ -460,7 +469,7 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     summary = {
         "stage": stage, "model": model_name, "data": source, "n_examples": len(feats), "n_truncated": truncated,
         "loss_curve": curve, **metrics,
-        "tokens": {"useful": ppl_tokens, "padded": collator.padded_tokens, "supervised": collator.loss_tokens,
+        "tokens": {"useful": useful, "padded": collator.padded_tokens, "supervised": collator.loss_tokens,
                    "note": "counted in this session (after a resume: since the resume)"},
         "resumed_from": last, "device": str(trainer.args.device), "precision": precision, "world_size": world,
         "config": to_dict(cfg), "fingerprint": fp, "versions": _versions(),
@@ -472,6 +481,7 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         card = {"name": f"{Path(str(model_name)).name}-sert-{stage}", "base_model": model_name, "stage": stage,
                 "data": source, "n_examples": len(feats), "settings": settings, "metrics": metrics}
         atomic_write_text(tmp / "README.md", _model_card(card))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

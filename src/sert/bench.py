@@ -1,0 +1,778 @@
+"""``sert bench``: throughput of mining, training and evaluation, each beside its baseline.
+
+Every figure is measured twice in the same process, on the same inputs: once with sert's
+code ("ours") and once with the plain way ("baseline"), and printed as
+``figure | ours | baseline | ratio``. Sections (``--only``):
+
+mining    ``sert.mine.mine`` (one prefill per question shared by its k x n = 5 x 5 rows,
+          several questions per batch, top-k before top-p) on B real StrategyQA train
+          questions, vs ``model.generate(do_sample=True, top_k=10, top_p=0.95,
+          num_return_sequences=25)`` called once per question. Sampled tokens/s, and the
+          model-FLOPs utilisation (MFU) of each: useful model FLOP/s / the FLOP/s of a plain
+          matmul measured in the same run (the ``matmul`` section: fp32 on CPU, the model's
+          dtype on GPU). Model FLOPs (the same for both; the baseline's 24 extra prefills per
+          question are not counted as useful):
+              per question:  F(p, 0) + 25 * sum_{t=1}^{T-1} F(1, p + t)
+              F(n, c) = n * 2 * P + 4 * n_layer * d_attn * (attended positions of the n tokens)
+          P = weights of every Linear/Conv1D layer (the LM head included, the embedding
+          lookup not), d_attn = heads x head dim, p = prompt tokens, T = new tokens per path.
+training  useful (non-padding) tokens/s of transformers' Trainer with sert's collator
+          (pads a batch to its longest member) and length grouping (``TrainConfig``
+          default), vs naive batches padded to a fixed length (the longest example of the
+          set) in random order, and vs dynamic padding in random order (what length
+          grouping adds alone). Same examples (exactly steps x batch real StrategyQA
+          distillation targets from the shipped text-davinci-002 teacher, one epoch), same
+          initial weights, same number of optimizer steps; the first step (optimizer state
+          allocation) is not timed.
+eval      ``sert.evaluate.generate_greedy`` at ``--eval-batch`` vs the same at batch size 1
+          on real StrategyQA test prompts; tokens/s, and the share of predictions
+          (generated token ids) identical between the two.
+matmul    the reference for MFU.
+
+Throughput figures use a fixed output length: the EOS logit is set to -inf by a forward
+hook on the output layer, for ours and the baseline alike, so both generate exactly the
+same number of tokens (checked; ``stop_strings`` are off in eval). Each timed call is
+preceded by a small warm-up call of the same code. Peak RSS per measured arm: the
+process's VmHWM after resetting it (``/proc/self/clear_refs``) just before the arm, with
+the model already loaded, so it is the arm's whole-process peak; on CUDA also the peak
+allocated GPU memory. Ratios: ours / baseline (for memory, lower is better).
+
+Results: a table on stdout and, with ``--out``, JSON (machine, settings, every figure)
+rewritten after each section so a run cut short keeps what it measured.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import SertError
+
+SECTIONS = ("matmul", "mining", "training", "eval")
+TARGETS = {"mining": 2.5, "training": 1.5, "eval": 3.0}  # issue 5: ours / baseline at least this
+
+
+# ------------------------------------------------------------------ settings
+@dataclasses.dataclass
+class BenchSizes:
+    mine_questions: int
+    mine_batch: int          # questions per batch of ours (x 25 rows)
+    mine_tokens: int         # new tokens per path
+    train_steps: int
+    train_batch: int
+    eval_questions: int
+    eval_batch: int
+    eval_tokens: int
+    matmul_n: int
+
+
+PRESETS = {
+    ("cpu", False): BenchSizes(8, 8, 64, 6, 8, 32, 32, 32, 2048),
+    ("cpu", True): BenchSizes(2, 2, 8, 3, 2, 4, 4, 4, 512),
+    ("cuda", False): BenchSizes(16, 16, 128, 30, 16, 16, 16, 64, 8192),
+    ("cuda", True): BenchSizes(2, 2, 16, 3, 4, 4, 4, 8, 2048),
+}
+
+
+def sizes_for(device: str, quick: bool, overrides: dict | None = None) -> BenchSizes:
+    s = copy.copy(PRESETS[("cuda" if device.startswith("cuda") else "cpu", bool(quick))])
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            if int(v) < 1:
+                raise SertError(f"--{k.replace('_', '-')}: expected a positive integer, got {v}")
+            setattr(s, k, int(v))
+    if s.train_steps < 2:
+        raise SertError("--train-steps: expected at least 2 (the first step is not timed)")
+    return s
+
+
+# ------------------------------------------------------------------ machine and memory
+def machine_info(device: str) -> dict:
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        usable = os.cpu_count()
+    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "cpu_cores_usable": usable,
+            "torch_threads": torch.get_num_threads(), "device": device,
+            "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+    try:
+        mem = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()
+        info["ram_gib"] = round(int(mem[1]) / 2**20, 1)
+    except (OSError, IndexError, ValueError):
+        pass
+    return info
+
+
+def load_avg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        return None
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Peak RSS (and peak CUDA allocation) over a ``with`` block.
+
+    Linux: VmHWM is reset on entry through ``/proc/self/clear_refs`` ("5"), so the figure is
+    the process's peak during the block. Elsewhere: ``getrusage`` max RSS, which cannot be
+    reset (then ``reset`` is False and the figure is the process's lifetime peak).
+    """
+
+    def __init__(self, device: str = "cpu"):
+        self.cuda = device.startswith("cuda")
+        self.reset = False
+        self.peak_rss_mb: float | None = None
+        self.peak_gpu_mb: float | None = None
+
+    def __enter__(self):
+        import gc
+        gc.collect()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.reset = True
+        except OSError:
+            self.reset = False
+        if self.cuda:
+            import torch
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc):
+        hwm = _status_kb("VmHWM") if self.reset else None
+        if hwm is None:
+            import resource
+            hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+        self.peak_rss_mb = round(hwm / 1024, 1)
+        if self.cuda:
+            import torch
+            self.peak_gpu_mb = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        return False
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+class Timer:
+    def __init__(self, device: str):
+        self.device = device
+        self.s = 0.0
+
+    def __enter__(self):
+        _sync(self.device)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        _sync(self.device)
+        self.s = time.perf_counter() - self.t0
+        return False
+
+
+# ------------------------------------------------------------------ fixed-length generation
+def eos_ids(model, tokenizer) -> list[int]:
+    ids = set()
+    e = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for x in (e if isinstance(e, (list, tuple)) else [e]):
+        if x is not None:
+            ids.add(int(x))
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)
+
+
+@contextlib.contextmanager
+def no_eos(model, ids: Sequence[int]):
+    """Set the EOS logits to -inf (a forward hook on the output layer): nothing stops early,
+    so ours and the baseline generate exactly ``max_new_tokens`` per row."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise SertError("the model has no output layer to hook; cannot fix the output length")
+    ids = list(ids)
+
+    def hook(_mod, _inp, out):
+        out[..., ids] = float("-inf")
+        return out
+
+    h = head.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        h.remove()
+
+
+# ------------------------------------------------------------------ FLOPs and matmul
+def matmul_params(model) -> int:
+    """Weights that take part in a matmul per token: Linear and GPT-2's Conv1D (LM head included)."""
+    import torch
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D":
+            n += m.weight.numel()
+    return n
+
+
+def _attn_dims(config) -> tuple[int, int]:
+    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer")
+    heads = getattr(c, "num_attention_heads", None) or getattr(c, "n_head")
+    hidden = getattr(c, "hidden_size", None) or getattr(c, "n_embd")
+    head_dim = getattr(c, "head_dim", None) or hidden // heads
+    return int(layers), int(heads * head_dim)
+
+
+def mining_flops(model, prompt_lens: Sequence[int], rows: int, new_tokens: int) -> float:
+    """Useful model FLOPs to mine ``rows`` paths of ``new_tokens`` tokens per prompt (see module doc)."""
+    P = matmul_params(model)
+    L, d = _attn_dims(model.config)
+    total = 0.0
+    for p in prompt_lens:
+        total += p * 2 * P + 4 * L * d * p * (p + 1) / 2             # prefill (causal)
+        n = new_tokens - 1                                             # forwards per row after the prefill
+        ctx = n * p + n * (n + 1) / 2                                  # sum over t=1..n of (p + t)
+        total += rows * (n * 2 * P + 4 * L * d * ctx)
+    return total
+
+
+def bench_matmul(device: str, dtype: str, n: int, min_s: float = 1.0) -> dict:
+    """FLOP/s of a plain n x n x n matmul: the best of several timed repeats after a warm-up."""
+    import torch
+
+    dt = getattr(torch, dtype)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dt)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dt)
+    c = torch.empty(n, n, device=device, dtype=dt)
+    torch.matmul(a, b, out=c)
+    flop = 2.0 * n ** 3
+    best, total, reps = float("inf"), 0.0, 0
+    while total < min_s or reps < 3:
+        with Timer(device) as t:
+            for _ in range(4):
+                torch.matmul(a, b, out=c)
+        best = min(best, t.s / 4)
+        total += t.s
+        reps += 1
+        if reps >= 200:
+            break
+    return {"n": n, "dtype": dtype, "device": device, "flops_per_s": flop / best, "gflops": round(flop / best / 1e9, 1),
+            "repeats": reps}
+
+
+# ------------------------------------------------------------------ data
+def mining_examples(n: int):
+    from .tasks import get_task
+    return get_task("strategyqa").examples("train", n)
+
+
+def eval_examples(n: int):
+    from .tasks import get_task
+    return get_task("strategyqa").examples("test", n)
+
+
+def distill_pairs() -> list[dict]:
+    """Real StrategyQA distillation pairs: the shipped text-davinci-002 Zero-shot-CoT rationales
+    (the paper's teacher), correct ones only (the teach stage's default), train split."""
+    from .config import TeachConfig
+    from .tasks import get_task
+    from .teach import build_records, resolve_teacher, teacher_rationales
+    from .train import build_pairs
+
+    task = get_task("strategyqa")
+    exs = task.examples("train")
+    teacher = resolve_teacher(task, "auto")
+    with tempfile.TemporaryDirectory() as tmp:
+        found, _ = teacher_rationales(task, teacher, exs, TeachConfig(), Path(tmp))
+    recs, _ = build_records(exs, found, teacher)
+    return build_pairs("distill", [r for r in recs if r["correct"]])
+
+
+# ------------------------------------------------------------------ figures
+def figure(section: str, name: str, ours, baseline, unit: str = "", better: str = "higher", note: str = "",
+           ratio: float | None = None) -> dict:
+    if ratio is None and isinstance(ours, (int, float)) and isinstance(baseline, (int, float)) and baseline:
+        ratio = ours / baseline
+    return {"section": section, "figure": name, "unit": unit, "ours": ours, "baseline": baseline,
+            "ratio": None if ratio is None else round(ratio, 3), "better": better, "note": note}
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        a = abs(v)
+        return f"{v:.3f}" if a < 1 else f"{v:.2f}" if a < 100 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def format_table(figs: Sequence[dict]) -> str:
+    head = ["section", "figure", "ours", "baseline", "ratio", "baseline is"]
+    rows = [[f["section"], f["figure"] + (f" ({f['unit']})" if f["unit"] else ""), _fmt(f["ours"]),
+             _fmt(f["baseline"]), ("-" if f["ratio"] is None else f"{f['ratio']:.2f}x"), f["note"]] for f in figs]
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------ mining
+def hf_generate_mining(model, tokenizer, examples, new_tokens: int, top_k: int = 10, top_p: float = 0.95,
+                       rows: int = 25, seed: int = 0) -> int:
+    """The baseline: ``model.generate`` with 25 return sequences, one question at a time.
+    Returns the number of generated tokens (EOS and padding excluded)."""
+    import torch
+
+    from .templates import mining_prompt
+
+    eos = set(eos_ids(model, tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+    torch.manual_seed(seed)
+    n = 0
+    for e in examples:
+        ids = torch.tensor([tokenizer(mining_prompt(e.question))["input_ids"]], device=model.device)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=top_k,
+                             top_p=top_p, temperature=1.0, num_return_sequences=rows, max_new_tokens=new_tokens,
+                             pad_token_id=pad, eos_token_id=sorted(eos))
+        new = out[:, ids.shape[1]:]
+        n += int((~torch.isin(new, torch.tensor(sorted(eos | {pad}), device=new.device))).sum())
+    return n
+
+
+def sert_mining(model, tokenizer, examples, new_tokens: int, batch_questions: int, seed: int = 0) -> int:
+    """Ours: ``sert.mine.mine`` at the paper's 5 x 5 (writes its JSONL to a temp dir). Returns tokens sampled."""
+    from .config import MineConfig
+    from .mine import mine
+
+    cfg = MineConfig(max_new_tokens=new_tokens, batch_questions=batch_questions, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        recs = mine(model, tokenizer, examples, cfg, Path(tmp) / "paths.jsonl", progress=False)
+    return sum(r["n_tokens"] for r in recs)
+
+
+def bench_mining(model, tokenizer, device: str, sizes: BenchSizes, matmul_flops: float | None,
+                 ours_fn: Callable = sert_mining, base_fn: Callable = hf_generate_mining) -> tuple[dict, list[dict]]:
+    from .templates import mining_prompt
+
+    exs = mining_examples(sizes.mine_questions)
+    T, rows = sizes.mine_tokens, 25
+    expect = len(exs) * rows * T
+    res: dict = {"questions": len(exs), "rows_per_question": rows, "new_tokens": T,
+                 "batch_questions": sizes.mine_batch, "load_before": load_avg()}
+    with no_eos(model, eos_ids(model, tokenizer)):
+        ours_fn(model, tokenizer, exs[:1], min(T, 4), 1)                  # warm-up, same code
+        base_fn(model, tokenizer, exs[:1], min(T, 4))
+        with PeakMemory(device) as mo, Timer(device) as to:
+            n_ours = ours_fn(model, tokenizer, exs, T, sizes.mine_batch)
+        with PeakMemory(device) as mb, Timer(device) as tb:
+            n_base = base_fn(model, tokenizer, exs, T)
+    if n_ours != expect or n_base != expect:
+        raise SertError(f"mining bench: generated {n_ours} (ours) and {n_base} (baseline) tokens, "
+                        f"expected {expect} each; the fixed-length setup failed")
+    plens = [len(tokenizer(mining_prompt(e.question))["input_ids"]) for e in exs]
+    flops = mining_flops(model, plens, rows, T)
+    res.update({"tokens": expect, "ours_s": round(to.s, 3), "baseline_s": round(tb.s, 3),
+                "ours_tokens_per_s": round(n_ours / to.s, 1), "baseline_tokens_per_s": round(n_base / tb.s, 1),
+                "model_flops": flops, "matmul_params": matmul_params(model), "prompt_tokens_mean": sum(plens) / len(plens),
+                "ours_peak_rss_mb": mo.peak_rss_mb, "baseline_peak_rss_mb": mb.peak_rss_mb,
+                "ours_peak_gpu_mb": mo.peak_gpu_mb, "baseline_peak_gpu_mb": mb.peak_gpu_mb,
+                "rss_reset": mo.reset, "load_after": load_avg()})
+    base_note = "generate(num_return_sequences=25) per question"
+    figs = [figure("mining", f"sampled tokens/s, 5x5 paths, {len(exs)} q x {T} tok", res["ours_tokens_per_s"],
+                   res["baseline_tokens_per_s"], "tok/s", note=base_note)]
+    if matmul_flops:
+        res["ours_mfu"] = flops / to.s / matmul_flops
+        res["baseline_mfu"] = flops / tb.s / matmul_flops
+        figs.append(figure("mining", "MFU vs matmul", round(res["ours_mfu"], 4), round(res["baseline_mfu"], 4),
+                           "", note="same model FLOPs / same matmul"))
+    figs.append(figure("mining", "peak RSS", mo.peak_rss_mb, mb.peak_rss_mb, "MB", better="lower", note=base_note))
+    if mo.peak_gpu_mb is not None:
+        figs.append(figure("mining", "peak GPU memory", mo.peak_gpu_mb, mb.peak_gpu_mb, "MB", better="lower",
+                           note=base_note))
+    return res, figs
+
+
+# ------------------------------------------------------------------ training
+class FixedPadCollator:
+    """The naive baseline: every batch right-padded to one fixed length (labels -100, mask 0)."""
+
+    def __init__(self, pad_id: int, length: int):
+        from .train import PadCollator
+
+        self.inner = PadCollator(pad_id)
+        self.length = length
+        self.real_tokens = self.padded_tokens = 0
+        self.batches: list[tuple[int, int]] = []
+
+    def __call__(self, feats):
+        import torch
+
+        b = self.inner(feats)
+        n = b["input_ids"].shape[1]
+        if n < self.length:
+            k = self.length - n
+            b["input_ids"] = torch.nn.functional.pad(b["input_ids"], (0, k), value=self.inner.pad_id)
+            b["labels"] = torch.nn.functional.pad(b["labels"], (0, k), value=-100)
+            b["attention_mask"] = torch.nn.functional.pad(b["attention_mask"], (0, k), value=0)
+        real = int(b["attention_mask"].sum())
+        self.batches.append((real, b["input_ids"].numel()))
+        return b
+
+
+class CountingCollator:
+    """sert's ``PadCollator`` with the per-batch (real, padded) token counts recorded."""
+
+    def __init__(self, pad_id: int):
+        from .train import PadCollator
+
+        self.inner = PadCollator(pad_id)
+        self.batches: list[tuple[int, int]] = []
+
+    def __call__(self, feats):
+        b = self.inner(feats)
+        self.batches.append((int(b["attention_mask"].sum()), b["input_ids"].numel()))
+        return b
+
+
+def _training_args(out_dir: str, steps: int, batch: int, grouped: bool, precision: str, device: str, seed: int):
+    import torch
+    from transformers import TrainingArguments
+
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    kw = {}
+    if "train_sampling_strategy" in known:
+        kw["train_sampling_strategy"] = "group_by_length" if grouped else "random"
+    else:
+        kw["group_by_length"] = grouped
+    return TrainingArguments(
+        **kw, output_dir=out_dir, per_device_train_batch_size=batch, max_steps=steps, learning_rate=3e-4,
+        weight_decay=0.0, lr_scheduler_type="constant", seed=seed, data_seed=seed, bf16=precision == "bf16",
+        fp16=precision == "fp16", use_cpu=not device.startswith("cuda"), save_strategy="no", report_to="none",
+        logging_strategy="no", remove_unused_columns=False, dataloader_num_workers=0,
+        dataloader_pin_memory=device.startswith("cuda") and torch.cuda.is_available(), disable_tqdm=True)
+
+
+def train_arm(model, tokenizer, feats, collator, steps: int, batch: int, grouped: bool, precision: str,
+              device: str, seed: int = 0) -> dict:
+    """Run ``steps`` optimizer steps with the Trainer; time steps 2..N (step ends, via a callback)."""
+    from transformers import Trainer, TrainerCallback
+
+    ends: list[float] = []
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            _sync(device)
+            ends.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = _training_args(tmp, steps, batch, grouped, precision, device, seed)
+        tr = Trainer(model=model, args=args, data_collator=collator, train_dataset=feats,
+                     processing_class=tokenizer, callbacks=[StepClock()])
+        with PeakMemory(device) as mem:
+            tr.train()
+    if len(ends) != steps or len(collator.batches) < steps:
+        raise SertError(f"training bench: expected {steps} steps, saw {len(ends)} "
+                        f"({len(collator.batches)} batches collated)")
+    timed = collator.batches[1:steps]
+    real = sum(r for r, _ in timed)
+    padded = sum(p for _, p in timed)
+    secs = ends[-1] - ends[0]
+    return {"steps": steps, "timed_steps": steps - 1, "seconds": round(secs, 3), "useful_tokens": real,
+            "padded_tokens": padded, "useful_tokens_per_s": round(real / secs, 1),
+            "padding_efficiency": round(real / padded, 3),
+            "useful_tokens_all_steps": sum(r for r, _ in collator.batches[:steps]),
+            "peak_rss_mb": mem.peak_rss_mb, "peak_gpu_mb": mem.peak_gpu_mb, "rss_reset": mem.reset}
+
+
+def bench_training(model, tokenizer, device: str, sizes: BenchSizes, precision: str,
+                   max_length: int = 512, seed: int = 0, with_dynamic: bool = True) -> tuple[dict, list[dict]]:
+    """``model``: fp32 weights (mixed precision through the Trainer, as ``sert train`` does)."""
+    from .train import tokenize_pairs
+
+    n = sizes.train_steps * sizes.train_batch
+    pairs = distill_pairs()
+    if len(pairs) < n:
+        raise SertError(f"training bench: {n} examples needed, {len(pairs)} available; fewer steps or a smaller batch")
+    feats, _ = tokenize_pairs(pairs[:n], tokenizer, max_length)
+    for f in feats:
+        f.pop("weight", None)
+    fixed = max(len(f["input_ids"]) for f in feats)
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.config.use_cache = False
+    res: dict = {"examples": n, "steps": sizes.train_steps, "batch": sizes.train_batch, "precision": precision,
+                 "fixed_pad_length": fixed, "mean_length": round(sum(len(f["input_ids"]) for f in feats) / n, 1),
+                 "load_before": load_avg()}
+    pad = tokenizer.pad_token_id
+
+    # warm-up: one step of each shape family, then back to the initial weights
+    train_arm(model, tokenizer, feats[:2 * sizes.train_batch], FixedPadCollator(pad, fixed), 2, sizes.train_batch,
+              False, precision, device, seed)
+    model.load_state_dict(init)
+
+    arms = {"ours": (CountingCollator(pad), True), "naive": (FixedPadCollator(pad, fixed), False)}
+    if with_dynamic:
+        arms["dynamic"] = (CountingCollator(pad), False)
+    for name, (coll, grouped) in arms.items():
+        model.load_state_dict(init)
+        res[name] = train_arm(model, tokenizer, feats, coll, sizes.train_steps, sizes.train_batch, grouped,
+                              precision, device, seed)
+    model.load_state_dict(init)
+    res["load_after"] = load_avg()
+    o, b = res["ours"], res["naive"]
+    if o["useful_tokens_all_steps"] != b["useful_tokens_all_steps"]:
+        raise SertError("training bench: the arms trained on different tokens")
+    figs = [figure("training", f"useful tok/s, {sizes.train_steps} steps x batch {sizes.train_batch}",
+                   o["useful_tokens_per_s"], b["useful_tokens_per_s"], "tok/s",
+                   note=f"fixed padding to {fixed} tokens, random order"),
+            figure("training", "padding efficiency (useful / computed tokens)", o["padding_efficiency"],
+                   b["padding_efficiency"], note="fixed padding, random order")]
+    if with_dynamic:
+        d = res["dynamic"]
+        figs.insert(1, figure("training", "useful tok/s (length grouping alone)", o["useful_tokens_per_s"],
+                              d["useful_tokens_per_s"], "tok/s", note="dynamic padding, random order"))
+    figs.append(figure("training", "peak RSS", o["peak_rss_mb"], b["peak_rss_mb"], "MB", better="lower",
+                       note="fixed padding, random order"))
+    if o["peak_gpu_mb"] is not None:
+        figs.append(figure("training", "peak GPU memory", o["peak_gpu_mb"], b["peak_gpu_mb"], "MB", better="lower",
+                           note="fixed padding, random order"))
+    return res, figs
+
+
+# ------------------------------------------------------------------ evaluation
+def compare_predictions(a: Sequence[dict], b: Sequence[dict]) -> dict:
+    """Share of prompts whose generated token ids are identical in ``a`` and ``b``."""
+    if len(a) != len(b):
+        raise SertError(f"eval bench: {len(a)} vs {len(b)} predictions")
+    diff = [i for i, (x, y) in enumerate(zip(a, b)) if list(x["token_ids"]) != list(y["token_ids"])]
+    return {"n": len(a), "identical": len(a) - len(diff), "share_identical": (len(a) - len(diff)) / max(1, len(a)),
+            "mismatched_indices": diff[:20]}
+
+
+def bench_eval(model, tokenizer, device: str, sizes: BenchSizes, generate: Callable | None = None
+               ) -> tuple[dict, list[dict]]:
+    from .templates import train_prompt
+
+    if generate is None:
+        from .evaluate import generate_greedy as generate
+    exs = eval_examples(sizes.eval_questions)
+    prompts = [train_prompt(e.question) for e in exs]
+    T = sizes.eval_tokens
+    kw = dict(max_new_tokens=T, progress=False, stop_strings=None)
+    res: dict = {"questions": len(prompts), "batch": sizes.eval_batch, "new_tokens": T, "load_before": load_avg()}
+    with no_eos(model, eos_ids(model, tokenizer)):
+        generate(model, tokenizer, prompts[:2], batch_size=2, **dict(kw, max_new_tokens=min(T, 4)))  # warm-up
+        generate(model, tokenizer, prompts[:1], batch_size=1, **dict(kw, max_new_tokens=min(T, 4)))
+        with PeakMemory(device) as mo, Timer(device) as to:
+            ours = generate(model, tokenizer, prompts, batch_size=sizes.eval_batch, **kw)
+        with PeakMemory(device) as mb, Timer(device) as tb:
+            base = generate(model, tokenizer, prompts, batch_size=1, **kw)
+    n_o = sum(len(r["token_ids"]) for r in ours)
+    n_b = sum(len(r["token_ids"]) for r in base)
+    if n_o != len(prompts) * T or n_b != len(prompts) * T:
+        raise SertError(f"eval bench: generated {n_o} (batched) and {n_b} (batch 1) tokens, expected "
+                        f"{len(prompts) * T} each; the fixed-length setup failed")
+    cmp = compare_predictions(ours, base)
+    res.update({"tokens": n_o, "ours_s": round(to.s, 3), "baseline_s": round(tb.s, 3),
+                "ours_tokens_per_s": round(n_o / to.s, 1), "baseline_tokens_per_s": round(n_b / tb.s, 1),
+                "ours_peak_rss_mb": mo.peak_rss_mb, "baseline_peak_rss_mb": mb.peak_rss_mb, **cmp,
+                "load_after": load_avg()})
+    figs = [figure("eval", f"greedy tok/s, {len(prompts)} q x {T} tok", res["ours_tokens_per_s"],
+                   res["baseline_tokens_per_s"], "tok/s", note="generate_greedy at batch size 1"),
+            figure("eval", "share of predictions identical to batch 1", round(cmp["share_identical"], 4), 1.0,
+                   note="batch 1 (reference)")]
+    return res, figs
+
+
+# ------------------------------------------------------------------ driver
+def targets_met(figs: Sequence[dict]) -> dict:
+    out = {}
+    first = {}
+    for f in figs:
+        if f["unit"] == "tok/s" and f["section"] not in first:
+            first[f["section"]] = f
+    for sec, target in TARGETS.items():
+        f = first.get(sec)
+        if f is None:
+            continue
+        met = f["ratio"] is not None and f["ratio"] >= target
+        if sec == "eval":
+            share = next((g["ours"] for g in figs if g["section"] == "eval" and g["figure"].startswith("share")), None)
+            met = met and share == 1.0
+        out[sec] = {"target_ratio": target, "ratio": f["ratio"], "met": met}
+    return out
+
+
+def run_bench(model_name: str = "random:smollm2-135m", device: str | None = "auto", dtype: str | None = "auto",
+              only: Sequence[str] = SECTIONS, quick: bool = False, out: str | None = None,
+              overrides: dict | None = None, threads: int | None = None, seed: int = 0,
+              log: Callable[[str], None] = print) -> dict:
+    import torch
+
+    from .models import load_model, pick_placement
+    from .train import _precision
+    from .config import TrainConfig
+
+    bad = [s for s in only if s not in SECTIONS]
+    if bad:
+        raise SertError(f"--only: unknown section(s) {', '.join(bad)}; expected some of {', '.join(SECTIONS)}")
+    if threads:
+        torch.set_num_threads(threads)
+    place = pick_placement(device, dtype)
+    sizes = sizes_for(place.device, quick, overrides)
+    result = {"command": "sert bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None,
+              "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "model": model_name, "placement": dataclasses.asdict(place), "quick": quick,
+              "sizes": dataclasses.asdict(sizes), "machine": machine_info(place.device), "load_start": load_avg(),
+              "reference": {}, "sections": {}, "figures": []}
+
+    def save():
+        result["targets"] = targets_met(result["figures"])
+        if out:
+            p = Path(out)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(p.name + ".tmp")
+            tmp.write_text(json.dumps(result, indent=2, default=str))
+            os.replace(tmp, p)
+
+    m = result["machine"]
+    log(f"[bench] {model_name} on {place.device}/{place.dtype}; {m['gpu'] or m['cpu']}; "
+        f"{m['cpu_cores_usable']} cores, {m['torch_threads']} torch threads; load {result['load_start']}")
+    mm = None
+    if "matmul" in only or "mining" in only:
+        mm_dtype = "float32" if place.device == "cpu" else place.dtype
+        mm = bench_matmul(place.device, mm_dtype, sizes.matmul_n)
+        result["reference"]["matmul"] = mm
+        log(f"[bench] matmul {mm['n']}^3 {mm['dtype']}: {mm['gflops']} GFLOP/s")
+        save()
+    t_all = time.perf_counter()
+    if "mining" in only or "eval" in only:
+        model, tok, _ = load_model(model_name, place.device, place.dtype)
+        if "mining" in only:
+            t0 = time.perf_counter()
+            res, figs = bench_mining(model, tok, place.device, sizes, mm["flops_per_s"] if mm else None)
+            res["wall_s"] = round(time.perf_counter() - t0, 1)
+            result["sections"]["mining"] = res
+            result["figures"] += figs
+            log(format_table(figs))
+            save()
+        if "eval" in only:
+            t0 = time.perf_counter()
+            res, figs = bench_eval(model, tok, place.device, sizes)
+            res["wall_s"] = round(time.perf_counter() - t0, 1)
+            result["sections"]["eval"] = res
+            result["figures"] += figs
+            log(format_table(figs))
+            save()
+        del model
+        if place.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    if "training" in only:
+        t0 = time.perf_counter()
+        model, tok, _ = load_model(model_name, place.device, "float32")  # fp32 master weights, as sert train
+        model.train()
+        precision = _precision(TrainConfig(), place.device, place.dtype)
+        res, figs = bench_training(model, tok, place.device, sizes, precision, seed=seed)
+        res["wall_s"] = round(time.perf_counter() - t0, 1)
+        result["sections"]["training"] = res
+        result["figures"] += figs
+        log(format_table(figs))
+        del model
+        save()
+    result["wall_s"] = round(time.perf_counter() - t_all, 1)
+    result["load_end"] = load_avg()
+    save()
+    return result
+
+
+def report(result: dict) -> str:
+    """The whole table with the machine line, as printed at the end and pasted into the README."""
+    m = result["machine"]
+    where = m["gpu"] or m["cpu"]
+    lines = [f"`{result.get('command') or 'sert bench'}` — {result['model']}, {result['placement']['device']}/"
+             f"{result['placement']['dtype']}, {where}, {m['cpu_cores_usable']} cores / {m['torch_threads']} torch "
+             f"threads, torch {m['torch']}, transformers {m['transformers']}, {result['date']}, "
+             f"load avg {result['load_start']} -> {result.get('load_end')}", ""]
+    if "matmul" in result["reference"]:
+        mm = result["reference"]["matmul"]
+        lines.append(f"Reference matmul ({mm['n']}^3, {mm['dtype']}): {mm['gflops']} GFLOP/s.")
+        lines.append("")
+    lines.append(format_table(result["figures"]))
+    t = result.get("targets") or {}
+    if t:
+        lines.append("")
+        lines.append("Targets: " + "; ".join(f"{k} {v['ratio']}x vs {v['target_ratio']}x: "
+                                            f"{'met' if v['met'] else 'NOT met'}" for k, v in t.items()))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ CLI
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark mining, training and evaluation against their baselines",
+                       description=__doc__.split("\n\n")[0] + " See the module doc (sert/bench.py) for the method.")
+    p.add_argument("--model", default="random:smollm2-135m",
+                   help="model to benchmark (default random:smollm2-135m: SmolLM2's architecture, random weights; "
+                        "also random:gpt2[-medium|-large], smollm2-135m, an HF id or path)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA)")
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections ({','.join(SECTIONS)})")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the machinery, not the speed")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    for f in dataclasses.fields(BenchSizes):
+        p.add_argument("--" + f.name.replace("_", "-"), type=int, default=None, dest=f"size_{f.name}",
+                       help="override the preset (cpu: %s; cuda: %s)" % (getattr(PRESETS[("cpu", False)], f.name),
+                                                                         getattr(PRESETS[("cuda", False)], f.name)))
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    overrides = {k[5:]: v for k, v in vars(args).items() if k.startswith("size_")}
+    res = run_bench(args.model, args.device, args.dtype, only, args.quick, args.out, overrides, args.threads)
+    print()
+    print(report(res))
+    if args.out:
+        print(f"\nresults: {args.out}")
+    return 0

@@ -1,0 +1,498 @@
+"""Stage 1b: filtering mined paths (SERT §II-A), then one path per question.
+
+Input: ``RUN/paths.jsonl`` from :mod:`sert.mine`. Outputs in ``--out``:
+``selected.jsonl`` (one record per surviving question), ``rejected.jsonl`` (every other
+path with the rule that rejected it), ``funnel.json`` + ``funnel.png`` (paths and
+questions left after each filter, and the ablation view), ``ablation/`` (the selected
+set after each filter is added, for judging as in the paper's Fig. 4).
+
+The paper's filters, in its order, each a named rule with a configurable threshold
+(:class:`~sert.config.FilterConfig`):
+
+1. ``pattern`` -- three rules: ``prompt_imitation`` (the path writes ``Question:`` /
+   ``Answer:`` / ``Q:`` or ``Answer Choices:`` itself), ``direct_answer`` (after removing
+   sentences that only state an answer, fewer than ``direct_answer_min_words`` words are
+   left), ``option_listing`` (``option_listing_min`` or more option markers such as
+   ``(A)``/``B.``, short list items, or distinct answer-choice texts).
+2. ``length``  -- fewer than ``min_tokens`` tokens (25).
+3. ``rep2``    -- bigram repetition rate above ``max_rep2`` (0.20).
+4. ``ppl``     -- perplexity below ``min_ppl`` (5).
+5. optional, off by default: ``answer_consistency`` -- the path states an answer that
+   is not the gold one (read by the shared :func:`sert.answers.extract_answer`; a path
+   that states none is kept: it does not contradict the gold answer).
+
+Then per question the surviving path with the lowest rep-2 is kept (ties: the earlier
+path, i.e. the more probable branch, then the earlier sample).
+
+Measures. rep-n = 1 - unique n-grams / total n-grams over the path's *model token ids*
+(``token_ids`` in the paths file), 0 for a path with fewer than n tokens. Perplexity =
+exp(-mean log-prob) of the path's tokens under the model that sampled them (recorded at
+mining time); undefined (None) for an empty path, which the length filter removes anyway.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .answers import extract_answer, is_correct
+from .config import FilterConfig
+from .errors import SertError
+from .io import atomic_write_json, atomic_write_jsonl, ensure_dir
+
+# ------------------------------------------------------------------ measures
+
+
+def rep_n(tokens: Sequence, n: int = 2) -> float:
+    """1 - unique n-grams / total n-grams; 0.0 when there are no n-grams."""
+    total = len(tokens) - n + 1
+    if total <= 0:
+        return 0.0
+    grams = {tuple(tokens[i:i + n]) for i in range(total)}
+    return 1.0 - len(grams) / total
+
+
+def perplexity(logprobs: Sequence[float]) -> float | None:
+    """exp(-mean log-prob); None for an empty path."""
+    if not logprobs:
+        return None
+    return math.exp(-sum(logprobs) / len(logprobs))
+
+
+# ------------------------------------------------------------------ pattern rules
+_IMITATION = re.compile(r"\bquestion\s*:|\banswer(?:\s+choices)?\s*:|(?:^|\n)\s*q\s*:", re.IGNORECASE)
+
+
+def prompt_imitation(text: str) -> bool:
+    """The path imitates the prompt format: it writes ``Question:``, ``Answer:``, ``Q:`` or
+    ``Answer Choices:`` itself (a small model starting a new example)."""
+    return bool(_IMITATION.search(text))
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_ANSWER_ONLY = re.compile(
+    r"(?:(?:so|therefore|thus|hence)\s*,?\s*)?(?:the\s+)?(?:correct\s+|final\s+|right\s+)?answer\s+"
+    r"(?:is|would be|=)(?:\s*\S+){0,4}"                                    # (so) the answer is X
+    r"|(?:yes|no|true|false|correct|incorrect|maybe)(?:\s*,?\s*(?:it|they|that|this)?\s*"
+    r"(?:is|isn't|is not|does|doesn't|does not|do|don't|do not|are|aren't|are not|can|can't|cannot|will|won't|not)"
+    r"(?:\s+not)?)?"                                                          # Yes. / No, it is not.
+    r"|\(\s*[a-e]\s*\)(?:\s+\S+){0,4}|(?-i:[A-E])"                            # (B) bank / B
+    r"|-?\$?\d[\d,]*(?:\.\d+)?%?",                                             # 42
+    re.IGNORECASE,
+)
+
+
+def _answer_only(sentence: str, choices: Sequence[str] | None) -> bool:
+    s = sentence.strip().rstrip(".!?,;: ").strip()
+    if not s:
+        return True
+    if _ANSWER_ONLY.fullmatch(s):
+        return True
+    low = s.lower()
+    return bool(choices) and any(low == c.lower().strip() for c in choices)
+
+
+def direct_answer(text: str, min_words: int = 5, choices: Sequence[str] | None = None) -> bool:
+    """A plain direct answer with no reasoning: once sentences that only state an answer
+    (``Yes.``, ``(B) bank.``, ``42``, ``So the answer is no.``) are removed, fewer than
+    ``min_words`` words are left."""
+    rest = [s for s in _SENTENCE.split(text) if not _answer_only(s, choices)]
+    words = sum(len(re.findall(r"\w+", s)) for s in rest)
+    return words < min_words
+
+
+_OPTION_MARK = re.compile(r"(?<![\w])\(\s*[A-E]\s*\)|(?m:^\s*[A-E]\s*[.):]\s)")
+_LIST_ITEM = re.compile(r"(?m)^\s*(?:[-*\u2022]|\d+[.)]|[A-Ea-e][.)]|\([A-Ea-e1-9]\))\s*(.*)$")
+
+
+def option_listing(text: str, min_items: int = 3, choices: Sequence[str] | None = None) -> bool:
+    """Repetitive listing of options: at least ``min_items`` option markers (``(A)``, ``B.`` at a
+    line start), or ``min_items`` short list items (at most 3 words each), or ``min_items``
+    distinct answer-choice texts of the question named in the path."""
+    if len(_OPTION_MARK.findall(text)) >= min_items:
+        return True
+    short_items = [m.group(1) for m in _LIST_ITEM.finditer(text) if len(m.group(1).split()) <= 3]
+    if len(short_items) >= min_items:
+        return True
+    if choices:
+        low = _words(text)
+        named = {c for c in choices if _words(c).strip() and _words(c) in low}
+        if len(named) >= min_items:
+            return True
+    return False
+
+
+def _words(s: str) -> str:
+    """Lower-case words separated by single spaces, padded with spaces (for whole-word search)."""
+    return " " + " ".join(re.sub(r"[^\w\s]", " ", s.lower()).split()) + " "
+
+
+# ------------------------------------------------------------------ the rules, in order
+@dataclass(frozen=True)
+class Rule:
+    name: str        # written into rejected.jsonl
+    stage: str       # the funnel stage it belongs to
+    rejects: Callable[[dict, FilterConfig], bool]
+    doc: str
+
+
+def _consistency(p: dict, cfg: FilterConfig) -> bool:
+    kind = p.get("kind")
+    if not kind:
+        raise SertError(f"answer consistency needs the answer kind; path {p.get('id')!r} has none")
+    pred = extract_answer(p["text"], kind, p.get("choices")).answer
+    return pred is not None and not is_correct(pred, p["answer"], kind)
+
+
+RULES: list[Rule] = [
+    Rule("prompt_imitation", "pattern", lambda p, c: prompt_imitation(p["text"]),
+         "writes Question:/Answer:/Q: itself"),
+    Rule("direct_answer", "pattern", lambda p, c: direct_answer(p["text"], c.direct_answer_min_words, p.get("choices")),
+         "states an answer with no reasoning"),
+    Rule("option_listing", "pattern", lambda p, c: option_listing(p["text"], c.option_listing_min, p.get("choices")),
+         "lists options"),
+    Rule("length", "length", lambda p, c: p["n_tokens"] < c.min_tokens, "fewer than min_tokens tokens"),
+    Rule("rep2", "rep2", lambda p, c: p["rep2"] > c.max_rep2, "bigram repetition above max_rep2"),
+    Rule("ppl", "ppl", lambda p, c: p["ppl"] is not None and p["ppl"] < c.min_ppl, "perplexity below min_ppl"),
+    Rule("answer_consistency", "consistency", _consistency, "stated answer contradicts the gold answer"),
+]
+RULE_NAMES = [r.name for r in RULES]
+
+
+def active_rules(cfg: FilterConfig) -> list[Rule]:
+    """The rules ``cfg`` switches on, in the paper's order (pattern rules as listed in ``cfg.patterns``)."""
+    out = []
+    for r in RULES:
+        if r.stage == "pattern" and r.name not in cfg.patterns:
+            continue
+        if r.stage == "consistency" and not cfg.answer_consistency:
+            continue
+        out.append(r)
+    return out
+
+
+def first_rejecting_rule(path: dict, rules: Sequence[Rule], cfg: FilterConfig) -> str | None:
+    for r in rules:
+        if r.rejects(path, cfg):
+            return r.name
+    return None
+
+
+def select(paths: Sequence[dict]) -> dict[str, dict]:
+    """Per question, the path with the lowest rep-2 (ties: lower path index, i.e. earlier branch/sample)."""
+    best: dict[str, dict] = {}
+    for p in paths:
+        b = best.get(p["id"])
+        if b is None or (p["rep2"], p.get("path", 0)) < (b["rep2"], b.get("path", 0)):
+            best[p["id"]] = p
+    return best
+
+
+def confidence_weights(selected: Sequence[dict], source: str) -> list[float]:
+    """Per-example loss weights with mean 1 over the selected set.
+
+    ``ppl``: confidence = 1/PPL (the geometric-mean token probability); ``delta``: the
+    CoT-decoding Δ (paths without one get the set's mean confidence, i.e. weight 1).
+    """
+    if source == "ppl":
+        conf = [1.0 / p["ppl"] if p.get("ppl") else None for p in selected]
+    elif source == "delta":
+        conf = [p.get("delta") for p in selected]
+    else:
+        raise SertError(f"confidence_weight: expected 'ppl' or 'delta', got {source!r}")
+    known = [c for c in conf if c is not None]
+    mean = sum(known) / len(known) if known else 0.0
+    if mean <= 0:
+        return [1.0] * len(selected)
+    return [round((c if c is not None else mean) / mean, 4) for c in conf]
+
+
+# ------------------------------------------------------------------ reading paths
+_REQUIRED = {"id": str, "text": str, "token_ids": list, "logprobs": list, "n_tokens": int}
+
+
+def read_paths(paths_file) -> list[dict]:
+    """Read and validate a paths file; each problem is reported as ``file:line``."""
+    p = Path(paths_file)
+    if not p.exists():
+        raise SertError(f"{p}: file not found")
+    if p.is_dir():
+        raise SertError(f"{p}: is a directory; pass its paths.jsonl")
+    out, seen = [], set()
+    with open(p, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                hint = "" if line.endswith("\n") else " (torn last line: rerun 'sert mine' to complete the run)"
+                raise SertError(f"{p}:{n}: malformed JSON line ({e.msg}){hint}") from None
+            if not isinstance(r, dict):
+                raise SertError(f"{p}:{n}: expected a JSON object (a path record), got {type(r).__name__}")
+            for k, tp in _REQUIRED.items():
+                if k not in r:
+                    raise SertError(f"{p}:{n}: missing field '{k}' (is this a paths.jsonl from 'sert mine'?)")
+                if not isinstance(r[k], tp) or (tp is int and isinstance(r[k], bool)):
+                    raise SertError(f"{p}:{n}: field '{k}' must be {tp.__name__}, got {type(r[k]).__name__}")
+            if "answer" not in r:
+                raise SertError(f"{p}:{n}: missing field 'answer' (the gold answer)")
+            if len(r["logprobs"]) != r["n_tokens"] or len(r["token_ids"]) != r["n_tokens"]:
+                raise SertError(f"{p}:{n}: n_tokens={r['n_tokens']} but {len(r['token_ids'])} token_ids and "
+                                f"{len(r['logprobs'])} logprobs")
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in r["logprobs"]):
+                raise SertError(f"{p}:{n}: field 'logprobs' must hold numbers")
+            key = (r["id"], r.get("path", n))
+            if key in seen:
+                raise SertError(f"{p}:{n}: duplicate path {r.get('path')} of question {r['id']!r}")
+            seen.add(key)
+            out.append(r)
+    if not out:
+        raise SertError(f"{p}: no paths")
+    return out
+
+
+def annotate(paths: list[dict]) -> list[dict]:
+    """Add ``rep2`` and ``ppl`` to each record (in place); returns the list."""
+    for r in paths:
+        r["rep2"] = round(rep_n(r["token_ids"], 2), 6)
+        ppl = perplexity(r["logprobs"])
+        r["ppl"] = round(ppl, 4) if ppl is not None and math.isfinite(ppl) else None
+    return paths
+
+
+# ------------------------------------------------------------------ the funnel
+def _verdicts(paths: list[dict], rules: Sequence[Rule], cfg: FilterConfig) -> list[frozenset]:
+    """For each path, the names of every rule that rejects it (each rule evaluated once)."""
+    return [frozenset(r.name for r in rules if r.rejects(p, cfg)) for p in paths]
+
+
+def _first(fails: frozenset, rules: Sequence[Rule]) -> str | None:
+    return next((r.name for r in rules if r.name in fails), None)
+
+
+def _selected_stats(sel: dict[str, dict]) -> dict:
+    v = list(sel.values())
+    if not v:
+        return {"questions": 0}
+    with_ans = [p for p in v if p.get("kind") and extract_answer(p["text"], p["kind"], p.get("choices")).answer]
+    right = [p for p in with_ans
+             if is_correct(extract_answer(p["text"], p["kind"], p.get("choices")).answer, p["answer"], p["kind"])]
+    ppls = sorted(p["ppl"] for p in v if p["ppl"] is not None)
+    return {
+        "questions": len(v),
+        "mean_tokens": round(sum(p["n_tokens"] for p in v) / len(v), 2),
+        "mean_rep2": round(sum(p["rep2"] for p in v) / len(v), 4),
+        "median_ppl": round(ppls[len(ppls) // 2], 3) if ppls else None,
+        "states_answer": round(len(with_ans) / len(v), 4),
+        "answer_matches_gold": round(len(right) / len(with_ans), 4) if with_ans else None,
+    }
+
+
+def funnel(paths: list[dict], cfg: FilterConfig):
+    """Apply the active rules in order to annotated paths.
+
+    Returns (funnel dict, selected path per question, rejected records, the ablation's
+    selected sets as (name, {id: path}) after each filter is added).
+    """
+    rules = active_rules(cfg)
+    fails = _verdicts(paths, rules, cfg)
+    nq = len({p["id"] for p in paths})
+    stages = [{"stage": "mined", "paths": len(paths), "questions": nq}]
+    rejected: list[dict] = []
+    alive = list(range(len(paths)))
+    order = list(dict.fromkeys(r.stage for r in rules))
+    for stage in order:
+        srules = [r for r in rules if r.stage == stage]
+        by_rule = dict.fromkeys((r.name for r in srules), 0)
+        keep = []
+        for i in alive:
+            w = _first(fails[i], srules)
+            if w is None:
+                keep.append(i)
+            else:
+                by_rule[w] += 1
+                rejected.append(_rejected_record(paths[i], w, stage))
+        alive = keep
+        stages.append({"stage": stage, "paths": len(alive), "questions": len({paths[i]["id"] for i in alive}),
+                       "removed": sum(by_rule.values()), "removed_by": by_rule})
+    sel = select([paths[i] for i in alive])
+    chosen = {id(p) for p in sel.values()}
+    for i in alive:
+        if id(paths[i]) not in chosen:
+            rejected.append(_rejected_record(paths[i], "not_lowest_rep2", "select"))
+    stages.append({"stage": "select", "paths": len(sel), "questions": len(sel), "removed": len(alive) - len(sel)})
+
+    # Ablation (the paper's Fig. 4 adds the filters one at a time): the selected set after
+    # each addition, and what each rule removes on its own.
+    cumulative, stats_sets = [], []
+    for k in range(len(order) + 1):
+        used = {r.name for r in rules if r.stage in order[:k]}
+        keep = [p for p, f in zip(paths, fails) if not (f & used)]
+        s = select(keep)
+        stats_sets.append(("none" if k == 0 else "+" + order[k - 1], s))
+        cumulative.append({"filters": order[:k], "paths": len(keep), "questions": len({p["id"] for p in keep}),
+                           "selected": _selected_stats(s)})
+    alone = []
+    for r in rules:
+        keep = [p for p, f in zip(paths, fails) if r.name not in f]
+        alone.append({"rule": r.name, "stage": r.stage, "removed": len(paths) - len(keep),
+                      "paths": len(keep), "questions": len({p["id"] for p in keep})})
+    out = {"paths_file": None, "config": dataclasses.asdict(cfg), "rules": [r.name for r in rules],
+           "stages": stages, "ablation": {"cumulative": cumulative, "alone": alone},
+           "selected": _selected_stats(sel)}
+    return out, sel, rejected, stats_sets
+
+
+def _rejected_record(p: dict, rule: str, stage: str) -> dict:
+    return {"id": p["id"], "path": p.get("path"), "branch_rank": p.get("branch_rank"), "sample": p.get("sample"),
+            "rule": rule, "stage": stage, "n_tokens": p["n_tokens"], "rep2": p["rep2"], "ppl": p["ppl"],
+            "text": p["text"]}
+
+
+def _selected_record(p: dict) -> dict:
+    return {"id": p["id"], "question": p.get("question"), "answer": p["answer"], "kind": p.get("kind"),
+            "choices": p.get("choices"), "path": p["text"].strip(), "n_tokens": p["n_tokens"],
+            "rep2": p["rep2"], "ppl": p["ppl"], "delta": p.get("delta"), "path_index": p.get("path"),
+            "branch_rank": p.get("branch_rank"), "branch_token": p.get("branch_token"),
+            "branch_token_id": p.get("branch_token_id"), "branch_prob": p.get("branch_prob"),
+            "sample": p.get("sample"), "finish": p.get("finish"), "mode": p.get("mode")}
+
+
+def format_funnel(f: dict) -> str:
+    """The funnel as a plain-text table."""
+    rows = [("stage", "paths", "questions", "removed", "by rule")]
+    for s in f["stages"]:
+        by = ", ".join(f"{k} {v}" for k, v in s.get("removed_by", {}).items()) if len(s.get("removed_by", {})) > 1 else ""
+        rows.append((s["stage"], str(s["paths"]), str(s["questions"]), str(s.get("removed", "")), by))
+    w = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w[i]) if i in (0, 4) else c.rjust(w[i]) for i, c in enumerate(r)).rstrip() for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append("")
+    lines.append("ablation (filters added one at a time; selected set):")
+    hdr = ("filters", "paths", "questions", "mean tok", "mean rep2", "med ppl", "ans=gold")
+    ab = [hdr]
+    for c in f["ablation"]["cumulative"]:
+        s = c["selected"]
+        ab.append(("+".join(c["filters"]) or "none", str(c["paths"]), str(c["questions"]),
+                   str(s.get("mean_tokens", "-")), str(s.get("mean_rep2", "-")), str(s.get("median_ppl", "-")),
+                   str(s.get("answer_matches_gold", "-"))))
+    w = [max(len(r[i]) for r in ab) for i in range(len(hdr))]
+    lines += ["  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in ab]
+    return "\n".join(lines)
+
+
+def plot_funnel(f: dict, png) -> Path:
+    """Draw the funnel (paths, questions per stage) and the cumulative ablation as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    st = f["stages"]
+    names = [s["stage"] for s in st]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    x = range(len(names))
+    bars = ax.bar(x, [s["paths"] for s in st], color="#4C72B0", label="paths")
+    ax.set_xticks(list(x), names, rotation=20)
+    ax.set_ylabel("paths surviving")
+    for b, s in zip(bars, st):
+        ax.annotate(f"{s['paths']}\n{s['questions']} q", (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_title("SERT filter funnel (paths; q = questions)")
+    ax.margins(y=0.2)
+    ax = axes[1]
+    cum = f["ablation"]["cumulative"]
+    lab = ["none"] + ["+" + c["filters"][-1] for c in cum[1:]]
+    ax.plot(lab, [c["selected"].get("questions", 0) for c in cum], "o-", label="questions with a path")
+    ax.set_ylabel("questions")
+    ax.set_ylim(bottom=0, top=max(1, f["stages"][0]["questions"]) * 1.1)
+    ax2 = ax.twinx()
+    ax2.plot(lab, [c["selected"].get("mean_tokens") or 0 for c in cum], "s--", color="#C44E52",
+             label="mean tokens of selected path")
+    ax2.set_ylabel("mean tokens (selected)")
+    ax2.set_ylim(bottom=0, top=max([c["selected"].get("mean_tokens") or 0 for c in cum] + [1]) * 1.2)
+    ax.set_title("ablation: filters added one at a time")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower left")
+    ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    png = Path(png)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def run_filter(paths_file, out_dir, cfg: FilterConfig) -> dict:
+    """``sert filter``: filter ``paths_file`` into ``out_dir``; returns the funnel dict (see module doc)."""
+    errs = cfg.validate()
+    if errs:
+        raise SertError("; ".join(errs))
+    paths = annotate(read_paths(paths_file))
+    if cfg.answer_consistency:
+        for p in paths:
+            if not p.get("kind"):
+                raise SertError(f"{paths_file}: path of question {p['id']!r} has no 'kind'; "
+                                "answer consistency needs it")
+    f, sel, rejected, sets = funnel(paths, cfg)
+    f["paths_file"] = str(paths_file)
+    out = ensure_dir(out_dir)
+    order = {}
+    for p in paths:
+        order.setdefault(p["id"], len(order))
+    chosen = sorted(sel.values(), key=lambda p: order[p["id"]])
+    records = [_selected_record(p) for p in chosen]
+    if cfg.confidence_weight:
+        for r, w in zip(records, confidence_weights(chosen, cfg.confidence_weight)):
+            r["weight"] = w
+        f["weights"] = {"source": cfg.confidence_weight,
+                        "min": min((r["weight"] for r in records), default=None),
+                        "max": max((r["weight"] for r in records), default=None)}
+    atomic_write_jsonl(out / "selected.jsonl", records)
+    atomic_write_jsonl(out / "rejected.jsonl", rejected)
+    abl = ensure_dir(out / "ablation")
+    for k, (name, s) in enumerate(sets):
+        atomic_write_jsonl(abl / f"{k}-{name.lstrip('+')}.jsonl",
+                           [_selected_record(p) for p in sorted(s.values(), key=lambda p: order[p["id"]])])
+    atomic_write_json(out / "funnel.json", f)
+    plot_funnel(f, out / "funnel.png")
+    return f
+
+
+# ------------------------------------------------------------------ CLI
+def add_parser(sub) -> None:
+    from .cli import add_config_flags
+
+    p = sub.add_parser("filter", help="stage 1b: filter mined paths, keep one per question",
+                       description="Apply the SERT filters (pattern, length, rep-2, perplexity) in the "
+                                   "paper's order, then keep per question the path with the lowest rep-2.")
+    p.add_argument("paths", nargs="?", default=None, help="paths.jsonl written by 'sert mine'")
+    p.add_argument("--paths", dest="paths_opt", default=None, metavar="PATHS", help="the same, as an option")
+    p.add_argument("--out", default=None, help="output directory (default: the paths file's directory)")
+    add_config_flags(p, FilterConfig)
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    from .cli import config_from_args
+
+    if args.paths and args.paths_opt and args.paths != args.paths_opt:
+        raise SertError(f"two paths files given ({args.paths}, --paths {args.paths_opt}); pass one")
+    paths = args.paths or args.paths_opt
+    if not paths:
+        raise SertError("no paths file given: sert filter RUN/paths.jsonl --out RUN/")
+    cfg = config_from_args(FilterConfig, args, section="filter")
+    out = Path(args.out) if args.out else Path(paths).parent
+    f = run_filter(paths, out, cfg)
+    print(format_funnel(f))
+    print(f"\nselected {f['stages'][-1]['paths']} paths -> {out / 'selected.jsonl'}; "
+          f"funnel -> {out / 'funnel.json'}, {out / 'funnel.png'}", file=sys.stdout)
+    return 0

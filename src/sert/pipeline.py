@@ -1,0 +1,461 @@
+"""The whole experiment of SERT Table II in one call: ``sert run CONFIG.yaml``.
+
+Stages, in order (each one module, each resumable on its own):
+mine (§II-A) -> filter (§II-A) -> teach (§II-C data) -> for every arm: train, then evaluate
+(§III) -> report. Arms: ``base`` (the untrained student), ``finetune`` (answer-only, from
+base), ``rd`` (distillation from base), ``sert`` (self-training on the filtered latent
+paths, §II-B), ``sert_rd`` (distillation started from the SERT checkpoint, §II-C).
+
+Run directory (one per config; it tells the story)::
+
+    RUN/config.yaml      resolved config, seeds included, with its hash
+    RUN/commands.txt     the sert commands that redo each stage by hand
+    RUN/stages.json      per stage: status, what this invocation did, wall time
+    RUN/mine/ RUN/filter/ RUN/teach/
+    RUN/arms/<arm>/      training outputs, checkpoint in final/, arm.json (init + data)
+    RUN/eval/<arm>/      predictions.jsonl, metrics.json
+    RUN/report.md RUN/report.html RUN/plots/
+
+Idempotence: a stage writes ``.done.json`` into its directory (atomically) when it has
+finished. A later run skips it when that marker and the stage's outputs are present and
+the stages it read from are the very ones it was built on (tokens in the marker); a torn
+stage (no marker) is called again and resumes itself; a stage whose input was rebuilt is
+redone from scratch. A run directory made by a different config is refused (hash of the
+resolved config without the operational keys below), and ``io.RunLock`` keeps a second
+process out.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import shlex
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from .config import RunConfig, from_dict, load_run_config, to_dict
+from .errors import SertError
+from .io import RunLock, atomic_write_json, atomic_write_text, ensure_dir, read_json, read_jsonl
+
+ARMS = ["base", "finetune", "rd", "sert", "sert_rd"]
+# Keys that change how a run is executed or labelled, not what it computes: a run directory
+# may be resumed with other values (e.g. on another device, with smaller batches for generation,
+# or with arms added).
+OPERATIONAL_KEYS = {"out", "arms", "device", "mine.batch_questions", "eval.batch_size",
+                    "train.logging_steps", "train.save_total_limit",
+                    "teach.concurrency", "teach.max_retries", "teach.timeout"}
+MARKER = ".done.json"
+VERB = {"ran": "running", "resumed": "resuming (torn earlier)", "redone": "redoing (its input was rebuilt)"}
+
+
+# ------------------------------------------------------------------ config identity
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_identity(cfg: RunConfig) -> dict:
+    """The resolved config without operational keys: what defines the experiment."""
+    return {k: v for k, v in _flatten(to_dict(cfg)).items() if k not in OPERATIONAL_KEYS}
+
+
+def config_hash(cfg: RunConfig) -> str:
+    blob = json.dumps(config_identity(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _read_run_config(run_dir: Path) -> RunConfig:
+    from .config import load_yaml
+
+    return from_dict(RunConfig, load_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+
+
+def _check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
+    """Refuse a directory that holds another experiment (or anything that is not a run)."""
+    if not run_dir.exists():
+        return
+    if not (run_dir / "config.yaml").exists():
+        stray = [p.name for p in run_dir.iterdir() if p.name != ".sert.lock"]
+        if stray:
+            raise SertError(f"{run_dir} exists and is not a sert run directory (no config.yaml; holds "
+                            f"{', '.join(sorted(stray)[:3])}{'...' if len(stray) > 3 else ''}); use another --out")
+        return
+    old = _read_run_config(run_dir)
+    if config_hash(old) == config_hash(cfg):
+        return
+    a, b = config_identity(old), config_identity(cfg)
+    diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    raise SertError(f"{run_dir} was made by a different config ({'; '.join(diff[:5])}"
+                    f"{'; ...' if len(diff) > 5 else ''}); use another --out, or delete {run_dir} to start over")
+
+
+def _write_config(run_dir: Path, cfg: RunConfig) -> None:
+    import yaml
+
+    from . import __version__
+
+    d = to_dict(cfg)
+    d["out"] = str(run_dir)
+    head = (f"# Resolved config of this run (sert {__version__}); config hash {config_hash(cfg)}.\n"
+            f"# Reproduce: sert run {shlex.quote(str(run_dir / 'config.yaml'))} --out {shlex.quote(str(run_dir))}\n")
+    _write_if_changed(run_dir / "config.yaml", head + yaml.safe_dump(d, sort_keys=False, allow_unicode=True))
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Atomic write that leaves an identical file untouched (a rerun that skips everything writes nothing)."""
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
+
+
+# ------------------------------------------------------------------ stages
+@dataclass
+class Stage:
+    name: str                          # "mine", "train:sert", "eval:rd", ...
+    dir: Path
+    outputs: list[str]                 # files (relative to dir) that a finished stage has
+    run: Callable[[bool], dict | None]  # run(resume) -> extra info for the marker
+    deps: list[str] = field(default_factory=list)
+    check: Callable[[], None] | None = None  # after the stage is complete (ran or skipped)
+    command: str = ""                  # the sert command that redoes it by hand
+
+
+def _device(v: str) -> str | None:
+    return None if v in (None, "auto") else v
+
+
+def _rel(p: Path, run_dir: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(p)
+
+
+def _count(path: Path) -> int:
+    return len(read_jsonl(path, tolerate_torn_tail=True)) if path.exists() else 0
+
+
+def build_stages(cfg: RunConfig, run_dir: Path, progress: bool = True) -> list[Stage]:
+    """The stages the configured arms need, in execution order."""
+    arms = [a for a in ARMS if a in cfg.arms]
+    dev, dt = _device(cfg.device), _device(cfg.dtype)
+    q = shlex.quote
+    conf = q(str(run_dir / "config.yaml"))
+    devflags = (f" --device {q(cfg.device)}" if cfg.device != "auto" else "") + \
+        (f" --dtype {q(cfg.dtype)}" if cfg.dtype != "auto" else "")
+    need_sert = "sert" in arms or "sert_rd" in arms
+    need_teach = "rd" in arms or "sert_rd" in arms
+    mine_dir, filt_dir, teach_dir = run_dir / "mine", run_dir / "filter", run_dir / "teach"
+    teach_limit = cfg.teach.limit if cfg.teach.limit is not None else cfg.train_limit
+    stages: list[Stage] = []
+
+    if need_sert:
+        def mine(resume: bool) -> dict:
+            from .mine import run_mine
+            run_mine(cfg.model, cfg.task, cfg.mine, mine_dir, device=dev, dtype=dt, progress=progress)
+            return {"paths": _count(mine_dir / "paths.jsonl")}
+
+        def filt(resume: bool) -> dict:
+            from .filters import run_filter
+            run_filter(mine_dir / "paths.jsonl", filt_dir, cfg.filter)
+            return {"selected": _count(filt_dir / "selected.jsonl")}
+
+        def filt_check() -> None:
+            if _count(filt_dir / "selected.jsonl") == 0:
+                raise SertError(f"the filters kept no latent path ({filt_dir / 'funnel.json'}): the sert arms have "
+                                "no training data; mine more questions (mine.limit), sample longer paths "
+                                "(mine.max_new_tokens) or relax the filters")
+
+        stages.append(Stage("mine", mine_dir, ["paths.jsonl", "mine_meta.json"], mine,
+                            command=f"sert mine --model {q(cfg.model)} --task {q(cfg.task)} --config {conf} "
+                                    f"--out {q(str(mine_dir))}{devflags}"))
+        stages.append(Stage("filter", filt_dir, ["selected.jsonl", "funnel.json"], filt, ["mine"], filt_check,
+                            command=f"sert filter --paths {q(str(mine_dir / 'paths.jsonl'))} --config {conf} "
+                                    f"--out {q(str(filt_dir))}"))
+    if need_teach:
+        def teach(resume: bool) -> dict:
+            from .teach import run_teach
+            run_teach(cfg.task, cfg.teach, teach_dir, split="train", limit=teach_limit)
+            return {"rationales": _count(teach_dir / "rationales.jsonl")}
+
+        def teach_check() -> None:
+            if _count(teach_dir / "rationales.jsonl") == 0:
+                raise SertError(f"the teacher stage kept no rationale ({teach_dir / 'teach_summary.json'}): the rd "
+                                "arms have no training data; raise train_limit or set teach.keep_correct_only false")
+
+        stages.append(Stage("teach", teach_dir, ["rationales.jsonl", "teach_summary.json"], teach, [], teach_check,
+                            command=f"sert teach --task {q(cfg.task)} --config {conf} --out {q(str(teach_dir))}"
+                                    + (f" --limit {teach_limit}" if teach_limit is not None else "")))
+
+    def eval_stage(arm: str) -> Stage:
+        out = run_dir / "eval" / arm
+
+        def ev(resume: bool) -> dict:
+            from .evaluate import run_eval
+            model = cfg.model if arm == "base" else str(_checkpoint(run_dir, arm))
+            m = run_eval(model, cfg.task, cfg.eval, out, device=dev, dtype=dt, progress=progress)
+            return {"acc": m["acc"], "n": m["n"]}
+
+        model = q(cfg.model) if arm == "base" else q(str(run_dir / "arms" / arm / "final"))
+        return Stage(f"eval:{arm}", out, ["metrics.json", "predictions.jsonl"], ev,
+                     [] if arm == "base" else [f"train:{arm}"],
+                     command=f"sert eval --model {model} --task {q(cfg.task)} --config {conf} "
+                             f"--out {q(str(out))}{devflags}")
+
+    def train_stage(arm: str) -> Stage:
+        out = run_dir / "arms" / arm
+        if arm == "finetune":
+            init, data, kind, limit, deps = cfg.model, cfg.task, "finetune", cfg.train_limit, []
+        elif arm == "rd":
+            init, data, kind, limit, deps = cfg.model, str(teach_dir / "rationales.jsonl"), "distill", None, ["teach"]
+        elif arm == "sert":
+            init, data, kind, limit, deps = cfg.model, str(filt_dir / "selected.jsonl"), "self", None, ["filter"]
+        else:  # sert_rd: RD started from the self-trained checkpoint (SERT §II-C)
+            init, data, kind, limit = str(run_dir / "arms" / "sert" / "final"), str(teach_dir / "rationales.jsonl"), \
+                "distill", None
+            deps = ["train:sert", "teach"]
+
+        def tr(resume: bool) -> dict:
+            from .train import run_train
+            t0 = time.time()
+            start = init if arm != "sert_rd" else str(_checkpoint(run_dir, "sert"))
+            final = run_train(start, data, kind, cfg.train, out, resume=resume, device=dev, dtype=dt, limit=limit)
+            ts = out / "train_summary.json"
+            n = read_json(ts).get("n_examples") if ts.exists() else None
+            info = {"arm": arm, "stage": kind, "init": _rel(Path(start), run_dir) if arm == "sert_rd" else init,
+                    "data": _rel(Path(data), run_dir) if kind != "finetune" else data, "limit": limit,
+                    "n_examples": n, "checkpoint": _rel(Path(final), run_dir), "wall_s": round(time.time() - t0, 1)}
+            atomic_write_json(out / "arm.json", info)
+            # Trainer checkpoints (weights + Adam state, ~12 bytes/parameter) only serve a resume;
+            # final/ is the arm's checkpoint from here on.
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            return {"checkpoint": info["checkpoint"]}
+
+        return Stage(f"train:{arm}", out, ["arm.json", "final/config.json"], tr, deps,
+                     command=f"sert train --stage {kind} --model {q(init)} --data {q(data)} --config {conf} "
+                             f"--out {q(str(out))}" + (f" --limit {limit}" if limit is not None else "") + devflags)
+
+    if "base" in arms:
+        stages.append(eval_stage("base"))
+    for arm in ("finetune", "rd", "sert", "sert_rd"):
+        if arm in arms or (arm == "sert" and "sert_rd" in arms):
+            stages.append(train_stage(arm))
+        if arm in arms:
+            stages.append(eval_stage(arm))
+    return stages
+
+
+def _checkpoint(run_dir: Path, arm: str) -> Path:
+    info = read_json(run_dir / "arms" / arm / "arm.json")
+    p = Path(info["checkpoint"])
+    return p if p.is_absolute() else run_dir / p
+
+
+# ------------------------------------------------------------------ driver
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _marker(stage: Stage) -> dict | None:
+    p = stage.dir / MARKER
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"[sert] {msg}", file=sys.stderr, flush=True)
+
+
+def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Run (or resume) the experiment of ``cfg`` in ``out_dir`` (default ``cfg.out``).
+
+    Returns ``{"run_dir", "config_hash", "stages": {name: {"action", "wall_s"}}, "metrics": {arm: ...},
+    "report": (md, html), "wall_s"}``; ``action`` is ran | resumed | redone | skipped.
+    """
+    errors = cfg.validate()
+    if errors:
+        raise SertError("config: " + "; ".join(errors))
+    run_dir = Path(out_dir if out_dir is not None else cfg.out)
+    _check_run_dir(run_dir, cfg)
+    t_start = time.time()
+    h = config_hash(cfg)
+    with RunLock(run_dir):
+        _check_run_dir(run_dir, cfg)  # again, now that no other process can write it
+        _write_config(run_dir, cfg)
+        stages = build_stages(cfg, run_dir, progress)
+        _write_if_changed(run_dir / "commands.txt", _commands_text(cfg, run_dir, stages))
+        state_file = run_dir / "stages.json"
+        state = read_json(state_file) if state_file.exists() else {}
+        table = {k: v for k, v in state.get("stages", {}).items() if k in {s.name for s in stages}}
+        table = {s.name: table.get(s.name, {"status": "pending"}) for s in stages}
+
+        def save() -> None:
+            atomic_write_json(state_file, {"config_hash": h, "updated": _now(), "stages": table})
+
+        tokens: dict[str, str] = {}
+        did: dict[str, dict] = {}
+        n = len(stages)
+        _log(progress, f"run {run_dir} (config {h}): {n} stages: {', '.join(s.name for s in stages)}")
+        for i, st in enumerate(stages, 1):
+            mk = _marker(st)
+            outputs_ok = all((st.dir / o).exists() for o in st.outputs)
+            deps_ok = mk is not None and all(mk.get("deps", {}).get(d) == tokens.get(d) for d in st.deps)
+            if mk is not None and outputs_ok and deps_ok:
+                tokens[st.name] = mk["token"]
+                table[st.name].update(status="done", last="skipped")
+                did[st.name] = {"action": "skipped", "wall_s": 0.0}
+                _log(progress, f"{i}/{n} {st.name}: complete, skipped")
+                if st.check:
+                    st.check()
+                continue
+            if mk is not None and not deps_ok:
+                action = "redone"  # built on an input that has since been rebuilt: start it over
+                shutil.rmtree(st.dir)
+            elif st.dir.exists():
+                action = "resumed"  # torn (no marker) or outputs lost: the stage function resumes itself
+                (st.dir / MARKER).unlink(missing_ok=True)
+            else:
+                action = "ran"
+            _log(progress, f"{i}/{n} {st.name}: {VERB[action]}"
+                           f" -> {_rel(st.dir, run_dir)}/")
+            table[st.name].update(status="running", last=action, started=_now())
+            save()
+            t0 = time.time()
+            try:
+                info = st.run(action == "resumed") or {}
+            except BaseException as e:
+                table[st.name].update(status="failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
+                                      wall_s=round(time.time() - t0, 1))
+                save()
+                raise
+            finally:
+                gc.collect()
+            wall = round(time.time() - t0, 1)
+            missing = [o for o in st.outputs if not (st.dir / o).exists()]
+            if missing:
+                table[st.name].update(status="failed", wall_s=wall)
+                save()
+                raise SertError(f"stage {st.name} finished without writing {', '.join(missing)} in {st.dir}")
+            token = uuid.uuid4().hex[:12]
+            atomic_write_json(st.dir / MARKER, {"stage": st.name, "token": token, "config_hash": h,
+                                                "deps": {d: tokens[d] for d in st.deps}, "wall_s": wall,
+                                                "finished": _now(), **info})
+            tokens[st.name] = token
+            table[st.name].update(status="done", wall_s=wall, finished=_now())
+            save()
+            did[st.name] = {"action": action, "wall_s": wall}
+            _log(progress, f"{i}/{n} {st.name}: done in {_fmt_s(wall)}"
+                           + (f" ({', '.join(f'{k} {v}' for k, v in info.items())})" if info else ""))
+            if st.check:
+                st.check()
+        from .report import write_report
+
+        ran = any(d["action"] != "skipped" for d in did.values())
+        if ran or not (run_dir / "report.md").exists() or not (run_dir / "report.html").exists():
+            md, page = write_report(run_dir)
+        else:
+            md, page = run_dir / "report.md", run_dir / "report.html"
+        metrics = {a: read_json(run_dir / "eval" / a / "metrics.json") for a in ARMS
+                   if a in cfg.arms and (run_dir / "eval" / a / "metrics.json").exists()}
+    wall = round(time.time() - t_start, 1)
+    _log(progress, f"finished in {_fmt_s(wall)}; report {md}")
+    return {"run_dir": run_dir, "config_hash": h, "stages": did, "metrics": metrics, "report": (md, page),
+            "wall_s": wall}
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def _commands_text(cfg: RunConfig, run_dir: Path, stages: list[Stage]) -> str:
+    q = shlex.quote
+    lines = ["# The whole experiment (idempotent: rerun to resume):",
+             f"sert run {q(str(run_dir / 'config.yaml'))} --out {q(str(run_dir))}",
+             "", "# Stage by stage, in order (each reads its section of config.yaml; each resumes when rerun):"]
+    lines += [s.command for s in stages if s.command]
+    lines += ["", "# The report (also written by sert run):", f"sert report {q(str(run_dir))}"]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ CLI
+def _parse_sets(items: list[str] | None) -> dict:
+    import yaml
+
+    out = {}
+    for it in items or []:
+        key, eq, raw = it.partition("=")
+        if not eq or not key.strip():
+            raise SertError(f"--set {it!r}: expected key=value, e.g. --set train.epochs=2")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def packaged_config(name: str = "demo") -> Path:
+    """A config shipped inside the package (``sert/configs/NAME.yaml``)."""
+    from importlib.resources import files
+
+    p = Path(str(files("sert") / "configs" / f"{name}.yaml"))
+    if not p.exists():
+        raise SertError(f"packaged config {name!r} not found at {p}")
+    return p
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="run the whole experiment of SERT Table II from a config (resumable)",
+                       description="mine -> filter -> self-train, teach, train the arms, evaluate each, write the "
+                                   "report. Rerun the same command to resume; finished stages are skipped.")
+    p.add_argument("config", help="experiment YAML (see configs/)")
+    p.add_argument("--out", default=None, help="run directory (default: the config's 'out')")
+    p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=2 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_cli_run)
+
+    d = sub.add_parser("demo", help="a CPU-sized SERT experiment on the embedded model, end to end (~15 min)",
+                       description="Runs the packaged demo config (all five arms on StrategyQA with the embedded "
+                                   "SmolLM2-135M) and writes a full report. Resumable.")
+    d.add_argument("--out", default=None, help="run directory (default: runs/demo)")
+    d.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", help="override a config key")
+    d.add_argument("--quiet", action="store_true", help="no progress lines")
+    d.set_defaults(func=_cli_demo)
+
+
+def _run_and_print(cfg_path: Path, args: argparse.Namespace) -> int:
+    from .report import summary_table
+
+    cfg = load_run_config(cfg_path, _parse_sets(args.sets))
+    run_dir = Path(args.out or cfg.out)
+    print(f"report: {run_dir / 'report.md'} (and report.html), written when the run finishes", flush=True)
+    res = run_experiment(cfg, run_dir, progress=not args.quiet)
+    print(summary_table(run_dir))
+    print(f"wall time {_fmt_s(res['wall_s'])}; report: {res['report'][0]}; html: {res['report'][1]}")
+    return 0
+
+
+def _cli_run(args: argparse.Namespace) -> int:
+    return _run_and_print(Path(args.config), args)
+
+
+def _cli_demo(args: argparse.Namespace) -> int:
+    return _run_and_print(packaged_config("demo"), args)
+
+

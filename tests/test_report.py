@@ -1,0 +1,128 @@
+"""The report on hand-made metrics and predictions: table numbers, paper row, significance, partial runs."""
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from sert.config import RunConfig, to_dict
+from sert.report import paper_row, significance, write_report, _load_run
+
+N = 20
+# correctness per arm on the same 20 questions
+CORRECT = {
+    "base": [i < 6 for i in range(N)],
+    "finetune": [i < 10 for i in range(N)],
+    "rd": [i < 8 for i in range(N)],             # 8 right
+    "sert": [i < 10 for i in range(N)],          # same as finetune: difference 0, p = 1
+    "sert_rd": [i < 14 for i in range(N)],       # rd's 8 plus 6 more: 6 wins, 0 losses
+}
+
+
+def make_run(tmp_path, arms=("base", "finetune", "rd", "sert", "sert_rd"), model="gpt2-medium", judge=False):
+    run = tmp_path / "run"
+    cfg = to_dict(RunConfig(task="strategyqa", model=model))
+    cfg["out"] = str(run)
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    for arm in arms:
+        d = run / "eval" / arm
+        d.mkdir(parents=True)
+        preds = [{"id": f"q{i}", "question": f"Is {i} even?", "gold": "yes", "output": f"{arm} says {i}. So the answer is "
+                  f"{'yes' if c else 'no'}.", "pred": "yes" if c else "no", "correct": c, "method": "strict",
+                  "fmt_ok": True, "reasoning_tokens": 3, "rep1": 0.0, "n_tokens": 9}
+                 for i, c in enumerate(CORRECT[arm])]
+        (d / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+        acc = sum(CORRECT[arm]) / N
+        m = {"n": N, "acc": acc, "acc_ci": [acc - 0.1, acc + 0.1], "fmt": 0.95, "len": 12.345, "rep": 0.1234,
+             "split": "test", "max_new_tokens": 64, "model": model, "task": "strategyqa",
+             "env": {"python": "3.11", "torch": "2.13.0", "sert": "0.1.0"}}
+        if judge:
+            m["judge"] = 6.5
+        (d / "metrics.json").write_text(json.dumps(m))
+    (run / "filter").mkdir()
+    (run / "filter" / "funnel.json").write_text(json.dumps({"paths": 100, "pattern": 80, "length": 50}))
+    (run / "commands.txt").write_text("sert run run/config.yaml --out run\n")
+    return run
+
+
+def table_rows(md: str) -> dict:
+    """Results table rows of report.md by arm label."""
+    sect = md.split("## Results")[1].split("\n## ")[0]
+    rows = {}
+    for line in sect.splitlines():
+        if line.startswith("| ") and not line.startswith("| Arm"):
+            cells = [c.strip() for c in line.strip("|").split(" | ")]
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_table_numbers_paper_row_and_significance(tmp_path):
+    run = make_run(tmp_path)
+    md_path, html_path = write_report(run)
+    md = md_path.read_text()
+    rows = table_rows(md)
+    assert list(rows) == ["Base (untrained)", "Finetune", "RD", "SERT", "SERT+RD"]
+    assert rows["RD"][1:7] == ["40.00 [30.00, 50.00]", "95.0", "12.3", "0.123", "20", "52.69"]
+    assert rows["SERT+RD"][1] == "70.00 [60.00, 80.00]" and rows["SERT+RD"][-1] == "56.34"  # GPT-2-medium row
+    assert rows["Base (untrained)"][-1] == "–"
+    assert "Paper Acc % (GPT-2-medium)" in md and "Judge" not in md.split("## Paired")[0]
+
+    sig = {(s["baseline"], s["treatment"]): s for s in significance(_load_run(run))}
+    s = sig[("rd", "sert_rd")]
+    assert s["n"] == N and s["diff"] == pytest.approx(0.30) and (s["only_b"], s["only_a"]) == (6, 0)
+    assert s["p_value"] == pytest.approx(2 / 2 ** 6)  # exact McNemar: 6 discordant pairs, all one way
+    assert s["ci"][0] > 0 and s["paper_diff_pp"] == pytest.approx(56.34 - 52.69)
+    f = sig[("finetune", "sert")]
+    assert f["diff"] == 0 and f["p_value"] == 1.0
+    assert "| SERT+RD vs RD | 20 | +30.00 |" in md and "| 0.03125 | significant |" in md
+    assert "| SERT vs Finetune | 20 | +0.00 |" in md and "not significant" in md
+
+    # funnel, samples (same questions for every arm, disagreements first), reproduction info
+    assert "| paths | 100 |" in md and "Sample outputs" in md
+    assert "### q6 · gold: yes" in md  # q6..q9: the first questions where the arms disagree
+    assert md.count("| SERT+RD | sert_rd says 6.") == 1
+    assert "mine.seed = 0" in md and "torch 2.13.0" in md and "sert run run/config.yaml" in md
+    assert "![accuracy by arm](plots/accuracy.png)" in md and (run / "plots" / "accuracy.png").exists()
+
+    html = html_path.read_text()
+    assert "data:image/png;base64," in html and "plots/accuracy.png" not in html
+    assert "<td>SERT+RD</td>" in html and "<script" not in html
+
+
+def test_missing_arms_and_judge_and_other_model(tmp_path):
+    run = make_run(tmp_path, arms=("base", "rd"), model="smollm2-135m", judge=True)
+    md = write_report(run)[0].read_text()
+    rows = table_rows(md)
+    assert list(rows) == ["Base (untrained)", "RD"]
+    assert "Judge (0-10)" in md and rows["RD"][5] == "6.50"
+    assert "GPT-2 (124M), for reference" in md and rows["RD"][-1] == "52.69"
+    assert "Needs both arms of a pair" in md and "SERT+RD vs RD" not in md
+
+
+def test_report_of_run_without_evaluations(tmp_path):
+    run = make_run(tmp_path, arms=())
+    md, html = write_report(run)
+    assert "No arm has been evaluated yet" in md.read_text() and html.exists()
+    assert not (run / "plots" / "accuracy.png").exists()
+
+
+def test_paper_row_mapping():
+    assert paper_row("gpt2", "strategyqa") == ("GPT-2 (124M)", {"finetune": 54.00, "rd": 52.69, "sert": 54.00,
+                                                                "sert_rd": 54.65}, True)
+    assert paper_row("openai-community/gpt2-large", "commonsense_qa")[1]["sert_rd"] == 26.03
+    assert paper_row("/models/gpt2-medium/", "strategyqa")[0] == "GPT-2-medium"
+    label, row, exact = paper_row("smollm2-135m", "strategyqa")
+    assert label == "GPT-2 (124M), for reference" and not exact and row["rd"] == 52.69
+    assert paper_row("gpt2", "gsm8k")[1] is None
+
+
+def test_report_cli(tmp_path):
+    run = make_run(tmp_path, arms=("finetune", "sert"))
+    r = subprocess.run([sys.executable, "-m", "sert", "report", str(run)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"\| SERT \| 50\.00 \[40\.00, 60\.00\]", r.stdout) and "report.html" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "sert", "report", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert r.returncode == 2 and "no such run directory" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -1,0 +1,250 @@
+"""sert.train: masking, weighted loss, a tiny model that learns, LoRA merge, resume/skip.
+
+Tiny random Llama (hidden 64, 2 layers) with the embedded model's tokenizer
+(cached locally; nothing is downloaded). Sequences are kept short: the 49k-token
+vocabulary projection dominates the cost on CPU.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from sert.config import TrainConfig
+from sert.errors import SertError
+from sert.tasks import get_task
+from sert.templates import self_training_target
+from sert.train import (PadCollator, build_pairs, example_losses, run_train, tokenize_pairs,
+                        weighted_loss)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from sert.models import embedded_model_dir, load_tokenizer
+    return load_tokenizer(str(embedded_model_dir()))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tok):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    path = tmp_path_factory.mktemp("tiny")
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sqa_self_records():
+    """Real StrategyQA self-training records: question, gold answer, and a short
+    reasoning path (the first sentence of BIG-bench's human facts for the question)."""
+    task = json.loads((Path(__import__("sert").__file__).parent / "data/strategyqa/task.json").read_text())
+    facts = task["examples"]
+    recs = []
+    for e in get_task("strategyqa").examples("train"):
+        f = facts[e.index]["target"].split(". ", 1)[1] if ". " in facts[e.index]["target"] else ""
+        f = f.split(". ")[0].strip().rstrip(".") + "."
+        if 5 <= len(f.split()) <= 14 and len(e.question.split()) <= 12:
+            recs.append({"question": e.question, "answer": e.answer, "path": f})
+        if len(recs) == 8:
+            break
+    assert len(recs) == 8
+    return recs
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(batch_size=4, epochs=1, logging_steps=1, group_by_length=False, max_length=128)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ------------------------------------------------------------------ data and masking
+def test_build_pairs_uses_the_paper_templates(sqa_self_records):
+    r = dict(sqa_self_records[0], weight=0.5)
+    (p,) = build_pairs("self", [r])
+    assert (p["prompt"], p["completion"]) == self_training_target(r["question"], r["path"], r["answer"])
+    assert p["completion"].endswith(f"So the answer is {r['answer']}.") and p["weight"] == 0.5
+    d = build_pairs("distill", [{"question": "Q?", "answer": "yes", "rationale": "Because."}])[0]
+    assert d["completion"] == " Let's think step by step. Because. So the answer is yes."
+    f = build_pairs("finetune", [{"question": "Q?", "answer": "no"}])[0]
+    assert (f["prompt"], f["completion"], f["weight"]) == ("Question: Q?. Answer:", " So the answer is no.", 1.0)
+    with pytest.raises(SertError, match="record 1: missing field 'path'"):
+        build_pairs("self", [{"question": "q", "answer": "yes"}])
+    with pytest.raises(SertError, match="did you mean 'distill'"):
+        build_pairs("distil", [])
+    with pytest.raises(SertError, match="weight"):
+        build_pairs("finetune", [{"question": "q", "answer": "no", "weight": -1}])
+
+
+def test_prompt_is_masked_and_completion_plus_eos_is_not(tok, sqa_self_records):
+    pairs = build_pairs("self", sqa_self_records[:3])
+    feats, truncated = tokenize_pairs(pairs, tok, 512)
+    assert truncated == 0
+    for f, p in zip(feats, pairs):
+        n_prompt = len(tok(p["prompt"])["input_ids"])
+        comp = tok(p["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert f["labels"][:n_prompt] == [-100] * n_prompt
+        assert f["labels"][n_prompt:] == comp == f["input_ids"][n_prompt:]
+        assert f["input_ids"][-1] == tok.eos_token_id
+        assert tok.decode(f["input_ids"][n_prompt:-1]) == p["completion"]
+    batch = PadCollator(tok.pad_token_id)(feats)
+    lens = [len(f["input_ids"]) for f in feats]
+    assert batch["input_ids"].shape == (3, max(lens))  # padded to the longest, no further
+    for i, k in enumerate(lens):
+        assert batch["attention_mask"][i].sum() == k
+        assert (batch["labels"][i, k:] == -100).all()
+
+
+def test_truncation_keeps_the_answer_side(tok):
+    pairs = build_pairs("finetune", [{"question": "word " * 200, "answer": "yes"}])
+    (f,), truncated = tokenize_pairs(pairs, tok, 32)
+    assert truncated == 1 and len(f["input_ids"]) == 32
+    assert tok.decode([t for t in f["labels"] if t != -100]).startswith(" So the answer is yes.")
+
+
+# ------------------------------------------------------------------ weighted loss
+def test_weighted_loss_matches_hand_computation(tiny, tok, sqa_self_records):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    recs = [dict(r, weight=w) for r, w in zip(sqa_self_records[:3], (0.2, 1.0, 2.5))]
+    feats, _ = tokenize_pairs(build_pairs("self", recs), tok, 512)
+    batch = PadCollator(tok.pad_token_id, use_weights=True)(feats)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        unweighted = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}).loss
+    w = batch["weight"]
+    got = weighted_loss(logits, batch["labels"], w)
+    # by hand: each example's mean negative log-likelihood of its own completion tokens
+    per_ex = []
+    for i, f in enumerate(feats):
+        lp = torch.log_softmax(logits[i].double(), -1)
+        nll = [-lp[t - 1, f["labels"][t]] for t in range(1, len(f["labels"])) if f["labels"][t] != -100]
+        per_ex.append(torch.stack(nll).mean())
+    hand = sum(wi * li for wi, li in zip(w.double(), per_ex)) / len(per_ex)
+    assert torch.allclose(example_losses(logits, batch["labels"]).double(), torch.stack(per_ex), atol=1e-5)
+    assert got.item() == pytest.approx(hand.item(), abs=1e-5)
+    assert abs(got.item() - unweighted.item()) > 1e-3
+
+
+# ------------------------------------------------------------------ training
+def _params(path):
+    from transformers import AutoModelForCausalLM
+    return {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(path).state_dict().items()}
+
+
+def _data_loss(path, tok, pairs):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    feats, _ = tokenize_pairs(pairs, tok, 512)
+    b = PadCollator(tok.pad_token_id)(feats)
+    with torch.no_grad():
+        return example_losses(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                              b["labels"]).mean().item()
+
+
+def test_training_lowers_loss_and_changes_every_parameter(tiny, tok, sqa_self_records, tmp_path):
+    data = tmp_path / "selected.jsonl"
+    data.write_text("".join(json.dumps(dict(r, weight=1 + i % 2)) + "\n" for i, r in enumerate(sqa_self_records)))
+    pairs = build_pairs("self", sqa_self_records)
+    before, p0 = _data_loss(tiny, tok, pairs), _params(tiny)
+    final = run_train(str(tiny), tmp_path, "self", _cfg(epochs=3, learning_rate=3e-3, use_weights=True,
+                                                        group_by_length=True), tmp_path / "run", device="cpu")
+    after, p1 = _data_loss(final, tok, pairs), _params(final)
+    assert after < before - 0.5, (before, after)
+    unchanged = [k for k in p0 if torch.equal(p0[k], p1[k])]
+    assert not unchanged, f"parameters not updated: {unchanged}"
+    s = json.loads((tmp_path / "run/train_summary.json").read_text())
+    assert s["steps"] == 6 and len(s["loss_curve"]) == 6 and s["n_examples"] == 8
+    assert s["loss_curve"][-1]["loss"] < s["loss_curve"][0]["loss"]
+    assert s["tokens"]["useful"] <= s["tokens"]["padded"] and s["useful_tokens_per_s"] > 0
+    card = (final / "README.md").read_text()
+    assert "--stage self" in card and str(data) in card and "final_loss" in card and str(tiny) in card
+    assert not list(tmp_path.glob("run/.final-tmp-*"))
+
+
+def test_lora_checkpoint_is_merged_and_reloads(tiny, tok, sqa_self_records, tmp_path):
+    final = run_train(str(tiny), sqa_self_records[:4], "self", _cfg(lora=True, lora_r=4, learning_rate=1e-2),
+                      tmp_path / "lora", device="cpu")
+    assert not (final / "adapter_config.json").exists()
+    p0, p1 = _params(tiny), _params(final)
+    assert p0.keys() == p1.keys()  # a plain model: no lora_A/lora_B, no base_model prefix
+    changed = [k for k in p0 if not torch.equal(p0[k], p1[k])]
+    assert any("q_proj" in k for k in changed)
+    assert all("embed_tokens" not in k for k in changed)  # only adapted linear layers moved
+    from sert.models import load_model
+    model, _, _ = load_model(str(final), device="cpu")
+    assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape[-1] == len(tok)
+
+
+def _cli(argv: list[str]) -> int:
+    """``sert train ...`` as the CLI runs it (only this module's sub-command is built,
+    so the test does not depend on the other stages' modules)."""
+    import sys
+
+    from sert import train
+    from sert.cli import OneLineParser
+
+    p = OneLineParser(prog="sert")
+    train.add_parser(p.add_subparsers(dest="command", parser_class=OneLineParser))
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except SertError as e:
+        print(f"sert: error: {e}", file=sys.stderr)
+        return 2
+
+
+def test_resume_continues_and_finished_run_is_skipped(tiny, sqa_self_records, tmp_path, capsys):
+    main = _cli
+    data = tmp_path / "rationales.jsonl"
+    data.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"], "rationale": r["path"]})
+                            + "\n" for r in sqa_self_records[:4]))
+    out = tmp_path / "run"
+    argv = ["train", "--model", str(tiny), "--data", str(data), "--stage", "distill", "--out", str(out),
+            "--device", "cpu", "--epochs", "2", "--batch-size", "4", "--save-total-limit", "2",
+            "--logging-steps", "1"]
+    assert main(argv) == 0
+    full = _params(out / "final")
+    # simulate a run killed after the epoch-1 checkpoint
+    shutil.rmtree(out / "final")
+    shutil.rmtree(out / "checkpoints/checkpoint-2")
+    (out / "train_summary.json").unlink()
+    assert main(argv + ["--resume"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    s = json.loads((out / "train_summary.json").read_text())
+    assert s["resumed_from"].endswith("checkpoint-1") and s["steps"] == 2
+    assert [c["step"] for c in s["loss_curve"]] == [1, 2]  # the curve spans both sessions
+    resumed = _params(out / "final")
+    assert all(torch.allclose(full[k], resumed[k], atol=1e-6) for k in full)  # same as uninterrupted
+    mtime = (out / "final/model.safetensors").stat().st_mtime
+    assert main(argv) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert (out / "final/model.safetensors").stat().st_mtime == mtime
+    # a different setting in the same directory is refused, not silently mixed
+    shutil.rmtree(out / "final")
+    assert main(argv[:-2] + ["--learning-rate", "1e-3"]) == 2
+    assert "different model/data/settings" in capsys.readouterr().err
+
+
+def test_gradient_accumulation_matches_the_full_batch(tiny, sqa_self_records, tmp_path):
+    """Weighted loss: 1 step of batch 4 == 1 step of 2 x 2 accumulated (the loss is not scaled twice)."""
+    recs = [dict(r, weight=w) for r, w in zip(sqa_self_records[:4], (0.5, 1.0, 2.0, 3.0))]
+    a = run_train(str(tiny), recs, "self", _cfg(use_weights=True, learning_rate=1e-2), tmp_path / "a", device="cpu")
+    b = run_train(str(tiny), recs, "self", _cfg(use_weights=True, learning_rate=1e-2, batch_size=2, grad_accum=2),
+                  tmp_path / "b", device="cpu")
+    pa, pb, p0 = _params(a), _params(b), _params(tiny)
+    assert all(torch.allclose(pa[k], pb[k], atol=1e-5) for k in pa)
+    # Adam hides a constant loss scale from the weights; the logged loss and gradient norm do not
+    (ca,), (cb,) = (json.loads((d.parent / "train_summary.json").read_text())["loss_curve"] for d in (a, b))
+    assert ca["loss"] == pytest.approx(cb["loss"], rel=1e-4)
+    assert ca["grad_norm"] == pytest.approx(cb["grad_norm"], rel=1e-3)
+    assert not all(torch.equal(pa[k], p0[k]) for k in pa)
