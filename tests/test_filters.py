@@ -94,6 +94,7 @@ def test_direct_answer_threshold_and_choices():
 @pytest.mark.parametrize("text,choices", [
     (" (A) yes (B) no (C) maybe", None),
     (" (A) yes (B) no (A) yes", None),
+    (" Which is a synonym? A) coffee. A) wine. B) beer.", None),
     (" A. dog\nB. cat\nC. cow", None),
     (" - yes\n- no\n- maybe", None),
     (" 1. Yes\n2. No\n3. Yes", None),
@@ -192,7 +193,7 @@ def _paths():
     recs[3]["logprobs"] = [-0.1] * recs[3]["n_tokens"]          # q0: ppl (1.1)
     recs[4]["text"] = " Yes."                                 # q0: direct answer -> q0 has no survivor
     for j in range(5):
-        recs[5 + j]["text"] = " 日本の首都は東京です。🙂 Tokyo is the capital, so the answer is no."  # unicode
+        recs[5 + j]["text"] = " 日本の首都は東京です。🙂 Tokyo is the capital, so the answer is no."
     return recs
 
 
@@ -241,7 +242,8 @@ def test_malformed_paths_files(tmp_path):
     good = json.dumps(mk())
     cases = {
         "bad json": (good + "\n{not json\n", ":2: malformed JSON"),
-        "missing": (json.dumps({k: v for k, v in mk().items() if k != "logprobs"}) + "\n", ":1: missing field 'logprobs'"),
+        "missing": (json.dumps({k: v for k, v in mk().items() if k != "logprobs"}) + "\n",
+                    ":1: missing field 'logprobs'"),
         "count": (json.dumps({**mk(), "n_tokens": 3}) + "\n", ":1: n_tokens=3"),
         "type": (good + "\n" + json.dumps({**mk(), "text": 5}) + "\n", ":2: field 'text' must be str"),
         "dup": (good + "\n" + good + "\n", ":2: duplicate path"),

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -269,7 +268,8 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_model, tiny_dir, 
     assert "already done" in r.stdout
     meta = json.loads((run / "mine_meta.json").read_text())
     assert meta["status"] == "done" and 0 < meta["this_run"]["questions_mined"] < n_q
-    assert meta["this_run"]["sampled_tokens_per_s"] > 0
+    assert meta["this_run"]["sampled_tokens_per_s"] > 0 and len(meta["history"]) == 1
+    assert meta["paths"] == n_q * k * n
 
     # uninterrupted reference, in process, same weights, same settings
     ref = mine(model, tok, load_examples("strategyqa", "train", n_q),

@@ -43,7 +43,13 @@ def make_run(tmp_path, arms=("base", "finetune", "rd", "sert", "sert_rd"), model
             m["judge"] = 6.5
         (d / "metrics.json").write_text(json.dumps(m))
     (run / "filter").mkdir()
-    (run / "filter" / "funnel.json").write_text(json.dumps({"paths": 100, "pattern": 80, "length": 50}))
+    (run / "filter" / "funnel.json").write_text(json.dumps({"stages": [  # as sert.filters writes it
+        {"stage": "mined", "paths": 100, "questions": 10},
+        {"stage": "pattern", "paths": 80, "questions": 9, "removed": 20,
+         "removed_by": {"prompt_imitation": 5, "direct_answer": 15}},
+        {"stage": "select", "paths": 9, "questions": 9, "removed": 71}],
+        "selected": {"questions": 9, "mean_tokens": 40.5, "mean_rep2": 0.05, "median_ppl": 7.2,
+                     "states_answer": 0.5, "answer_matches_gold": 0.75}}))
     (run / "commands.txt").write_text("sert run run/config.yaml --out run\n")
     return run
 
@@ -81,7 +87,9 @@ def test_table_numbers_paper_row_and_significance(tmp_path):
     assert "| SERT vs Finetune | 20 | +0.00 |" in md and "not significant" in md
 
     # funnel, samples (same questions for every arm, disagreements first), reproduction info
-    assert "| paths | 100 |" in md and "Sample outputs" in md
+    assert "| mined | 100 | 10 | – |  |" in md and "| pattern | 80 | 9 | 20 | prompt_imitation 5, direct_answer 15 |" in md
+    assert "Selected for self-training: 9 paths" in md and "75% match the gold answer" in md
+    assert "Sample outputs" in md
     assert "### q6 · gold: yes" in md  # q6..q9: the first questions where the arms disagree
     assert md.count("| SERT+RD | sert_rd says 6.") == 1
     assert "mine.seed = 0" in md and "torch 2.13.0" in md and "sert run run/config.yaml" in md

@@ -107,13 +107,13 @@ def direct_answer(text: str, min_words: int = 5, choices: Sequence[str] | None =
     return words < min_words
 
 
-_OPTION_MARK = re.compile(r"(?<![\w])\(\s*[A-E]\s*\)|(?m:^\s*[A-E]\s*[.):]\s)")
+_OPTION_MARK = re.compile(r"(?<![\w(])\(?\s*[A-E]\s*\)|(?m:^\s*[A-E]\s*[.):]\s)")
 _LIST_ITEM = re.compile(r"(?m)^\s*(?:[-*\u2022]|\d+[.)]|[A-Ea-e][.)]|\([A-Ea-e1-9]\))\s*(.*)$")
 
 
 def option_listing(text: str, min_items: int = 3, choices: Sequence[str] | None = None) -> bool:
-    """Repetitive listing of options: at least ``min_items`` option markers (``(A)``, ``B.`` at a
-    line start), or ``min_items`` short list items (at most 3 words each), or ``min_items``
+    """Repetitive listing of options: at least ``min_items`` option markers (``(A)``, ``A)``, ``B.``
+    at a line start), or ``min_items`` short list items (at most 3 words each), or ``min_items``
     distinct answer-choice texts of the question named in the path."""
     if len(_OPTION_MARK.findall(text)) >= min_items:
         return True
@@ -369,7 +369,8 @@ def format_funnel(f: dict) -> str:
     """The funnel as a plain-text table."""
     rows = [("stage", "paths", "questions", "removed", "by rule")]
     for s in f["stages"]:
-        by = ", ".join(f"{k} {v}" for k, v in s.get("removed_by", {}).items()) if len(s.get("removed_by", {})) > 1 else ""
+        rb = s.get("removed_by", {})
+        by = ", ".join(f"{k} {v}" for k, v in rb.items()) if len(rb) > 1 else ""
         rows.append((s["stage"], str(s["paths"]), str(s["questions"]), str(s.get("removed", "")), by))
     w = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w[i]) if i in (0, 4) else c.rjust(w[i]) for i, c in enumerate(r)).rstrip() for r in rows]

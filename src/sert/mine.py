@@ -394,7 +394,7 @@ def _existing(out_path: Path, cfg: MineConfig, per_q: int) -> dict[str, list[dic
     recs = read_jsonl(out_path, tolerate_torn_tail=True)
     key = settings_key(cfg)
     groups: dict[str, list[dict]] = {}
-    for i, r in enumerate(recs, 1):
+    for r in recs:
         if r.get("settings") != key:
             raise SertError(f"{out_path}: holds paths mined with other settings ({r.get('settings')!r}, "
                             f"now {key!r}); use another --out or the same settings")
@@ -432,6 +432,8 @@ def _mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool 
     import torch
 
     t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()  # dropout off: paths come from the model's own distribution
     with JsonlLog(out_path) as log, torch.inference_mode():
         B = cfg.batch_questions
         for c in range(0, len(examples), B):
@@ -448,6 +450,7 @@ def _mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool 
             if bar:
                 bar.update(len(todo))
     stats["seconds"] = time.perf_counter() - t0
+    model.train(was_training)
     if bar:
         bar.close()
     return [r for e in examples for r in have[e.id]], stats
@@ -478,6 +481,7 @@ def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str |
     with RunLock(out):
         meta_path = out / META_FILE
         paths = out / PATHS_FILE
+        old: dict = {}
         if meta_path.exists() and paths.exists():
             old = read_json(meta_path)
             diff = [k for k in _RESUME_KEYS if old.get("settings", {}).get(k) != settings[k]]
@@ -485,8 +489,9 @@ def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str |
             if diff:
                 raise SertError(f"{out} holds a mining run with other settings ({', '.join(diff)} differ); "
                                 "use another --out or the same settings")
+        history = list(old.get("history", []))
         meta = {"stage": "mine", "status": "running", "model": model_name, "task": task, "settings": settings,
-                "sert_version": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "sert_version": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "history": history}
         atomic_write_json(meta_path, meta)
         t0 = time.perf_counter()
         model, tok, place = load_model(model_name, device, dtype)
@@ -495,16 +500,24 @@ def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str |
         import torch
 
         n_eos = sum(r["finish"] == "eos" for r in recs)
+        this = {"questions_mined": st["questions"], "paths": st["paths"], "tokens_sampled": st["tokens"],
+                "model_load_s": round(load_s, 2), "wall_s": round(st["seconds"], 2),
+                "sampled_tokens_per_s": round(st["tokens"] / st["seconds"], 1) if st["tokens"] else None,
+                "questions_skipped_resume": len(examples) - st["questions"], "device": place.device,
+                "dtype": place.dtype, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if st["questions"]:
+            history.append(this)
+        tok_all = sum(h["tokens_sampled"] for h in history)
+        wall_all = sum(h["wall_s"] for h in history)
         meta.update({
             "status": "done", "model_path": resolve_model(model_name), "device": place.device, "dtype": place.dtype,
             "torch": torch.__version__, "questions": len(examples), "paths": len(recs),
             "paths_per_question": paths_per_question(cfg), "finished_eos": n_eos, "finished_length": len(recs) - n_eos,
             "mean_tokens": round(sum(r["n_tokens"] for r in recs) / max(1, len(recs)), 2),
-            "this_run": {"questions_mined": st["questions"], "paths": st["paths"], "tokens_sampled": st["tokens"],
-                         "model_load_s": round(load_s, 2), "wall_s": round(st["seconds"], 2),
-                         "sampled_tokens_per_s": round(st["tokens"] / st["seconds"], 1) if st["seconds"] else None,
-                         "questions_skipped_resume": len(examples) - st["questions"]},
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            # throughput over every invocation that mined something (a resume adds one)
+            "tokens_sampled": tok_all, "wall_s": round(wall_all, 2),
+            "sampled_tokens_per_s": round(tok_all / wall_all, 1) if wall_all else None,
+            "this_run": this, "finished": this["finished"],
         })
         atomic_write_json(meta_path, meta)
     return paths
@@ -534,6 +547,9 @@ def _cmd(args: argparse.Namespace) -> int:
     meta = read_json(Path(args.out) / META_FILE)
     tr = meta["this_run"]
     print(f"mined {meta['questions']} questions x {meta['paths_per_question']} paths -> {paths}")
-    print(f"this run: {tr['questions_mined']} questions, {tr['tokens_sampled']} tokens in {tr['wall_s']} s "
-          f"({tr['sampled_tokens_per_s']} sampled tokens/s); {tr['questions_skipped_resume']} already done")
+    if tr["questions_mined"]:
+        print(f"this run: {tr['questions_mined']} questions, {tr['tokens_sampled']} tokens in {tr['wall_s']} s "
+              f"({tr['sampled_tokens_per_s']} sampled tokens/s); {tr['questions_skipped_resume']} already done")
+    else:
+        print(f"nothing to do: all {tr['questions_skipped_resume']} questions already done")
     return 0

@@ -42,7 +42,7 @@ from typing import Callable
 
 from .config import RunConfig, from_dict, load_run_config, to_dict
 from .errors import SertError
-from .io import RunLock, atomic_write_json, atomic_write_text, ensure_dir, read_json, read_jsonl
+from .io import RunLock, atomic_write_json, atomic_write_text, read_json, read_jsonl
 
 ARMS = ["base", "finetune", "rd", "sert", "sert_rd"]
 # Keys that change how a run is executed or labelled, not what it computes: a run directory
@@ -336,7 +336,7 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
                            f" -> {_rel(st.dir, run_dir)}/")
             table[st.name].update(status="running", last=action, started=_now())
             save()
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             try:
                 info = st.run(action == "resumed") or {}
             except BaseException as e:
@@ -347,6 +347,7 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
             finally:
                 gc.collect()
             wall = round(time.time() - t0, 1)
+            cpu = round(time.process_time() - c0, 1)  # all threads; cpu_s/wall_s far below the core count = contention
             missing = [o for o in st.outputs if not (st.dir / o).exists()]
             if missing:
                 table[st.name].update(status="failed", wall_s=wall)
@@ -357,10 +358,10 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
                                                 "deps": {d: tokens[d] for d in st.deps}, "wall_s": wall,
                                                 "finished": _now(), **info})
             tokens[st.name] = token
-            table[st.name].update(status="done", wall_s=wall, finished=_now())
+            table[st.name].update(status="done", wall_s=wall, cpu_s=cpu, finished=_now())
             save()
             did[st.name] = {"action": action, "wall_s": wall}
-            _log(progress, f"{i}/{n} {st.name}: done in {_fmt_s(wall)}"
+            _log(progress, f"{i}/{n} {st.name}: done in {_fmt_s(wall)} (CPU {_fmt_s(cpu)})"
                            + (f" ({', '.join(f'{k} {v}' for k, v in info.items())})" if info else ""))
             if st.check:
                 st.check()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import json
 import math
 import re
 from pathlib import Path
@@ -320,10 +319,10 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
         d.append(("p", "Versions: " + ", ".join(f"{k} {v}" for k, v in env.items() if v) + "."))
     if run["stages"]:
         st = run["stages"].get("stages", run["stages"])
-        rows = [[name, s.get("status", "–"), _cell(s.get("wall_s"))] for name, s in st.items() if isinstance(s, dict)]
-        total = sum(float(s.get("wall_s") or 0) for s in st.values() if isinstance(s, dict))
-        rows.append(["**total**", "", f"{total:.1f}"])
-        d.append(("table", ["stage", "status", "wall s"], rows))
+        rows = [[name, s.get("status", "–"), _cell(s.get("wall_s")), _cell(s.get("cpu_s"))] for name, s in st.items()]
+        total = {k: sum(float(s.get(k) or 0) for s in st.values()) for k in ("wall_s", "cpu_s")}
+        rows.append(["**total**", "", f"{total['wall_s']:.1f}", f"{total['cpu_s']:.1f}"])
+        d.append(("table", ["stage", "status", "wall s", "CPU s (all threads)"], rows))
     if run["commands"]:
         d.append(("p", "Commands (`commands.txt`):"))
         d.append(("pre", run["commands"].rstrip()))
