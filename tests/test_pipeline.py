@@ -131,8 +131,8 @@ def test_arms_subset_only_runs_what_it_needs(tiny_dir, tmp_path):
     assert [s.name for s in build_stages(cfg, tmp_path / "r")] == ["eval:base", "train:finetune", "eval:finetune"]
 
 
-def _sert(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "sert", *args], capture_output=True, text=True, timeout=600,
+def _sert(*args, cwd=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "sert", *args], capture_output=True, text=True, timeout=timeout,
                           cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
@@ -178,3 +178,17 @@ def test_every_shipped_config_loads():
                 (5, 5, 10, 0.95)
             assert cfg.mine.limit is None and cfg.eval.limit is None and cfg.train_limit is None
             assert any("Paper result" in ln for ln in head) and any("Hardware" in ln for ln in head)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_under_20_minutes(tmp_path):
+    """`sert demo` on the embedded model (run with -m slow; ~12 min on an idle 2-core CPU)."""
+    import time
+
+    t = time.time()
+    r = _sert("demo", "--out", str(tmp_path / "demo"), "--quiet", timeout=40 * 60)
+    wall = time.time() - t
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines()[0].startswith(f"report: {tmp_path / 'demo' / 'report.md'}")
+    assert "| SERT+RD |" in r.stdout and (tmp_path / "demo" / "report.html").exists()
+    assert wall < 20 * 60, f"demo took {wall / 60:.1f} min"

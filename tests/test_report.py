@@ -83,7 +83,7 @@ def test_table_numbers_paper_row_and_significance(tmp_path):
     assert s["ci"][0] > 0 and s["paper_diff_pp"] == pytest.approx(56.34 - 52.69)
     f = sig[("finetune", "sert")]
     assert f["diff"] == 0 and f["p_value"] == 1.0
-    assert "| SERT+RD vs RD | 20 | +30.00 |" in md and "| 0.03125 | significant |" in md
+    assert "| SERT+RD vs RD | 20 | +30.00 |" in md and "| 0.03125 | significant: SERT+RD better |" in md
     assert "| SERT vs Finetune | 20 | +0.00 |" in md and "not significant" in md
 
     # funnel, samples (same questions for every arm, disagreements first), reproduction info

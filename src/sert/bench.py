@@ -18,12 +18,11 @@ mining    ``sert.mine.mine`` (one prefill per question shared by its k x n = 5 x
           lookup not), d_attn = heads x head dim, p = prompt tokens, T = new tokens per path.
 training  useful (non-padding) tokens/s of transformers' Trainer with sert's collator
           (pads a batch to its longest member) and length grouping (``TrainConfig``
-          default), vs naive batches padded to a fixed length (the longest example of the
-          set) in random order, and vs dynamic padding in random order (what length
-          grouping adds alone). Same examples (exactly steps x batch real StrategyQA
-          distillation targets from the shipped text-davinci-002 teacher, one epoch), same
-          initial weights, same number of optimizer steps; the first step (optimizer state
-          allocation) is not timed.
+          default), vs naive batches padded to ``max_length`` (512, ``TrainConfig``'s) in
+          random order, and vs dynamic padding in random order (what length grouping adds
+          by itself). Same examples (exactly steps x batch real StrategyQA distillation
+          targets from the shipped text-davinci-002 teacher, one epoch), same initial
+          weights, same number of optimizer steps, all timed (after a one-step warm-up).
 eval      ``sert.evaluate.generate_greedy`` at ``--eval-batch`` vs the same at batch size 1
           on real StrategyQA test prompts; tokens/s, and the share of predictions
           (generated token ids) identical between the two.
@@ -74,11 +73,12 @@ class BenchSizes:
     eval_batch: int
     eval_tokens: int
     matmul_n: int
+    train_max_length: int = 512   # the naive baseline pads every batch to this (TrainConfig.max_length)
 
 
 PRESETS = {
-    ("cpu", False): BenchSizes(8, 8, 64, 6, 8, 32, 32, 32, 2048),
-    ("cpu", True): BenchSizes(2, 2, 8, 3, 2, 4, 4, 4, 512),
+    ("cpu", False): BenchSizes(8, 8, 64, 4, 4, 32, 32, 32, 2048),
+    ("cpu", True): BenchSizes(2, 2, 8, 2, 2, 4, 4, 4, 512),
     ("cuda", False): BenchSizes(16, 16, 128, 30, 16, 16, 16, 64, 8192),
     ("cuda", True): BenchSizes(2, 2, 16, 3, 4, 4, 4, 8, 2048),
 }
@@ -496,12 +496,18 @@ def _training_args(out_dir: str, steps: int, batch: int, grouped: bool, precisio
 
 def train_arm(model, tokenizer, feats, collator, steps: int, batch: int, grouped: bool, precision: str,
               device: str, seed: int = 0) -> dict:
-    """Run ``steps`` optimizer steps with the Trainer; time steps 2..N (step ends, via a callback)."""
-    from transformers import Trainer, TrainerCallback
+    """Run ``steps`` optimizer steps with the Trainer; time them from the first step's start to
+    the last step's end (callbacks), so Trainer set-up and the final save/log are not counted."""
+    from transformers import PrinterCallback, Trainer, TrainerCallback
 
+    begins: list[float] = []
     ends: list[float] = []
 
     class StepClock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            _sync(device)
+            begins.append(time.perf_counter())
+
         def on_step_end(self, args, state, control, **kw):
             _sync(device)
             ends.append(time.perf_counter())
@@ -510,48 +516,51 @@ def train_arm(model, tokenizer, feats, collator, steps: int, batch: int, grouped
         args = _training_args(tmp, steps, batch, grouped, precision, device, seed)
         tr = Trainer(model=model, args=args, data_collator=collator, train_dataset=feats,
                      processing_class=tokenizer, callbacks=[StepClock()])
+        tr.remove_callback(PrinterCallback)  # it prints the run's summary dict to stdout
         with PeakMemory(device) as mem:
             tr.train()
     if len(ends) != steps or len(collator.batches) < steps:
         raise SertError(f"training bench: expected {steps} steps, saw {len(ends)} "
                         f"({len(collator.batches)} batches collated)")
-    timed = collator.batches[1:steps]
-    real = sum(r for r, _ in timed)
-    padded = sum(p for _, p in timed)
-    secs = ends[-1] - ends[0]
-    return {"steps": steps, "timed_steps": steps - 1, "seconds": round(secs, 3), "useful_tokens": real,
-            "padded_tokens": padded, "useful_tokens_per_s": round(real / secs, 1),
-            "padding_efficiency": round(real / padded, 3),
-            "useful_tokens_all_steps": sum(r for r, _ in collator.batches[:steps]),
+    real = sum(r for r, _ in collator.batches[:steps])
+    padded = sum(p for _, p in collator.batches[:steps])
+    secs = ends[-1] - begins[0]
+    return {"steps": steps, "seconds": round(secs, 3), "useful_tokens": real, "padded_tokens": padded,
+            "useful_tokens_per_s": round(real / secs, 1), "padding_efficiency": round(real / padded, 3),
             "peak_rss_mb": mem.peak_rss_mb, "peak_gpu_mb": mem.peak_gpu_mb, "rss_reset": mem.reset}
 
 
 def bench_training(model, tokenizer, device: str, sizes: BenchSizes, precision: str,
-                   max_length: int = 512, seed: int = 0, with_dynamic: bool = True) -> tuple[dict, list[dict]]:
-    """``model``: fp32 weights (mixed precision through the Trainer, as ``sert train`` does)."""
+                   seed: int = 0, with_dynamic: bool = True) -> tuple[dict, list[dict]]:
+    """``model``: fp32 weights (mixed precision through the Trainer, as ``sert train`` does).
+
+    Arms, each from the same initial weights over the same ``steps x batch`` examples (one
+    epoch, so every arm trains on exactly the same tokens): ours = ``PadCollator`` + length
+    grouping; naive = every batch padded to ``max_length`` (``TrainConfig.max_length``, 512),
+    random order; dynamic = ``PadCollator``, random order (what grouping adds by itself).
+    """
     from .train import tokenize_pairs
 
     n = sizes.train_steps * sizes.train_batch
+    L = sizes.train_max_length
     pairs = distill_pairs()
     if len(pairs) < n:
         raise SertError(f"training bench: {n} examples needed, {len(pairs)} available; fewer steps or a smaller batch")
-    feats, _ = tokenize_pairs(pairs[:n], tokenizer, max_length)
+    feats, truncated = tokenize_pairs(pairs[:n], tokenizer, L)
     for f in feats:
         f.pop("weight", None)
-    fixed = max(len(f["input_ids"]) for f in feats)
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.config.use_cache = False
+    lens = [len(f["input_ids"]) for f in feats]
     res: dict = {"examples": n, "steps": sizes.train_steps, "batch": sizes.train_batch, "precision": precision,
-                 "fixed_pad_length": fixed, "mean_length": round(sum(len(f["input_ids"]) for f in feats) / n, 1),
-                 "load_before": load_avg()}
+                 "max_length": L, "truncated": truncated, "mean_length": round(sum(lens) / n, 1),
+                 "longest": max(lens), "load_before": load_avg()}
     pad = tokenizer.pad_token_id
 
-    # warm-up: one step of each shape family, then back to the initial weights
-    train_arm(model, tokenizer, feats[:2 * sizes.train_batch], FixedPadCollator(pad, fixed), 2, sizes.train_batch,
-              False, precision, device, seed)
-    model.load_state_dict(init)
-
-    arms = {"ours": (CountingCollator(pad), True), "naive": (FixedPadCollator(pad, fixed), False)}
+    # warm-up (kernels, allocator): one step, then back to the initial weights
+    train_arm(model, tokenizer, feats[:sizes.train_batch], CountingCollator(pad), 1, sizes.train_batch, False,
+              precision, device, seed)
+    arms = {"ours": (CountingCollator(pad), True), "naive": (FixedPadCollator(pad, L), False)}
     if with_dynamic:
         arms["dynamic"] = (CountingCollator(pad), False)
     for name, (coll, grouped) in arms.items():
@@ -561,22 +570,24 @@ def bench_training(model, tokenizer, device: str, sizes: BenchSizes, precision: 
     model.load_state_dict(init)
     res["load_after"] = load_avg()
     o, b = res["ours"], res["naive"]
-    if o["useful_tokens_all_steps"] != b["useful_tokens_all_steps"]:
+    if len({res[a]["useful_tokens"] for a in arms}) != 1:
         raise SertError("training bench: the arms trained on different tokens")
+    naive = f"padded to max_length {L}, random order"
     figs = [figure("training", f"useful tok/s, {sizes.train_steps} steps x batch {sizes.train_batch}",
-                   o["useful_tokens_per_s"], b["useful_tokens_per_s"], "tok/s",
-                   note=f"fixed padding to {fixed} tokens, random order"),
-            figure("training", "padding efficiency (useful / computed tokens)", o["padding_efficiency"],
-                   b["padding_efficiency"], note="fixed padding, random order")]
+                   o["useful_tokens_per_s"], b["useful_tokens_per_s"], "tok/s", note=naive)]
     if with_dynamic:
         d = res["dynamic"]
-        figs.insert(1, figure("training", "useful tok/s (length grouping alone)", o["useful_tokens_per_s"],
-                              d["useful_tokens_per_s"], "tok/s", note="dynamic padding, random order"))
-    figs.append(figure("training", "peak RSS", o["peak_rss_mb"], b["peak_rss_mb"], "MB", better="lower",
-                       note="fixed padding, random order"))
+        figs.append(figure("training", "useful tok/s (length grouping alone)", o["useful_tokens_per_s"],
+                           d["useful_tokens_per_s"], "tok/s", note="dynamic padding, random order"))
+    figs.append(figure("training", "padding efficiency (useful / computed tokens)", o["padding_efficiency"],
+                       b["padding_efficiency"], note=naive))
+    if with_dynamic:
+        figs.append(figure("training", "padding efficiency (length grouping alone)", o["padding_efficiency"],
+                           res["dynamic"]["padding_efficiency"], note="dynamic padding, random order"))
+    figs.append(figure("training", "peak RSS", o["peak_rss_mb"], b["peak_rss_mb"], "MB", better="lower", note=naive))
     if o["peak_gpu_mb"] is not None:
         figs.append(figure("training", "peak GPU memory", o["peak_gpu_mb"], b["peak_gpu_mb"], "MB", better="lower",
-                           note="fixed padding, random order"))
+                           note=naive))
     return res, figs
 
 
@@ -687,39 +698,40 @@ def run_bench(model_name: str = "random:smollm2-135m", device: str | None = "aut
         log(f"[bench] matmul {mm['n']}^3 {mm['dtype']}: {mm['gflops']} GFLOP/s")
         save()
     t_all = time.perf_counter()
-    if "mining" in only or "eval" in only:
-        model, tok, _ = load_model(model_name, place.device, place.dtype)
-        if "mining" in only:
-            t0 = time.perf_counter()
-            res, figs = bench_mining(model, tok, place.device, sizes, mm["flops_per_s"] if mm else None)
-            res["wall_s"] = round(time.perf_counter() - t0, 1)
-            result["sections"]["mining"] = res
-            result["figures"] += figs
-            log(format_table(figs))
-            save()
-        if "eval" in only:
-            t0 = time.perf_counter()
-            res, figs = bench_eval(model, tok, place.device, sizes)
-            res["wall_s"] = round(time.perf_counter() - t0, 1)
-            result["sections"]["eval"] = res
-            result["figures"] += figs
-            log(format_table(figs))
-            save()
-        del model
+
+    def section(name: str, fn) -> None:
+        t0 = time.perf_counter()
+        res, figs = fn()
+        res["wall_s"] = round(time.perf_counter() - t0, 1)
+        result["sections"][name] = res
+        result["figures"] += figs
+        log(format_table(figs))
+        save()
+
+    def release() -> None:  # after `del model`: give the memory back before the next section
+        import gc
+        gc.collect()
         if place.device.startswith("cuda"):
             torch.cuda.empty_cache()
+
+    # order: mining, training, eval (the GPU check cares most about the first two); one model at a time
+    if "mining" in only:
+        model, tok, _ = load_model(model_name, place.device, place.dtype)
+        section("mining", lambda: bench_mining(model, tok, place.device, sizes, mm["flops_per_s"] if mm else None))
+        del model
+        release()
     if "training" in only:
-        t0 = time.perf_counter()
         model, tok, _ = load_model(model_name, place.device, "float32")  # fp32 master weights, as sert train
         model.train()
         precision = _precision(TrainConfig(), place.device, place.dtype)
-        res, figs = bench_training(model, tok, place.device, sizes, precision, seed=seed)
-        res["wall_s"] = round(time.perf_counter() - t0, 1)
-        result["sections"]["training"] = res
-        result["figures"] += figs
-        log(format_table(figs))
+        section("training", lambda: bench_training(model, tok, place.device, sizes, precision, seed=seed))
         del model
-        save()
+        release()
+    if "eval" in only:
+        model, tok, _ = load_model(model_name, place.device, place.dtype)
+        section("eval", lambda: bench_eval(model, tok, place.device, sizes))
+        del model
+        release()
     result["wall_s"] = round(time.perf_counter() - t_all, 1)
     result["load_end"] = load_avg()
     save()

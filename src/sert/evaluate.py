@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 from .answers import extract_answer, is_correct, truncate_continuation
 from .config import EvalConfig
 from .errors import SertError
-from .io import JsonlLog, RunLock, atomic_write_json, ensure_dir
+from .io import JsonlLog, RunLock, atomic_write_json, ensure_dir, read_json
 from .metrics import bootstrap_ci, format_issues, rep_n
 from .tasks import Example, load_examples
 from .templates import ANSWER_PHRASE, train_prompt
@@ -151,12 +151,15 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, out
         log = JsonlLog(out / "predictions.jsonl")
         wanted = {e.id for e in examples}
         done = {r["id"]: r for r in log.records() if r["id"] in wanted}
-    todo = [e for e in examples if e.id not in done]
+    resumed = len(done)
+    todo = batches_to_decode(tokenizer, examples, done, cfg.batch_size)
 
     def persist(idx: list[int], res: list[dict]) -> None:
         recs = []
         for i, r in zip(idx, res):
             e = todo[i]
+            if e.id in done:  # decoded again only to give its batch the same composition
+                continue
             rec = {"id": e.id, "question": e.question, "gold": e.answer, "output": r["text"],
                    "finish": r["finish"], **score(e, r["text"], r["token_ids"], tokenizer)}
             done[e.id] = rec
@@ -165,8 +168,10 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, out
             log.append_many(recs)
 
     if todo:
-        generate_greedy(model, tokenizer, [train_prompt(e.question) for e in todo], cfg.batch_size,
-                        cfg.max_new_tokens, progress=progress, on_batch=persist)
+        from . import vllm_backend  # optional vLLM engine (sert/vllm_backend.py)
+        gen = vllm_backend.generate_greedy if vllm_backend.is_vllm(model) else generate_greedy
+        gen(model, tokenizer, [train_prompt(e.question) for e in todo], cfg.batch_size,
+            cfg.max_new_tokens, progress=progress, on_batch=persist)
     if log is not None:
         log.close()
     records = [done[e.id] for e in examples]
@@ -175,26 +180,73 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, out
     metrics = summarize(records, cfg.n_bootstrap, cfg.seed)
     metrics.update({"label": label, "split": cfg.split, "max_new_tokens": cfg.max_new_tokens,
                     "generated_tokens": sum(r["n_tokens"] for r in records),
-                    "wall_s": round(time.time() - t0, 2), "resumed": len(examples) - len(todo),
+                    "wall_s": round(time.time() - t0, 2), "resumed": resumed,
                     "env": environment()})
     if out_dir is not None:
         atomic_write_json(Path(out_dir) / "metrics.json", metrics)
     return metrics
 
 
+def batches_to_decode(tokenizer, examples: Sequence[Example], done: dict, batch_size: int) -> list[Example]:
+    """The examples to decode: every batch that lacks a prediction, whole.
+
+    :func:`generate_greedy` batches longest prompts first. A batch's members and padding
+    decide the matmul shapes, hence the logits' last bits (in bf16 on a GPU that flips
+    greedy tokens). After a kill, re-decoding whole batches of an uninterrupted run's
+    composition keeps the resumed predictions equal to that run's on the same hardware.
+    A stable sort of this subset by length yields exactly those batches, in order.
+    """
+    missing = [e for e in examples if e.id not in done]
+    if not missing or not done:
+        return missing
+    lens = [len(tokenizer(train_prompt(e.question), add_special_tokens=False).input_ids) for e in examples]
+    order = sorted(range(len(examples)), key=lambda i: -lens[i])
+    keep: set[int] = set()
+    for s in range(0, len(order), batch_size):
+        b = order[s:s + batch_size]
+        if any(examples[i].id not in done for i in b):
+            keep.update(b)
+    return [e for i, e in enumerate(examples) if i in keep]
+
+
+EVAL_CONFIG = "eval_config.json"
+
+
+def _identity(model_name: str, task: str, cfg: EvalConfig) -> dict:
+    """What the predictions depend on: a resumed run must match it."""
+    model = str(Path(model_name).resolve()) if Path(model_name).exists() else model_name
+    return {"model": model, "task": task, "split": cfg.split, "max_new_tokens": cfg.max_new_tokens}
+
+
+def _check_identity(out: Path, ident: dict) -> None:
+    f = out / EVAL_CONFIG
+    if not (out / "predictions.jsonl").exists() or not f.exists():
+        return
+    old = read_json(f)
+    diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in ident.items() if old.get(k) != v]
+    if diff:
+        raise SertError(f"{out} holds predictions of another evaluation ({'; '.join(diff)}); "
+                        "use another --out or delete it")
+
+
 def run_eval(model_name: str, task: str, cfg: EvalConfig, out_dir: str | Path | None = None,
              device: str | None = None, dtype: str | None = None, progress: bool = True) -> dict:
-    from .models import load_model
 
     examples = load_examples(task, cfg.split, cfg.limit)
+    ident = _identity(model_name, task, cfg)
     lock = RunLock(out_dir) if out_dir is not None else None
     if lock:
         lock.__enter__()
     try:
+        if out_dir is not None:
+            _check_identity(Path(out_dir), ident)
         t0 = time.time()
-        model, tok, place = load_model(model_name, device, dtype)
+        from .vllm_backend import load as load_generator  # = load_model unless vLLM serves (CUDA)
+        model, tok, place = load_generator(model_name, device, dtype)
         load_s = time.time() - t0
         judge = _make_judge(cfg) if cfg.judge else None
+        if out_dir is not None:  # once model and judge are ready: a bad one leaves nothing behind
+            atomic_write_json(Path(out_dir) / EVAL_CONFIG, ident)
         m = evaluate(model, tok, examples, cfg, out_dir, progress=progress, label=model_name, judge=judge)
         m.update({"model": model_name, "task": task, "device": place.device, "dtype": place.dtype,
                   "load_s": round(load_s, 2)})
@@ -203,7 +255,7 @@ def run_eval(model_name: str, task: str, cfg: EvalConfig, out_dir: str | Path | 
         return m
     finally:
         if lock:
-            lock.__exit__(None, None, None)
+            lock.__exit__(*sys.exc_info())  # a failure before any output removes the directory it made
 
 
 def _make_judge(cfg: EvalConfig):

@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from typing import Callable, Sequence
 from .answers import extract_answer, is_correct
 from .config import FilterConfig
 from .errors import SertError
-from .io import atomic_write_json, atomic_write_jsonl, ensure_dir
+from .io import RunLock, atomic_write_json, atomic_write_jsonl, ensure_dir, remove_stale_temps
 
 # ------------------------------------------------------------------ measures
 
@@ -427,8 +428,10 @@ def plot_funnel(f: dict, png) -> Path:
     ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
     png = Path(png)
-    fig.savefig(png, dpi=110)
+    tmp = png.with_name(f".{png.name}.sert-{os.getpid()}.tmp")  # atomic: a kill never leaves half a PNG
+    fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    os.replace(tmp, png)
     return png
 
 
@@ -445,7 +448,11 @@ def run_filter(paths_file, out_dir, cfg: FilterConfig) -> dict:
                                 "answer consistency needs it")
     f, sel, rejected, sets = funnel(paths, cfg)
     f["paths_file"] = str(paths_file)
-    out = ensure_dir(out_dir)
+    with RunLock(out_dir) as lock:  # a second sert process on this directory is refused
+        return _write_outputs(lock.dir, paths, f, sel, rejected, sets, cfg)
+
+
+def _write_outputs(out: Path, paths, f, sel, rejected, sets, cfg: FilterConfig) -> dict:
     order = {}
     for p in paths:
         order.setdefault(p["id"], len(order))
@@ -460,9 +467,15 @@ def run_filter(paths_file, out_dir, cfg: FilterConfig) -> dict:
     atomic_write_jsonl(out / "selected.jsonl", records)
     atomic_write_jsonl(out / "rejected.jsonl", rejected)
     abl = ensure_dir(out / "ablation")
+    remove_stale_temps(abl)
+    names = set()
     for k, (name, s) in enumerate(sets):
+        names.add(f"{k}-{name.lstrip('+')}.jsonl")
         atomic_write_jsonl(abl / f"{k}-{name.lstrip('+')}.jsonl",
                            [_selected_record(p) for p in sorted(s.values(), key=lambda p: order[p["id"]])])
+    for old in abl.glob("*.jsonl"):  # an earlier run's filter set (other settings)
+        if old.name not in names:
+            old.unlink()
     atomic_write_json(out / "funnel.json", f)
     plot_funnel(f, out / "funnel.png")
     return f

@@ -16,6 +16,9 @@ from typing import Any, Iterable, Iterator
 from .errors import SertError
 
 
+TEMP_TAG = "sert-"  # temp files are ``.NAME.sert-XXXX.tmp``: only those are ever cleaned up
+
+
 def ensure_dir(path: str | os.PathLike) -> Path:
     p = Path(path)
     try:
@@ -31,7 +34,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
     p = Path(path)
     ensure_dir(p.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{TEMP_TAG}", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -158,10 +161,17 @@ class RunLock:
 
     A second ``sert`` process on the same directory refuses with a clear
     message instead of corrupting it. The OS drops the lock when the holder
-    dies, so a SIGKILLed run never leaves a stale lock behind.
+    dies, so a SIGKILLed run never leaves a stale lock behind. Taking the lock
+    deletes the temp files a killed writer left (:func:`remove_stale_temps`); a
+    command that fails before writing anything into a directory the lock created
+    removes that directory again (``with RunLock(d):``, or ``__exit__(*sys.exc_info())``).
     """
 
     def __init__(self, directory: str | os.PathLike):
+        # The outermost directory this lock creates: removed again if the command fails
+        # before writing anything, so a rejected command leaves no trace.
+        d = Path(directory).absolute()
+        self._created = next((a for a in [*reversed(d.parents), d] if not a.exists()), None)
         self.dir = ensure_dir(directory)
         self.path = self.dir / ".sert.lock"
         self._fd: int | None = None
@@ -182,9 +192,32 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
+        remove_stale_temps(self.dir)
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    def __exit__(self, exc_type=None, *exc) -> None:
+        if self._fd is None:
+            return
+        if exc_type is not None and self._created is not None:
+            # Failed before writing anything into a directory it made: remove it (still locked).
+            with contextlib.suppress(OSError):
+                if [p.name for p in self.dir.iterdir()] == [self.path.name]:
+                    self.path.unlink()
+                    d = self.dir.absolute()
+                    while True:
+                        d.rmdir()
+                        if d == self._created or d.parent == d:
+                            break
+                        d = d.parent
+        os.close(self._fd)
+        self._fd = None
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> None:
+    """Delete temp files that :func:`atomic_write_text` leaves when killed mid-write.
+
+    Call only while holding the directory's :class:`RunLock` (no writer can be active).
+    """
+    for p in Path(directory).glob(f".*.{TEMP_TAG}*.tmp"):
+        with contextlib.suppress(OSError):
+            p.unlink()

@@ -50,7 +50,7 @@ from typing import Sequence
 from .answers import extract_answer, normalize_answer, normalize_number, truncate_continuation
 from .config import MineConfig
 from .errors import SertError
-from .io import JsonlLog, RunLock, atomic_write_json, atomic_write_jsonl, ensure_dir, read_json, read_jsonl
+from .io import JsonlLog, RunLock, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
 from .templates import mining_prompt
 
 PATHS_FILE = "paths.jsonl"
@@ -421,7 +421,9 @@ def _mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool 
     eos = _eos_ids(model, tokenizer)
     if not eos:
         raise SertError("the tokenizer has no EOS token; cannot tell where a path ends")
-    fwd = _forward_kw(model)
+    from . import vllm_backend  # optional vLLM engine (sert/vllm_backend.py); else our decoder
+    decode = vllm_backend.decode_chunk if vllm_backend.is_vllm(model) else _decode_chunk
+    fwd = None if vllm_backend.is_vllm(model) else _forward_kw(model)
     stats = {"questions": 0, "paths": 0, "tokens": 0, "seconds": 0.0}
     bar = None
     if progress:
@@ -440,7 +442,7 @@ def _mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool 
             todo = [e for e in examples[c:c + B] if e.id not in have]
             if not todo:
                 continue
-            res = _decode_chunk(model, tokenizer, todo, cfg, eos, fwd)
+            res = decode(model, tokenizer, todo, cfg, eos, fwd)
             log.append_many([r for e in todo for r in res[e.id]])   # whole questions, one append
             for e in todo:
                 have[e.id] = res[e.id]
@@ -469,14 +471,14 @@ def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str |
              dtype: str | None = None, progress: bool = True) -> Path:
     """``sert mine``: load task and model, mine into ``out_dir/paths.jsonl``, write ``mine_meta.json``."""
     from . import __version__
-    from .models import load_model, resolve_model
+    from .models import resolve_model
     from .tasks import load_examples
 
     errs = cfg.validate()
     if errs:
         raise SertError("; ".join(errs))
     examples = load_examples(task, cfg.split, cfg.limit)
-    out = ensure_dir(out_dir)
+    out = Path(out_dir)  # RunLock creates it (and removes it again if this fails before any output)
     settings = dataclasses.asdict(cfg)
     with RunLock(out):
         meta_path = out / META_FILE
@@ -492,10 +494,11 @@ def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str |
         history = list(old.get("history", []))
         meta = {"stage": "mine", "status": "running", "model": model_name, "task": task, "settings": settings,
                 "sert_version": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "history": history}
-        atomic_write_json(meta_path, meta)
         t0 = time.perf_counter()
-        model, tok, place = load_model(model_name, device, dtype)
+        from .vllm_backend import load as load_generator  # = load_model unless vLLM serves (CUDA)
+        model, tok, place = load_generator(model_name, device, dtype)
         load_s = time.perf_counter() - t0
+        atomic_write_json(meta_path, meta)  # once the model has loaded: a bad --model leaves nothing
         recs, st = _mine(model, tok, examples, cfg, paths, progress)
         import torch
 

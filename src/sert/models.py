@@ -93,7 +93,54 @@ def resolve_model(name: str) -> str:
     """Map a --model value to something ``from_pretrained`` accepts."""
     if name.lower() in EMBEDDED:
         return str(embedded_model_dir())
+    if not name.startswith(RANDOM_PREFIX) and not Path(name).exists():
+        _check_hub_model(name)
     return name
+
+
+def check_model(name: str) -> None:
+    """A cheap early check of a --model value (nothing is loaded or converted), so that a
+    command can refuse a bad one before it creates anything."""
+    if name.lower() in EMBEDDED or name.startswith(RANDOM_PREFIX):
+        return
+    p = Path(name)
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise SertError(f"--model {name}: not a Hugging Face model directory (no config.json in it)")
+        return
+    _check_hub_model(name)
+
+
+def _check_hub_model(name: str) -> None:
+    """Fail at once, in one line, for a model that is neither a local directory nor in the
+    hub cache while the hub cannot be reached: the hub client would retry for about a
+    minute and log every retry."""
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:  # a local path, not a hub id
+        raise SertError(_not_found(name, FileNotFoundError()))
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return
+    except Exception:  # noqa: BLE001 - not a valid repo id or no cache: decided below
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not _hub_reachable():
+        raise SertError(_not_found(name, FileNotFoundError()))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub opens (assumed yes behind a proxy)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    u = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout).close()
+        return True
+    except (OSError, UnicodeError):
+        return False
 
 
 def random_model(name: str, seed: int = 0):

@@ -86,6 +86,8 @@ def _check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
     """Refuse a directory that holds another experiment (or anything that is not a run)."""
     if not run_dir.exists():
         return
+    if not run_dir.is_dir():
+        raise SertError(f"--out {run_dir}: exists and is not a directory; use another --out")
     if not (run_dir / "config.yaml").exists():
         stray = [p.name for p in run_dir.iterdir() if p.name != ".sert.lock"]
         if stray:
@@ -99,6 +101,38 @@ def _check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
     diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     raise SertError(f"{run_dir} was made by a different config ({'; '.join(diff[:5])}"
                     f"{'; ...' if len(diff) > 5 else ''}); use another --out, or delete {run_dir} to start over")
+
+
+def _check_inputs(cfg: RunConfig) -> None:
+    """What can be checked cheaply, checked before the run directory is created: the task and
+    the splits the arms read, the student, the teacher, the judge, the API key."""
+    import os
+
+    from .models import check_model
+    from .tasks import get_task
+
+    task = get_task(cfg.task)
+    arms = set(cfg.arms)
+    task.examples(cfg.eval.split, cfg.eval.limit)
+    if arms & {"sert", "sert_rd"}:
+        task.examples(cfg.mine.split, cfg.mine.limit)
+    if arms & {"finetune", "rd", "sert_rd"}:
+        task.examples("train", cfg.train_limit)
+    check_model(cfg.model)
+    online = []
+    if arms & {"rd", "sert_rd"}:
+        from .teach import resolve_teacher
+        if resolve_teacher(task, cfg.teach.teacher).startswith("openai:"):
+            online.append(("teach.base_url", cfg.teach.base_url))
+    if cfg.eval.judge:
+        spec = cfg.eval.judge
+        if not spec.startswith("openai:") or not spec[len("openai:"):].strip():
+            raise SertError(f"eval.judge: expected openai:MODEL (any OpenAI-compatible endpoint), got {spec!r}")
+        online.append(("eval.judge_base_url", cfg.eval.judge_base_url))
+    for key, url in online:
+        if url is None and not os.environ.get("OPENAI_API_KEY"):
+            raise SertError(f"set OPENAI_API_KEY to call the OpenAI API, or set {key} for a local "
+                            "OpenAI-compatible server")
 
 
 def _write_config(run_dir: Path, cfg: RunConfig) -> None:
@@ -187,7 +221,11 @@ def build_stages(cfg: RunConfig, run_dir: Path, progress: bool = True) -> list[S
         def teach(resume: bool) -> dict:
             from .teach import run_teach
             run_teach(cfg.task, cfg.teach, teach_dir, split="train", limit=teach_limit)
-            return {"rationales": _count(teach_dir / "rationales.jsonl")}
+            info = {"rationales": _count(teach_dir / "rationales.jsonl")}
+            failed = read_json(teach_dir / "teach_summary.json").get("failed_requests", 0)
+            if failed:  # the next run retries them (a marker with "retry" is not skipped)
+                info["retry"] = f"{failed} teacher requests failed"
+            return info
 
         def teach_check() -> None:
             if _count(teach_dir / "rationales.jsonl") == 0:
@@ -205,7 +243,10 @@ def build_stages(cfg: RunConfig, run_dir: Path, progress: bool = True) -> list[S
             from .evaluate import run_eval
             model = cfg.model if arm == "base" else str(_checkpoint(run_dir, arm))
             m = run_eval(model, cfg.task, cfg.eval, out, device=dev, dtype=dt, progress=progress)
-            return {"acc": m["acc"], "n": m["n"]}
+            info = {"accuracy": f"{100 * m['acc']:.1f}%", "n": m["n"]}
+            if cfg.eval.judge and m.get("judge_n", 0) < m["n"]:
+                info["retry"] = f"{m['n'] - m.get('judge_n', 0)} judge scores missing"
+            return info
 
         model = q(cfg.model) if arm == "base" else q(str(run_dir / "arms" / arm / "final"))
         return Stage(f"eval:{arm}", out, ["metrics.json", "predictions.jsonl"], ev,
@@ -286,13 +327,16 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
     """Run (or resume) the experiment of ``cfg`` in ``out_dir`` (default ``cfg.out``).
 
     Returns ``{"run_dir", "config_hash", "stages": {name: {"action", "wall_s"}}, "metrics": {arm: ...},
-    "report": (md, html), "wall_s"}``; ``action`` is ran | resumed | redone | skipped.
+    "report": (md, html), "retry": {stage: what failed}, "wall_s"}``; ``action`` is ran | resumed |
+    redone | skipped. A stage in ``retry`` (failed teacher requests, missing judge scores) is run
+    again by the next invocation.
     """
     errors = cfg.validate()
     if errors:
         raise SertError("config: " + "; ".join(errors))
     run_dir = Path(out_dir if out_dir is not None else cfg.out)
     _check_run_dir(run_dir, cfg)
+    _check_inputs(cfg)
     t_start = time.time()
     h = config_hash(cfg)
     with RunLock(run_dir):
@@ -316,7 +360,7 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
             mk = _marker(st)
             outputs_ok = all((st.dir / o).exists() for o in st.outputs)
             deps_ok = mk is not None and all(mk.get("deps", {}).get(d) == tokens.get(d) for d in st.deps)
-            if mk is not None and outputs_ok and deps_ok:
+            if mk is not None and outputs_ok and deps_ok and not mk.get("retry"):
                 tokens[st.name] = mk["token"]
                 table[st.name].update(status="done", last="skipped")
                 did[st.name] = {"action": "skipped", "wall_s": 0.0}
@@ -374,10 +418,14 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
             md, page = run_dir / "report.md", run_dir / "report.html"
         metrics = {a: read_json(run_dir / "eval" / a / "metrics.json") for a in ARMS
                    if a in cfg.arms and (run_dir / "eval" / a / "metrics.json").exists()}
+        retry = {st.name: mk["retry"] for st in stages if (mk := _marker(st)) and mk.get("retry")}
     wall = round(time.time() - t_start, 1)
     _log(progress, f"finished in {_fmt_s(wall)}; report {md}")
+    if retry:
+        print("sert: warning: " + "; ".join(f"{k}: {v}" for k, v in retry.items())
+              + "; rerun the same command to retry them", file=sys.stderr, flush=True)
     return {"run_dir": run_dir, "config_hash": h, "stages": did, "metrics": metrics, "report": (md, page),
-            "wall_s": wall}
+            "retry": retry, "wall_s": wall}
 
 
 def _fmt_s(s: float) -> str:

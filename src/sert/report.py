@@ -259,8 +259,9 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
     if sig:
         rows = []
         for s in sig:
-            verdict = "significant" if s["p_value"] < 0.05 and (s["ci"][0] > 0 or s["ci"][1] < 0) else \
-                "not significant"
+            shown = s["p_value"] < 0.05 and (s["ci"][0] > 0 or s["ci"][1] < 0)
+            verdict = "not significant" if not shown else \
+                f"significant: {ARM_LABELS[s['treatment']]} {'better' if s['diff'] > 0 else 'worse'}"
             rows.append([f"{ARM_LABELS[s['treatment']]} vs {ARM_LABELS[s['baseline']]}", str(s["n"]),
                          f"{100 * s['diff']:+.2f}", f"[{100 * s['ci'][0]:+.2f}, {100 * s['ci'][1]:+.2f}]",
                          f"{s['only_b']} / {s['only_a']}", f"{s['p_value']:.4g}", verdict,
@@ -269,7 +270,7 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
                             "McNemar exact p", "at α=0.05", "paper Δ (pp)"], rows))
         d.append(("p", "Δ = treatment − baseline on the questions both arms answered; wins / losses count the "
                        "questions only the treatment / only the baseline got right (the discordant pairs McNemar's "
-                       "test uses)."))
+                       "test uses). Called significant when McNemar's p < 0.05 and the paired CI excludes 0."))
     else:
         d.append(("p", "Needs both arms of a pair (SERT+RD and RD, or SERT and Finetune) evaluated."))
 

@@ -7,7 +7,8 @@ kind, which selects the shared extractor in :mod:`sert.answers`.
 Data are vendored under ``sert/data`` (origins and licences in
 ``sert/data/SOURCES.md``). A user's own data set loads from JSONL or CSV with
 the schema ``question``, ``answer``, optional ``choices`` (list, or ``|``-separated
-in CSV), optional ``id``; pass its path as the task name.
+in CSV), optional ``id``, optional ``split`` (``train``/``test``; a row without one is in
+both splits); pass its path as the task name.
 """
 from __future__ import annotations
 
@@ -48,12 +49,15 @@ class Task:
     split_file: str | None                       # Fine-tune-CoT split file under data/
     teachers: dict[str, str] = field(default_factory=dict)  # teacher name -> file under data/
     description: str = ""
+    split_index: dict[str, list[int]] | None = None  # user data with a 'split' column: split -> keys
 
     def examples(self, split: str = "test", limit: int | None = None) -> list[Example]:
         if split not in ("train", "test"):
             raise SertError(f"unknown split '{split}' for task {self.name}; expected train or test")
         allx = self.load_all()
-        if self.split_file:
+        if self.split_index is not None:
+            idx = self.split_index[split]
+        elif self.split_file:
             idx = json.loads((DATA / self.split_file).read_text())[split]
         else:
             idx = sorted(allx)
@@ -63,7 +67,8 @@ class Task:
                 raise SertError(f"--limit must be a positive integer, got {limit}")
             out = out[:limit]
         if not out:
-            raise SertError(f"task {self.name}: split '{split}' is empty")
+            hint = f" (no row of the file has split '{split}')" if self.split_index is not None else ""
+            raise SertError(f"task {self.name}: split '{split}' is empty{hint}")
         return out
 
 
@@ -251,7 +256,11 @@ def _infer_kind(answers: list[str], has_choices: bool) -> str:
 
 def read_user_examples(path: str | Path) -> list[Example]:
     """Load a user's JSONL/CSV data set (schema in the module doc), validating every row."""
-    path = Path(path)
+    return _read_user(Path(path))[0]
+
+
+def _read_user(path: Path) -> tuple[list[Example], list[str | None]]:
+    """The examples of a user file and each row's ``split`` (None: the row is in both)."""
     rows = _user_rows(path)
     if not rows:
         raise SertError(f"{path}: no examples")
@@ -264,6 +273,8 @@ def read_user_examples(path: str | Path) -> list[Example]:
         if "choices" in r and (not isinstance(r["choices"], list) or len(r["choices"]) < 2
                                or not all(isinstance(c, str) for c in r["choices"])):
             raise SertError(f"{path}:{n}: field 'choices' must be a list of at least 2 strings")
+        if r.get("split") not in (None, "", "train", "test"):
+            raise SertError(f"{path}:{n}: field 'split' must be train or test, got {r['split']!r}")
     has_choices = any("choices" in r for _, r in rows)
     if has_choices and not all("choices" in r for _, r in rows):
         n = next(n for n, r in rows if "choices" not in r)
@@ -288,11 +299,15 @@ def read_user_examples(path: str | Path) -> list[Example]:
         seen.add(ex_id)
         q = str(r["question"]).strip()
         out.append(Example(ex_id, _multiple_choice_text(q, choices) if choices else q, gold, kind, choices, i))
-    return out
+    return out, [r.get("split") or None for _, r in rows]
 
 
 def user_task(path: Path) -> Task:
     """A user file as a task. Its ``split`` column, if any, selects rows; without one
     every row is in both splits (pass separate files for train and test)."""
-    exs = read_user_examples(path)
-    return Task(str(path), exs[0].kind, lambda: {i: e for i, e in enumerate(exs)}, None, {}, f"user data {path}")
+    exs, splits = _read_user(path)
+    index = None
+    if any(splits):
+        index = {sp: [i for i, x in enumerate(splits) if x in (None, sp)] for sp in ("train", "test")}
+    return Task(str(path), exs[0].kind, lambda: {i: e for i, e in enumerate(exs)}, None, {}, f"user data {path}",
+                index)

@@ -103,10 +103,11 @@ def load_records(stage: str, data: str | os.PathLike | Sequence[dict], limit: in
             hint = f" (the {STAGE_FILES[stage]} written by the previous stage)" if stage in STAGE_FILES else ""
             raise SertError(f"--data {p}: file not found{hint}")
         if stage == "finetune":
-            from .tasks import read_user_examples
-            recs = [{"question": e.question, "answer": e.answer} for e in read_user_examples(p)]
+            from .tasks import user_task
+            recs = [{"question": e.question, "answer": e.answer} for e in user_task(p).examples("train")]
         else:
             recs = read_jsonl(p)
+            _check_records(stage, p, recs)
         src = str(p)
     if limit is not None:
         if limit < 1:
@@ -115,6 +116,23 @@ def load_records(stage: str, data: str | os.PathLike | Sequence[dict], limit: in
     if not recs:
         raise SertError(f"--data {src}: no training records")
     return recs, src
+
+
+def _check_records(stage: str, path: Path, recs: list[dict]) -> None:
+    """Every record of a data file has the stage's fields with usable types; errors name file:line."""
+    with open(path, encoding="utf-8") as f:
+        lines = [n for n, line in enumerate(f, 1) if line.strip()]  # read_jsonl skips blank lines
+    for n, r in zip(lines, recs):
+        for k in _FIELDS[stage]:
+            v = r.get(k)
+            if v is None or (isinstance(v, str) and not v.strip()):
+                raise SertError(f"{path}:{n}: missing field '{k}' for --stage {stage} "
+                                f"(expected {', '.join(_FIELDS[stage])})")
+            if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+                raise SertError(f"{path}:{n}: field '{k}' must be a string, got {type(v).__name__}")
+        w = r.get("weight")
+        if w is not None and (not isinstance(w, (int, float)) or isinstance(w, bool)):
+            raise SertError(f"{path}:{n}: field 'weight' must be a number, got {type(w).__name__}")
 
 
 def tokenize_pairs(pairs: list[dict], tok, max_length: int) -> tuple[list[dict], int]:
@@ -317,11 +335,12 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
     final = out / "final"
     if stage not in STAGES:
         build_pairs(stage, [])  # raises with did-you-mean
-    if (final / "config.json").exists():
-        print(f"[sert] train: {final} exists; skipped (delete it to retrain)")
-        return final
     records, source = load_records(stage, data, limit)
     pairs = build_pairs(stage, records)
+    if (final / "config.json").exists():
+        _check_fingerprint(out, _fingerprint(model_name, stage, pairs, cfg))
+        print(f"[sert] train: {final} exists; skipped (delete it to retrain)")
+        return final
     if device not in (None, "auto", "cpu", "cuda"):
         raise SertError(f"--device {device}: training takes auto, cpu or cuda; "
                         "choose GPUs with CUDA_VISIBLE_DEVICES (or accelerate launch / torchrun)")
@@ -333,18 +352,48 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
         lock.__enter__()
     try:
         if (final / "config.json").exists():  # finished by another process meanwhile
+            _check_fingerprint(out, _fingerprint(model_name, stage, pairs, cfg))
             print(f"[sert] train: {final} exists; skipped (delete it to retrain)")
             return final
         return _train(model_name, pairs, source, stage, cfg, out, resume, device, dtype)
     finally:
         if lock:
-            lock.__exit__(None, None, None)
+            lock.__exit__(*sys.exc_info())  # a failure before any output removes the directory it made
+
+
+def _check_fingerprint(out: Path, fp: str) -> None:
+    """Refuse ``out`` when it holds a model trained with another model/data/settings."""
+    cfg_file = out / "train_config.json"
+    old = read_json(cfg_file).get("fingerprint") if cfg_file.exists() else None
+    if old is not None and old != fp:
+        raise SertError(f"{out} holds a model trained with a different model/data/settings "
+                        f"(fingerprint {old} != {fp}); use another --out or delete {out}")
+
+
+def _last_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest complete Trainer checkpoint in ``ckpt_dir``; torn ones are deleted.
+
+    Trainer writes a checkpoint's files in place and ``trainer_state.json`` last, so a
+    checkpoint without a readable one was cut short by a kill (resuming it would fail).
+    """
+    if not ckpt_dir.is_dir():
+        return None
+    found = sorted(((int(p.name.split("-")[1]), p) for p in ckpt_dir.iterdir()
+                    if p.is_dir() and p.name.startswith("checkpoint-") and p.name.split("-")[1].isdigit()),
+                   reverse=True)
+    for _, p in found:
+        try:
+            json.loads((p / "trainer_state.json").read_text(encoding="utf-8"))
+            return str(p)
+        except (OSError, ValueError):
+            print(f"[sert] train: {p} is incomplete (interrupted while saving); removed")
+            shutil.rmtree(p, ignore_errors=True)
+    return None
 
 
 def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume, device, dtype) -> Path:
     import torch
-    from transformers import AutoModelForCausalLM, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArguments
 
     from .models import load_tokenizer, resolve_model
 
@@ -352,7 +401,9 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     ckpt_dir = out / "checkpoints"
     fp = _fingerprint(model_name, stage, pairs, cfg)
     cfg_file = out / "train_config.json"
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    for stale in out.glob(".final-tmp-*"):  # a kill while final/ was being written
+        shutil.rmtree(stale, ignore_errors=True)
+    last = _last_checkpoint(ckpt_dir)
     if last:
         old = read_json(cfg_file).get("fingerprint") if cfg_file.exists() else None
         if old is not None and old != fp:
@@ -361,10 +412,6 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         print(f"[sert] train: resuming from {last}")
     elif resume:
         print(f"[sert] train: --resume given but {ckpt_dir} has no checkpoint; starting from the base model")
-    ensure_dir(out)
-    if _is_main():
-        atomic_write_json(cfg_file, {"model": model_name, "stage": stage, "data": source, "n_examples": len(pairs),
-                                     "device": device, "dtype": dtype, "train": to_dict(cfg), "fingerprint": fp})
 
     tok = load_tokenizer(model_name)
     feats, truncated = tokenize_pairs(pairs, tok, cfg.max_length)
@@ -384,6 +431,10 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     except (OSError, ValueError) as e:
         from .models import _not_found
         raise SertError(_not_found(model_name, e)) from None
+    ensure_dir(out)
+    if _is_main():  # written once the model has loaded: a bad --model leaves nothing behind
+        atomic_write_json(cfg_file, {"model": model_name, "stage": stage, "data": source, "n_examples": len(pairs),
+                                     "device": device, "dtype": dtype, "train": to_dict(cfg), "fingerprint": fp})
     model.config.use_cache = False
     gc = model.generation_config
     if gc.pad_token_id is None:
@@ -441,7 +492,17 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     Trainer, WeightedTrainer = _trainer_classes()
     cls = WeightedTrainer if cfg.use_weights else Trainer
 
-    trainer = cls(model=model, args=args, data_collator=collator, train_dataset=feats, processing_class=tok)
+    class LogAtSave(TrainerCallback):
+        """Log (which resets the running loss) at every checkpoint and at the last step: no logged
+        window straddles a checkpoint, so a resumed run's loss curve equals an uninterrupted one's."""
+
+        def on_step_end(self, args, state, control, **kw):
+            if control.should_save or state.global_step >= state.max_steps:
+                control.should_log = True
+            return control
+
+    trainer = cls(model=model, args=args, data_collator=collator, train_dataset=feats, processing_class=tok,
+                  callbacks=[LogAtSave()])
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last or None)
     wall = time.time() - t0
@@ -455,12 +516,17 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     curve = [{"step": h["step"], "epoch": h.get("epoch"), "loss": h["loss"], "grad_norm": h.get("grad_norm")}
              for h in trainer.state.log_history if "loss" in h]
     useful = collator.real_tokens
+    # Mean over all steps from the logged windows (each log averages the steps since the last
+    # one): unlike result.training_loss, it also covers the steps before a resume.
+    prev, total = 0, 0.0
+    for c in curve:
+        total, prev = total + c["loss"] * (c["step"] - prev), c["step"]
     metrics = {
         "final_loss": round(curve[-1]["loss"], 4) if curve else None,
-        "mean_train_loss": round(result.training_loss, 4),
+        "mean_train_loss": round(total / prev, 4) if prev else round(result.training_loss, 4),
         "steps": trainer.state.global_step,
         "train_time_s": round(wall, 1),
-        "useful_tokens_per_s": round(useful / wall, 1) if wall > 0 else None,
+        "useful_tokens_per_s": round(useful / wall, 1) if wall > 0 and useful else None,
         "padding_efficiency": round(useful / collator.padded_tokens, 3) if collator.padded_tokens else None,
     }
     settings = {"stage": stage, "data": source, "examples": len(feats), "truncated": truncated,
@@ -482,11 +548,12 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
                 "data": source, "n_examples": len(feats), "settings": settings, "metrics": metrics}
         atomic_write_text(tmp / "README.md", _model_card(card))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
+        # summary first: final/ is what marks the run done, so it must come last
+        atomic_write_json(out / "train_summary.json", summary)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    atomic_write_json(out / "train_summary.json", summary)
     print(f"[sert] train: done in {wall:.0f}s, final loss {metrics['final_loss']}, "
           f"{metrics['useful_tokens_per_s']} tokens/s -> {final}")
     return final

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Issue 5, GPU check: `sert bench` on random:smollm2-135m and random:gpt2-large (the paper's
+# largest student), bf16, GPU-sized batches. Every figure is printed beside its baseline
+# measured in the same run, and written as JSON to $OUT/. Budget: < 6 minutes in all (each
+# model run is capped by `timeout`; a run cut short keeps the sections it finished, since the
+# JSON is rewritten after every section).
+#
+#   bash bench/gpu_check.sh                      # from the repository root, on a CUDA machine
+#
+# Needs torch, transformers, accelerate, peft; no install of sert (PYTHONPATH=src), no network
+# (random-weight models built from the shipped config + tokenizer; throughput does not depend
+# on weight values). Environment:
+#   OUT=DIR            results (default ./bench_out)
+#   DEVICE=cuda|cpu    (default cuda)
+#   QUICK=1            tiny sizes: a dry run of this script's logic (e.g. on a CPU box)
+#   LARGE=MODEL        the second model (default random:gpt2-large)
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench_out}
+DEVICE=${DEVICE:-cuda}
+LARGE=${LARGE:-random:gpt2-large}
+mkdir -p "$OUT"
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+LOG="$OUT/gpu_check.log"
+: > "$LOG"
+say() { echo "$@" | tee -a "$LOG"; }
+
+if [ "${QUICK:-0}" = 1 ]; then
+  SMALL_SIZES=(--quick)
+  LARGE_SIZES=(--quick)
+  CAP_SMALL=900; CAP_LARGE=900
+else
+  # mining: 16 questions x 25 rows x 128 new tokens (ours: one batch of 400 rows; baseline: 16 generate calls)
+  # training: 30 steps x batch 16 (480 real StrategyQA distillation targets), 3 arms
+  # eval: 16 test questions x 64 tokens, batch 16 vs batch 1
+  SMALL_SIZES=(--mine-questions 16 --mine-batch 16 --mine-tokens 128 --train-steps 30 --train-batch 16
+               --eval-questions 16 --eval-batch 16 --eval-tokens 64 --matmul-n 8192)
+  LARGE_SIZES=(--mine-questions 16 --mine-batch 16 --mine-tokens 128 --train-steps 20 --train-batch 16
+               --matmul-n 8192)
+  CAP_SMALL=180; CAP_LARGE=170
+fi
+
+say "[gpu_check] $(date -Is) host $(hostname) device=$DEVICE quick=${QUICK:-0}"
+(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || true) | tee -a "$LOG"
+python - <<'EOF' 2>&1 | tee -a "$LOG"
+import torch, transformers
+print(f"[gpu_check] torch {torch.__version__} transformers {transformers.__version__} "
+      f"cuda {torch.cuda.is_available()} {torch.cuda.get_device_name(0) if torch.cuda.is_available() else ''}")
+EOF
+
+run() {  # name cap args...
+  local name=$1 cap=$2; shift 2
+  local t0=$SECONDS
+  say "[gpu_check] ---- $name (cap ${cap}s)"
+  timeout -k 10 "$cap" python -m sert bench --device "$DEVICE" --dtype auto --out "$OUT/bench_$name.json" "$@" \
+    2>&1 | tee -a "$LOG"
+  say "[gpu_check] $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0))s -> $OUT/bench_$name.json"
+}
+
+run smollm2-135m "$CAP_SMALL" --model random:smollm2-135m "${SMALL_SIZES[@]}"
+run "${LARGE#random:}" "$CAP_LARGE" --model "$LARGE" --only matmul,mining,training "${LARGE_SIZES[@]}"
+say "[gpu_check] done in ${SECONDS}s; files: $(ls "$OUT" | tr '\n' ' ')"

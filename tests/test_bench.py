@@ -1,0 +1,171 @@
+"""sert.bench: the benchmark's machinery, not its speed (no timing assertions).
+
+Tiny random Llama (hidden 64, 2 layers) with the embedded tokenizer; real StrategyQA prompts.
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from sert import bench
+from sert.bench import BenchSizes
+from sert.errors import SertError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # 2 shared cores: oversubscribed OpenMP threads make tiny matmuls very slow.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_sizes(**kw) -> BenchSizes:
+    base = dict(mine_questions=2, mine_batch=2, mine_tokens=5, train_steps=2, train_batch=2,
+                eval_questions=3, eval_batch=3, eval_tokens=4, matmul_n=64)
+    base.update(kw)
+    return BenchSizes(**base)
+
+
+def eos_loving(model, tok):
+    """A copy that puts EOS first at every step: without the bench's fixed-length hook every
+    path would end after one token, in ours and in the baseline."""
+    m = copy.deepcopy(model)
+    eos = tok.eos_token_id
+
+    def hook(_mod, _inp, out):
+        out = out.clone()
+        out[..., eos] = out.max(dim=-1).values + 10.0
+        return out
+
+    m.lm_head.register_forward_hook(hook)
+    return m
+
+
+def test_mining_ours_and_baseline_generate_the_same_number_of_tokens(tiny_model):
+    model, tok = tiny_model
+    m = eos_loving(model, tok)
+    s = tiny_sizes()
+    res, figs = bench.bench_mining(m, tok, "cpu", s, matmul_flops=1e9)
+    assert res["tokens"] == 2 * 25 * 5
+    # the counts are measured independently: ours from the mined records, the baseline from generate's output
+    exs = bench.mining_examples(2)
+    with bench.no_eos(m, bench.eos_ids(m, tok)):
+        assert bench.sert_mining(m, tok, exs, 5, 2) == bench.hf_generate_mining(m, tok, exs, 5) == 250
+    # without the hook the model stops at once: the fixed length is the hook's doing
+    assert bench.hf_generate_mining(m, tok, exs[:1], 5) < 25 * 5
+    assert bench.sert_mining(m, tok, exs[:1], 5, 1) < 25 * 5
+    names = [f["figure"] for f in figs]
+    assert any(n.startswith("sampled tokens/s") for n in names) and "MFU vs matmul" in names
+    assert all(f["ratio"] is not None for f in figs)
+
+
+def test_mining_bench_refuses_unequal_token_counts(tiny_model):
+    model, tok = tiny_model
+
+    def short_ours(model, tok, exs, T, B):
+        return bench.sert_mining(model, tok, exs, max(1, T - 1), B)
+
+    with pytest.raises(SertError, match="expected 250 each"):
+        bench.bench_mining(model, tok, "cpu", tiny_sizes(), None, ours_fn=short_ours)
+
+
+def test_mining_flops_formula(tiny_model):
+    model, _ = tiny_model
+    P = bench.matmul_params(model)
+    cfg = model.config
+    lin = sum(x.weight.numel() for x in model.modules() if isinstance(x, torch.nn.Linear))
+    assert P == lin  # every Linear, the LM head included
+    L, d = cfg.num_hidden_layers, cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads)
+    # one prompt token, 2 new tokens, 3 rows: prefill 1 token (ctx 1) + 3 rows x 1 forward at ctx 2
+    assert bench.mining_flops(model, [1], 3, 2) == pytest.approx((2 * P + 4 * L * d * 1) + 3 * (2 * P + 4 * L * d * 2))
+
+
+def test_eval_comparison_detects_an_injected_mismatch(tiny_model):
+    model, tok = tiny_model
+    from sert.evaluate import generate_greedy
+
+    res, figs = bench.bench_eval(copy.deepcopy(model), tok, "cpu", tiny_sizes())
+    assert res["share_identical"] == 1.0 and res["tokens"] == 3 * 4
+
+    def tampered(model, tok, prompts, batch_size, **kw):
+        out = generate_greedy(model, tok, prompts, batch_size=batch_size, **kw)
+        if batch_size == 1 and len(prompts) == 3:      # the timed batch-1 run
+            out[1] = dict(out[1], token_ids=list(out[1]["token_ids"][:-1]) + [out[1]["token_ids"][-1] + 1])
+        return out
+
+    res, figs = bench.bench_eval(copy.deepcopy(model), tok, "cpu", tiny_sizes(), generate=tampered)
+    assert res["identical"] == 2 and res["mismatched_indices"] == [1]
+    share = next(f for f in figs if f["figure"].startswith("share"))
+    assert share["ours"] == pytest.approx(2 / 3, abs=1e-3)
+    fake = figs + [bench.figure("eval", "x", 1.0, 1.0)]
+    fake[0] = dict(fake[0], ratio=10.0)                 # even a large speed-up fails the target
+    assert bench.targets_met(fake)["eval"]["met"] is False
+
+
+def test_training_arms_see_the_same_tokens_and_padding_differs(tiny_model):
+    model, tok = tiny_model
+    m = copy.deepcopy(model).train()
+    sizes = tiny_sizes(train_steps=3, train_batch=2, train_max_length=200)
+    res, figs = bench.bench_training(m, tok, "cpu", sizes, "fp32", with_dynamic=True)
+    o, n, d = res["ours"], res["naive"], res["dynamic"]
+    assert o["useful_tokens"] == n["useful_tokens"] == d["useful_tokens"] > 0
+    assert o["steps"] == n["steps"] == 3
+    assert o["padded_tokens"] <= d["padded_tokens"] < n["padded_tokens"] == 3 * 2 * 200
+    assert all(f["ratio"] is not None for f in figs)
+    # the weights are restored after the arms
+    fresh = copy.deepcopy(model)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), fresh.state_dict().values()))
+
+
+def test_fixed_pad_collator_pads_to_the_fixed_length():
+    c = bench.FixedPadCollator(pad_id=0, length=6)
+    b = c([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}])
+    assert b["input_ids"].shape == (2, 6) and int(b["attention_mask"].sum()) == 4
+    assert b["labels"][0].tolist() == [-100, 6, 7, -100, -100, -100]
+    assert c.batches == [(4, 12)]
+
+
+def test_run_bench_json_has_every_figure_with_a_ratio(tmp_path, tiny_model):
+    """End to end through the CLI entry, on a tiny random architecture (random:PATH)."""
+    _, tok = tiny_model
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    d = tmp_path / "arch"
+    cfg.save_pretrained(d)
+    out = tmp_path / "bench.json"
+    from sert.cli import main
+
+    rc = main(["bench", "--model", f"random:{d}", "--device", "cpu", "--quick", "--out", str(out),
+               "--mine-questions", "2", "--mine-batch", "2", "--mine-tokens", "4", "--train-steps", "2",
+               "--train-batch", "2", "--train-max-length", "160", "--eval-questions", "2", "--eval-batch", "2", "--eval-tokens", "3",
+               "--matmul-n", "64", "--threads", "1"])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert set(r["sections"]) == {"mining", "training", "eval"}
+    assert r["reference"]["matmul"]["flops_per_s"] > 0
+    for k in ("cpu", "cpu_cores", "torch_threads", "gpu"):
+        assert k in r["machine"]
+    figs = r["figures"]
+    assert {f["section"] for f in figs} == {"mining", "training", "eval"}
+    for f in figs:
+        assert f["ours"] is not None and f["baseline"] is not None and f["ratio"] is not None, f
+    assert set(r["targets"]) == {"mining", "training", "eval"}
+    assert all(isinstance(v["met"], bool) for v in r["targets"].values())
+
+
+def test_bad_section_and_sizes_are_one_line_errors(capsys):
+    from sert.cli import main
+
+    assert main(["bench", "--only", "minig", "--device", "cpu"]) == 2
+    assert "unknown section" in capsys.readouterr().err
+    assert main(["bench", "--device", "cpu", "--train-steps", "1"]) == 2
+    assert "at least 2" in capsys.readouterr().err
