@@ -20,9 +20,15 @@ training  useful (non-padding) tokens/s of transformers' Trainer with sert's col
           (pads a batch to its longest member) and length grouping (``TrainConfig``
           default), vs naive batches padded to ``max_length`` (512, ``TrainConfig``'s) in
           random order, and vs dynamic padding in random order (what length grouping adds
-          by itself). Same examples (exactly steps x batch real StrategyQA distillation
-          targets from the shipped text-davinci-002 teacher, one epoch), same initial
-          weights, same number of optimizer steps, all timed (after a one-step warm-up).
+          by itself). Same examples (a seeded random sample of steps x batch of the real
+          StrategyQA distillation targets from the shipped text-davinci-002 teacher, one
+          epoch), same initial weights, same number of optimizer steps, all timed (after a
+          one-step warm-up). Ours orders the sample as transformers' ``LengthGroupedSampler``
+          does in ``sert train`` on the whole 862-target set: random megabatches of
+          min(862 // (4 x batch), 50) x batch examples, each sorted by length (its default
+          on the small sample itself would make at least 4 megabatches: no grouping for a
+          sample of 16). Also computed without timing: the padding efficiency of one whole
+          epoch over all targets with the actual samplers.
 eval      ``sert.evaluate.generate_greedy`` at ``--eval-batch`` vs the same at batch size 1
           on real StrategyQA test prompts; tokens/s, and the share of predictions
           (generated token ids) identical between the two.
@@ -46,6 +52,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import platform
@@ -92,7 +99,7 @@ def sizes_for(device: str, quick: bool, overrides: dict | None = None) -> BenchS
                 raise SertError(f"--{k.replace('_', '-')}: expected a positive integer, got {v}")
             setattr(s, k, int(v))
     if s.train_steps < 2:
-        raise SertError("--train-steps: expected at least 2 (the first step is not timed)")
+        raise SertError("--train-steps: expected at least 2")
     return s
 
 
@@ -102,18 +109,23 @@ def machine_info(device: str) -> dict:
     import transformers
 
     cpu = platform.processor() or platform.machine()
+    cpuinfo: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            k, _, v = line.partition(":")
+            k = k.strip().lower()
+            if k in ("model name", "cpu family", "model", "flags") and k not in cpuinfo:
+                cpuinfo[k] = v.strip()
+        cpu = cpuinfo.get("model name", cpu)
     except OSError:
         pass
+    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpuinfo.get("flags", "").split()]
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover
         usable = os.cpu_count()
-    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "cpu_cores_usable": usable,
+    info = {"cpu": cpu, "cpu_family_model": f"{cpuinfo.get('cpu family', '?')}/{cpuinfo.get('model', '?')}",
+            "cpu_simd": simd, "cpu_cores": os.cpu_count(), "cpu_cores_usable": usable,
             "torch_threads": torch.get_num_threads(), "device": device,
             "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None,
             "torch": torch.__version__, "transformers": transformers.__version__,
@@ -311,6 +323,11 @@ def eval_examples(n: int):
 def distill_pairs() -> list[dict]:
     """Real StrategyQA distillation pairs: the shipped text-davinci-002 Zero-shot-CoT rationales
     (the paper's teacher), correct ones only (the teach stage's default), train split."""
+    return [dict(p) for p in _distill_pairs()]
+
+
+@functools.lru_cache(maxsize=1)
+def _distill_pairs() -> tuple[dict, ...]:
     from .config import TeachConfig
     from .tasks import get_task
     from .teach import build_records, resolve_teacher, teacher_rationales
@@ -322,7 +339,7 @@ def distill_pairs() -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         found, _ = teacher_rationales(task, teacher, exs, TeachConfig(), Path(tmp))
     recs, _ = build_records(exs, found, teacher)
-    return build_pairs("distill", [r for r in recs if r["correct"]])
+    return tuple(build_pairs("distill", [r for r in recs if r["correct"]]))
 
 
 # ------------------------------------------------------------------ figures
@@ -494,7 +511,55 @@ def _training_args(out_dir: str, steps: int, batch: int, grouped: bool, precisio
         dataloader_pin_memory=device.startswith("cuda") and torch.cuda.is_available(), disable_tqdm=True)
 
 
-def train_arm(model, tokenizer, feats, collator, steps: int, batch: int, grouped: bool, precision: str,
+def grouped_order(lengths: Sequence[int], batch: int, seed: int, mega_batch_mult: int | None = None) -> list[int]:
+    """The example order of transformers' ``LengthGroupedSampler`` (``group_by_length``): random
+    megabatches of ``mega_batch_mult x batch`` examples, each sorted by length, the longest batch
+    first. ``None``: transformers' default, min(len // (4 x batch), 50)."""
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return list(get_length_grouped_indices(list(lengths), batch, mega_batch_mult=mega_batch_mult, generator=g))
+
+
+def default_mega_batch_mult(n_examples: int, batch: int) -> int:
+    return max(1, min(n_examples // (batch * 4), 50))
+
+
+def epoch_padding(lengths: Sequence[int], order: Sequence[int], batch: int, fixed: int | None = None) -> float:
+    """Useful / computed tokens over one epoch in ``order`` (batches padded to their longest, or to ``fixed``)."""
+    useful = sum(lengths)
+    computed = 0
+    for i in range(0, len(order), batch):
+        b = [lengths[j] for j in order[i:i + batch]]
+        computed += len(b) * (fixed if fixed else max(b))
+    return useful / computed
+
+
+def _grouped_trainer(Trainer, seed: int, mega_batch_mult: int):
+    """A Trainer whose sampler is :func:`grouped_order` with a given megabatch size."""
+    import torch
+
+    class GroupedTrainer(Trainer):
+        def _get_train_sampler(self, *a, **kw):
+            ds = self.train_dataset
+            order = grouped_order([len(f["input_ids"]) for f in ds], self.args.train_batch_size, seed,
+                                  mega_batch_mult)
+
+            class Fixed(torch.utils.data.Sampler):
+                def __len__(self):
+                    return len(order)
+
+                def __iter__(self):
+                    return iter(order)
+
+            return Fixed()
+
+    return GroupedTrainer
+
+
+def train_arm(model, tokenizer, feats, collator, steps: int, batch: int, grouped: int | bool, precision: str,
               device: str, seed: int = 0) -> dict:
     """Run ``steps`` optimizer steps with the Trainer; time them from the first step's start to
     the last step's end (callbacks), so Trainer set-up and the final save/log are not counted."""
@@ -514,11 +579,16 @@ def train_arm(model, tokenizer, feats, collator, steps: int, batch: int, grouped
 
     with tempfile.TemporaryDirectory() as tmp:
         args = _training_args(tmp, steps, batch, grouped, precision, device, seed)
-        tr = Trainer(model=model, args=args, data_collator=collator, train_dataset=feats,
-                     processing_class=tokenizer, callbacks=[StepClock()])
+        # grouped: an int = the megabatch multiplier of sert train's sampler on the whole data set
+        cls = _grouped_trainer(Trainer, seed, int(grouped)) if grouped else Trainer
+        tr = cls(model=model, args=args, data_collator=collator, train_dataset=feats,
+                 processing_class=tokenizer, callbacks=[StepClock()])
         tr.remove_callback(PrinterCallback)  # it prints the run's summary dict to stdout
         with PeakMemory(device) as mem:
             tr.train()
+        del tr  # the optimizer state goes with it, before the next arm measures its peak
+        import gc
+        gc.collect()
     if len(ends) != steps or len(collator.batches) < steps:
         raise SertError(f"training bench: expected {steps} steps, saw {len(ends)} "
                         f"({len(collator.batches)} batches collated)")
@@ -538,6 +608,7 @@ def bench_training(model, tokenizer, device: str, sizes: BenchSizes, precision: 
     epoch, so every arm trains on exactly the same tokens): ours = ``PadCollator`` + length
     grouping; naive = every batch padded to ``max_length`` (``TrainConfig.max_length``, 512),
     random order; dynamic = ``PadCollator``, random order (what grouping adds by itself).
+    See the module doc for the grouping of the small sample.
     """
     from .train import tokenize_pairs
 
@@ -546,21 +617,35 @@ def bench_training(model, tokenizer, device: str, sizes: BenchSizes, precision: 
     pairs = distill_pairs()
     if len(pairs) < n:
         raise SertError(f"training bench: {n} examples needed, {len(pairs)} available; fewer steps or a smaller batch")
-    feats, truncated = tokenize_pairs(pairs[:n], tokenizer, L)
-    for f in feats:
+    all_feats, truncated = tokenize_pairs(pairs, tokenizer, L)
+    for f in all_feats:
         f.pop("weight", None)
+    import random
+    pick = sorted(random.Random(seed).sample(range(len(all_feats)), n))  # a representative subset
+    feats = [all_feats[i] for i in pick]
+    all_lens = [len(f["input_ids"]) for f in all_feats]
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.config.use_cache = False
     lens = [len(f["input_ids"]) for f in feats]
     res: dict = {"examples": n, "steps": sizes.train_steps, "batch": sizes.train_batch, "precision": precision,
                  "max_length": L, "truncated": truncated, "mean_length": round(sum(lens) / n, 1),
                  "longest": max(lens), "load_before": load_avg()}
+    # one epoch of the whole set, by the samplers themselves (no training, no timing)
+    import torch
+    B = sizes.train_batch
+    rnd = torch.randperm(len(all_lens), generator=torch.Generator().manual_seed(seed)).tolist()
+    res["epoch"] = {"examples": len(all_lens), "batch": B,
+                    "ours": epoch_padding(all_lens, grouped_order(all_lens, B, seed), B),  # HF's default
+                    "naive": epoch_padding(all_lens, rnd, B, fixed=L),
+                    "dynamic": epoch_padding(all_lens, rnd, B)}
     pad = tokenizer.pad_token_id
 
     # warm-up (kernels, allocator): one step, then back to the initial weights
     train_arm(model, tokenizer, feats[:sizes.train_batch], CountingCollator(pad), 1, sizes.train_batch, False,
               precision, device, seed)
-    arms = {"ours": (CountingCollator(pad), True), "naive": (FixedPadCollator(pad, L), False)}
+    mult = default_mega_batch_mult(len(all_feats), sizes.train_batch)   # as sert train on the whole set
+    res["mega_batch_mult"] = mult
+    arms = {"ours": (CountingCollator(pad), mult), "naive": (FixedPadCollator(pad, L), False)}
     if with_dynamic:
         arms["dynamic"] = (CountingCollator(pad), False)
     for name, (coll, grouped) in arms.items():
@@ -584,6 +669,11 @@ def bench_training(model, tokenizer, device: str, sizes: BenchSizes, precision: 
     if with_dynamic:
         figs.append(figure("training", "padding efficiency (length grouping alone)", o["padding_efficiency"],
                            res["dynamic"]["padding_efficiency"], note="dynamic padding, random order"))
+    ep = res["epoch"]
+    figs.append(figure("training", f"padding efficiency, 1 epoch of all {ep['examples']} targets (computed)",
+                       round(ep["ours"], 3), round(ep["naive"], 3), note=naive + "; sert's sampler as in sert train"))
+    figs.append(figure("training", "padding efficiency, 1 epoch (computed, grouping alone)", round(ep["ours"], 3),
+                       round(ep["dynamic"], 3), note="dynamic padding, random order"))
     figs.append(figure("training", "peak RSS", o["peak_rss_mb"], b["peak_rss_mb"], "MB", better="lower", note=naive))
     if o["peak_gpu_mb"] is not None:
         figs.append(figure("training", "peak GPU memory", o["peak_gpu_mb"], b["peak_gpu_mb"], "MB", better="lower",
