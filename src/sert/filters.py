@@ -44,6 +44,7 @@ from typing import Callable, Sequence
 
 from .answers import extract_answer, is_correct
 from .config import FilterConfig
+from .metrics import rep_n as _metrics_rep_n
 from .errors import SertError
 from .io import RunLock, atomic_write_json, atomic_write_jsonl, ensure_dir, remove_stale_temps
 
@@ -51,12 +52,8 @@ from .io import RunLock, atomic_write_json, atomic_write_jsonl, ensure_dir, remo
 
 
 def rep_n(tokens: Sequence, n: int = 2) -> float:
-    """1 - unique n-grams / total n-grams; 0.0 when there are no n-grams."""
-    total = len(tokens) - n + 1
-    if total <= 0:
-        return 0.0
-    grams = {tuple(tokens[i:i + n]) for i in range(total)}
-    return 1.0 - len(grams) / total
+    """1 - unique n-grams / total n-grams (the evaluation's measure, rep-2 by default)."""
+    return _metrics_rep_n(tokens, n)
 
 
 def perplexity(logprobs: Sequence[float]) -> float | None:
