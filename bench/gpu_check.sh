@@ -32,13 +32,14 @@ if [ "${QUICK:-0}" = 1 ]; then
   CAP_SMALL=900; CAP_LARGE=900
 else
   # mining: 16 questions x 25 rows x 128 new tokens (ours: one batch of 400 rows; baseline: 16 generate calls)
-  # training: 30 steps x batch 16 (480 real StrategyQA distillation targets), 3 arms
+  # training: 24 (gpt2-large: 16) steps x batch 16 of real StrategyQA distillation targets, 3 arms,
+  #           on CUDA each run once untimed before its timed pass
   # eval: 16 test questions x 64 tokens, batch 16 vs batch 1
-  SMALL_SIZES=(--mine-questions 16 --mine-batch 16 --mine-tokens 128 --train-steps 30 --train-batch 16
+  SMALL_SIZES=(--mine-questions 16 --mine-batch 16 --mine-tokens 128 --train-steps 24 --train-batch 16
                --eval-questions 16 --eval-batch 16 --eval-tokens 64 --matmul-n 8192)
-  LARGE_SIZES=(--mine-questions 16 --mine-batch 16 --mine-tokens 128 --train-steps 20 --train-batch 16
+  LARGE_SIZES=(--mine-questions 16 --mine-batch 16 --mine-tokens 128 --train-steps 16 --train-batch 16
                --matmul-n 8192)
-  CAP_SMALL=180; CAP_LARGE=170
+  CAP_SMALL=190; CAP_LARGE=150
 fi
 
 say "[gpu_check] $(date -Is) host $(hostname) device=$DEVICE quick=${QUICK:-0}"
@@ -48,6 +49,10 @@ import torch, transformers
 print(f"[gpu_check] torch {torch.__version__} transformers {transformers.__version__} "
       f"cuda {torch.cuda.is_available()} {torch.cuda.get_device_name(0) if torch.cuda.is_available() else ''}")
 EOF
+
+if [ "$DEVICE" = cuda ]; then  # per-shape attention set-up? (see bench/sdpa_shapes.py)
+  timeout 60 python bench/sdpa_shapes.py 2>&1 | tee -a "$LOG"
+fi
 
 run() {  # name cap args...
   local name=$1 cap=$2; shift 2

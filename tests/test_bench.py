@@ -49,7 +49,7 @@ def eos_loving(model, tok):
 def test_mining_ours_and_baseline_generate_the_same_number_of_tokens(tiny_model):
     model, tok = tiny_model
     m = eos_loving(model, tok)
-    s = tiny_sizes()
+    s = tiny_sizes(mine_real=0)
     res, figs = bench.bench_mining(m, tok, "cpu", s, matmul_flops=1e9)
     assert res["tokens"] == 2 * 25 * 5
     # the counts are measured independently: ours from the mined records, the baseline from generate's output
@@ -62,6 +62,22 @@ def test_mining_ours_and_baseline_generate_the_same_number_of_tokens(tiny_model)
     names = [f["figure"] for f in figs]
     assert any(n.startswith("sampled tokens/s") for n in names) and "MFU vs matmul" in names
     assert all(f["ratio"] is not None for f in figs)
+
+
+def test_mining_real_length_figure_counts_only_tokens_before_eos(tiny_model):
+    model, tok = tiny_model
+    m = eos_loving(model, tok)
+    res, figs = bench.bench_mining(m, tok, "cpu", tiny_sizes(), None)
+    assert res["tokens"] == 250  # the fixed-length arms still ran with EOS masked
+    # EOS allowed: the EOS branch (rank 1) is an empty path; each of the 4 other branches' 5 samples
+    # ends right after its branch token (top-p keeps only EOS), so ours samples 2 x 4 x 5 tokens
+    assert res["real_ours_tokens"] == 2 * 4 * 5
+    # generate() draws EOS at its first step for every row: nothing sampled, no ratio
+    assert res["real_baseline_tokens"] == 0
+    real = [f for f in figs if "EOS on" in f["figure"]]
+    assert len(real) == 1 and real[0]["ours"] > 0 and real[0]["ratio"] is None
+    res0, figs0 = bench.bench_mining(m, tok, "cpu", tiny_sizes(mine_real=0), None)
+    assert "real_ours_tokens" not in res0 and not any("EOS on" in f["figure"] for f in figs0)
 
 
 def test_mining_bench_refuses_unequal_token_counts(tiny_model):

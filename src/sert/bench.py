@@ -23,8 +23,10 @@ training  useful (non-padding) tokens/s of transformers' Trainer with sert's col
           by itself). Same examples (a seeded random sample of steps x batch of the real
           StrategyQA distillation targets from the shipped text-davinci-002 teacher, one
           epoch), same initial weights, same number of optimizer steps, all timed (after a
-          one-step warm-up). Ours orders the sample as transformers' ``LengthGroupedSampler``
-          does in ``sert train`` on the whole 862-target set: random megabatches of
+          one-step warm-up; on CUDA each arm also runs once untimed before its timed pass,
+          since kernel plans are built per input shape). Ours orders the sample as
+          transformers' ``LengthGroupedSampler`` does in ``sert train`` on the whole
+          862-target set: random megabatches of
           min(862 // (4 x batch), 50) x batch examples, each sorted by length (its default
           on the small sample itself would make at least 4 megabatches: no grouping for a
           sample of 16). Also computed without timing: the padding efficiency of one whole
@@ -81,6 +83,7 @@ class BenchSizes:
     eval_tokens: int
     matmul_n: int
     train_max_length: int = 512   # the naive baseline pads every batch to this (TrainConfig.max_length)
+    mine_real: int = 1            # also time both mining arms with EOS allowed (real path lengths); 0: skip
 
 
 PRESETS = {
@@ -95,7 +98,10 @@ def sizes_for(device: str, quick: bool, overrides: dict | None = None) -> BenchS
     s = copy.copy(PRESETS[("cuda" if device.startswith("cuda") else "cpu", bool(quick))])
     for k, v in (overrides or {}).items():
         if v is not None:
-            if int(v) < 1:
+            if k == "mine_real":
+                if int(v) not in (0, 1):
+                    raise SertError(f"--mine-real: expected 0 or 1, got {v}")
+            elif int(v) < 1:
                 raise SertError(f"--{k.replace('_', '-')}: expected a positive integer, got {v}")
             setattr(s, k, int(v))
     if s.train_steps < 2:
@@ -158,8 +164,9 @@ def _status_kb(field: str) -> int | None:
 class PeakMemory:
     """Peak RSS (and peak CUDA allocation) over a ``with`` block.
 
-    Linux: VmHWM is reset on entry through ``/proc/self/clear_refs`` ("5"), so the figure is
-    the process's peak during the block. Elsewhere: ``getrusage`` max RSS, which cannot be
+    Linux: freed heap memory is returned to the OS (``malloc_trim``) and VmHWM is reset on
+    entry through ``/proc/self/clear_refs`` ("5"), so the figure is the process's peak during
+    the block. Elsewhere: ``getrusage`` max RSS, which cannot be
     reset (then ``reset`` is False and the figure is the process's lifetime peak).
     """
 
@@ -172,6 +179,11 @@ class PeakMemory:
     def __enter__(self):
         import gc
         gc.collect()
+        try:  # hand memory freed by earlier arms back to the OS, so it is not counted again
+            import ctypes
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
@@ -220,14 +232,10 @@ class Timer:
 
 # ------------------------------------------------------------------ fixed-length generation
 def eos_ids(model, tokenizer) -> list[int]:
-    ids = set()
-    e = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for x in (e if isinstance(e, (list, tuple)) else [e]):
-        if x is not None:
-            ids.add(int(x))
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return sorted(ids)
+    """The ids that end a path: the miner's own set, so both arms stop (or are kept from stopping) alike."""
+    from .mine import _eos_ids
+
+    return _eos_ids(model, tokenizer)
 
 
 @contextlib.contextmanager
@@ -360,7 +368,7 @@ def _fmt(v) -> str:
         if v == 0:
             return "0"
         a = abs(v)
-        return f"{v:.3f}" if a < 1 else f"{v:.2f}" if a < 100 else f"{v:,.0f}"
+        return f"{v:.3g}" if a < 1 else f"{v:.2f}" if a < 100 else f"{v:,.0f}"
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)
@@ -442,12 +450,33 @@ def bench_mining(model, tokenizer, device: str, sizes: BenchSizes, matmul_flops:
     if matmul_flops:
         res["ours_mfu"] = flops / to.s / matmul_flops
         res["baseline_mfu"] = flops / tb.s / matmul_flops
-        figs.append(figure("mining", "MFU vs matmul", round(res["ours_mfu"], 4), round(res["baseline_mfu"], 4),
-                           "", note="same model FLOPs / same matmul"))
+        figs.append(figure("mining", "MFU vs matmul", float(f"{res['ours_mfu']:.3g}"),
+                           float(f"{res['baseline_mfu']:.3g}"), "", note="same model FLOPs / same matmul",
+                           ratio=res["ours_mfu"] / res["baseline_mfu"]))
     figs.append(figure("mining", "peak RSS", mo.peak_rss_mb, mb.peak_rss_mb, "MB", better="lower", note=base_note))
     if mo.peak_gpu_mb is not None:
         figs.append(figure("mining", "peak GPU memory", mo.peak_gpu_mb, mb.peak_gpu_mb, "MB", better="lower",
                            note=base_note))
+    if sizes.mine_real:
+        # The same two arms as mining really runs: EOS allowed, so paths end at their own length. Ours
+        # retires finished rows; generate() keeps a question's finished rows in the batch until its last
+        # row ends. Both count sampled tokens only (EOS and padding excluded); the token counts differ
+        # (different random streams), so the figure is a rate. With random weights EOS is almost never
+        # drawn and this equals the fixed-length figure; with trained weights it is what a user sees.
+        with Timer(device) as to2:
+            n_ours2 = ours_fn(model, tokenizer, exs, T, sizes.mine_batch)
+        with Timer(device) as tb2:
+            n_base2 = base_fn(model, tokenizer, exs, T)
+        res.update({"real_ours_tokens": n_ours2, "real_baseline_tokens": n_base2,
+                    "real_ours_s": round(to2.s, 3), "real_baseline_s": round(tb2.s, 3),
+                    "real_ours_tokens_per_s": round(n_ours2 / to2.s, 1),
+                    "real_baseline_tokens_per_s": round(n_base2 / tb2.s, 1),
+                    "real_mean_path_tokens_ours": round(n_ours2 / (len(exs) * rows), 1),
+                    "real_mean_path_tokens_baseline": round(n_base2 / (len(exs) * rows), 1)})
+        figs.append(figure("mining", f"sampled tokens/s, EOS on (real lengths, mean {n_ours2 / (len(exs) * rows):.0f} "
+                                     f"vs {n_base2 / (len(exs) * rows):.0f} tok/path)",
+                           res["real_ours_tokens_per_s"], res["real_baseline_tokens_per_s"], "tok/s",
+                           note=base_note + "; finished rows retired vs kept until the question's last row ends"))
     return res, figs
 
 
@@ -645,12 +674,21 @@ def bench_training(model, tokenizer, device: str, sizes: BenchSizes, precision: 
               precision, device, seed)
     mult = default_mega_batch_mult(len(all_feats), sizes.train_batch)   # as sert train on the whole set
     res["mega_batch_mult"] = mult
-    arms = {"ours": (CountingCollator(pad), mult), "naive": (FixedPadCollator(pad, L), False)}
+    arms = {"ours": (lambda: CountingCollator(pad), mult), "naive": (lambda: FixedPadCollator(pad, L), False)}
     if with_dynamic:
-        arms["dynamic"] = (CountingCollator(pad), False)
-    for name, (coll, grouped) in arms.items():
+        arms["dynamic"] = (lambda: CountingCollator(pad), False)
+    # On CUDA every arm first runs once untimed: kernels and their plans (e.g. cuDNN attention) are set
+    # up per input shape on first sight, which would charge whichever variable-length arm runs first.
+    # On CPU there is no such per-shape set-up, and a second pass would double the section's time.
+    warm = device.startswith("cuda")
+    res["untimed_pass_per_arm"] = warm
+    for name, (make, grouped) in arms.items():
+        if warm:
+            model.load_state_dict(init)
+            train_arm(model, tokenizer, feats, make(), sizes.train_steps, sizes.train_batch, grouped,
+                      precision, device, seed)
         model.load_state_dict(init)
-        res[name] = train_arm(model, tokenizer, feats, coll, sizes.train_steps, sizes.train_batch, grouped,
+        res[name] = train_arm(model, tokenizer, feats, make(), sizes.train_steps, sizes.train_batch, grouped,
                               precision, device, seed)
     model.load_state_dict(init)
     res["load_after"] = load_avg()
