@@ -24,6 +24,14 @@ from sert.tasks import DATA, get_task
     ("So the answer is 5.0 apples.", "number", None, "5", "strict"),
     ("So the answer is -3.", "number", None, "-3", "strict"),
     ("So the answer is \"yajo\".", "text", None, "yajo", "strict"),
+    # several "the answer is": the last one that states a usable answer wins (real SERT-arm outputs)
+    (" A: no This answer is incorrect. The answer is: B: no So the answer is yes.", "yesno", None, "yes", "strict"),
+    (" No, the answer is: No So the answer is yes.", "yesno", None, "yes", "strict"),
+    ("Would they? The answer is usually no. The reason is unclear. So the answer is yes.", "yesno", None, "yes",
+     "strict"),
+    ("So the answer is yes. Then someone asked again and the answer is unclear.", "yesno", None, "yes", "strict"),
+    ("The answer is (A). On reflection the answer is (C) mall.", "choice", ["bank", "library", "mall", "zoo", "park"],
+     "C", "strict"),
 ])
 def test_extract_literal_outputs(text, kind, choices, want, method):
     got = extract_answer(text, kind, choices)

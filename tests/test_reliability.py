@@ -892,3 +892,14 @@ def test_teach_against_a_real_llama_cpp_server(tmp_path, capsys):
     finally:
         os.killpg(srv.pid, signal.SIGKILL)
         srv.wait(30)
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path):
+    """mkstemp creates 0600 files; artifacts must be as readable as any file the user writes."""
+    from sert.io import _UMASK, atomic_write_json
+
+    p = atomic_write_json(tmp_path / "x.json", {"a": 1})
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert p.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~_UMASK
+    assert json.loads(p.read_text()) == {"a": 1}

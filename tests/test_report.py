@@ -134,3 +134,47 @@ def test_report_cli(tmp_path):
     assert re.search(r"\| SERT \| 50\.00 \[40\.00, 60\.00\]", r.stdout) and "report.html" in r.stdout
     r = subprocess.run([sys.executable, "-m", "sert", "report", str(tmp_path / "nope")], capture_output=True, text=True)
     assert r.returncode == 2 and "no such run directory" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_rescore_refreshes_stale_predictions_without_decoding(tmp_path, capsys):
+    """`sert report --rescore`: predictions scored by an older extractor are re-read from their output text."""
+    from sert.cli import main
+    from sert.evaluate import rescore_dir, score
+    from sert.tasks import load_examples
+
+    exs = load_examples("strategyqa", "test", 6)
+    run = tmp_path / "run"
+    cfg = to_dict(RunConfig(task="strategyqa", model="gpt2"))
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    d = run / "eval" / "sert"
+    d.mkdir(parents=True)
+    wrong = "no" if exs[0].answer == "yes" else "yes"
+    outputs = [f" A: {wrong}. The answer is: B: {wrong} So the answer is {exs[0].answer}."]  # stale: read as `wrong`
+    outputs += [f" Because. So the answer is {e.answer}." for e in exs[1:3]] + [" Hmm." for _ in exs[3:]]
+    recs = []
+    for i, (e, out) in enumerate(zip(exs, outputs)):
+        r = {"id": e.id, "question": e.question, "gold": e.answer, "output": out, "finish": "eos",
+             **score(e, out, list(range(9)))}
+        if i == 0:  # as the first-match extractor scored it
+            r.update(pred=wrong, method="flexible", correct=False, fmt_ok=False, fmt_issues=["no_answer_phrase"])
+        recs.append(r)
+    (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reversed(recs)))  # decode order
+    (d / "metrics.json").write_text(json.dumps({"n": 6, "acc": 2 / 6, "task": "strategyqa", "split": "test",
+                                                 "wall_s": 12.5}))
+    assert main(["report", str(run), "--rescore"]) == 0
+    out = capsys.readouterr().out
+    assert "rescore eval/sert: 1 of 6 predictions changed, accuracy 33.33 -> 50.00%" in out
+    new = [json.loads(x) for x in (d / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in new] == [r["id"] for r in reversed(recs)]  # order kept
+    first = next(r for r in new if r["id"] == exs[0].id)
+    assert (first["pred"], first["method"], first["correct"], first["fmt_ok"]) == (exs[0].answer, "strict", True, True)
+    assert [r for r in new if r["id"] != exs[0].id] == [r for r in reversed(recs) if r["id"] != exs[0].id]
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["acc"] == 0.5 and m["wall_s"] == 12.5 and m["rescored"]["changed"] == 1
+    assert "| SERT | 50.00" in (run / "report.md").read_text()
+    # a second pass changes nothing; the bootstrap CI is the one evaluate() computes (task order)
+    from sert.evaluate import summarize
+    assert rescore_dir(d)["changed"] == 0
+    assert json.loads((d / "metrics.json").read_text())["acc_ci"] == summarize(
+        [next(r for r in new if r["id"] == e.id) for e in exs])["acc_ci"]

@@ -100,6 +100,13 @@ def test_prompt_is_masked_and_completion_plus_eos_is_not(tok, sqa_self_records):
     for i, k in enumerate(lens):
         assert batch["attention_mask"][i].sum() == k
         assert (batch["labels"][i, k:] == -100).all()
+    # on CUDA the padded length is rounded up to a multiple of 8; the extra columns are padding only
+    b8 = PadCollator(tok.pad_token_id, multiple=8)(feats)
+    n8 = -(-max(lens) // 8) * 8
+    assert b8["input_ids"].shape == (3, n8) and n8 >= max(lens)
+    assert (b8["attention_mask"].sum(1) == batch["attention_mask"].sum(1)).all()
+    assert (b8["labels"][:, max(lens):] == -100).all() and (b8["input_ids"][:, max(lens):] == tok.pad_token_id).all()
+    assert torch.equal(b8["labels"][:, :max(lens)], batch["labels"])
 
 
 def test_truncation_keeps_the_answer_side(tok):

@@ -110,8 +110,10 @@ def extract_answer(text: str, kind: str, choices: Sequence[str] | None = None) -
     if not text:
         return Extraction(None, None)
     body = truncate_continuation(text)
-    m = _ANSWER_IS.search(body)
-    if m:
+    # The last "the answer is" that states a usable answer wins: outputs such as "The answer is
+    # usually no. ... So the answer is no." or "The answer is: B: no So the answer is yes." end
+    # with the template phrase, and its answer is the final one.
+    for m in reversed(list(_ANSWER_IS.finditer(body))):
         tail = _first_sentence(body[m.end():]) if kind != "number" else body[m.end():].split("\n")[0]
         ans = normalize_answer(tail, kind, choices)
         if ans is not None:

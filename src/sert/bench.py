@@ -510,10 +510,10 @@ class FixedPadCollator:
 class CountingCollator:
     """sert's ``PadCollator`` with the per-batch (real, padded) token counts recorded."""
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, multiple: int = 1):
         from .train import PadCollator
 
-        self.inner = PadCollator(pad_id)
+        self.inner = PadCollator(pad_id, multiple=multiple)
         self.batches: list[tuple[int, int]] = []
 
     def __call__(self, feats):
@@ -674,9 +674,13 @@ def bench_training(model, tokenizer, device: str, sizes: BenchSizes, precision: 
               precision, device, seed)
     mult = default_mega_batch_mult(len(all_feats), sizes.train_batch)   # as sert train on the whole set
     res["mega_batch_mult"] = mult
-    arms = {"ours": (lambda: CountingCollator(pad), mult), "naive": (lambda: FixedPadCollator(pad, L), False)}
+    from .train import pad_multiple
+
+    pm = pad_multiple(device)  # as sert train pads on this device
+    res["pad_multiple"] = pm
+    arms = {"ours": (lambda: CountingCollator(pad, pm), mult), "naive": (lambda: FixedPadCollator(pad, L), False)}
     if with_dynamic:
-        arms["dynamic"] = (lambda: CountingCollator(pad), False)
+        arms["dynamic"] = (lambda: CountingCollator(pad, pm), False)
     # On CUDA every arm first runs once untimed: kernels and their plans (e.g. cuDNN attention) are set
     # up per input shape on first sight, which would charge whichever variable-length arm runs first.
     # On CPU there is no such per-shape set-up, and a second pass would double the section's time.

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 from .answers import extract_answer, is_correct, truncate_continuation
 from .config import EvalConfig
 from .errors import SertError
-from .io import JsonlLog, RunLock, atomic_write_json, ensure_dir, read_json
+from .io import JsonlLog, RunLock, atomic_write_json, atomic_write_jsonl, ensure_dir, read_json, read_jsonl
 from .metrics import bootstrap_ci, format_issues, rep_n
 from .tasks import Example, load_examples
 from .templates import ANSWER_PHRASE, train_prompt
@@ -185,6 +185,52 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, out
     if out_dir is not None:
         atomic_write_json(Path(out_dir) / "metrics.json", metrics)
     return metrics
+
+
+def rescore_record(rec: dict, example: Example) -> dict:
+    """A stored prediction with its answer-dependent fields recomputed from its output text by
+    the current extractor (no decoding): pred, method, correct, and the no-answer-phrase issue."""
+    ex = extract_answer(rec["output"], example.kind, example.choices)
+    issues = [i for i in rec.get("fmt_issues", []) if i != "no_answer_phrase"]
+    if ex.method != "strict":
+        issues.insert(0, "no_answer_phrase")
+    return dict(rec, pred=ex.answer, method=ex.method, correct=is_correct(ex.answer, example.answer, example.kind),
+                fmt_ok=not issues, fmt_issues=issues)
+
+
+def rescore_dir(eval_dir: str | Path, task: str | None = None) -> dict:
+    """Re-score ``eval_dir/predictions.jsonl`` with the current answer extractor and rewrite it and
+    ``metrics.json`` (atomically); for predictions made before an extractor change.
+    Returns ``{"n", "changed", "acc_before", "acc_after"}``."""
+    d = Path(eval_dir)
+    pred_file, met_file = d / "predictions.jsonl", d / "metrics.json"
+    if not pred_file.exists():
+        raise SertError(f"{pred_file}: no predictions to re-score")
+    with RunLock(d):
+        old_m = read_json(met_file) if met_file.exists() else {}
+        ident = read_json(d / EVAL_CONFIG) if (d / EVAL_CONFIG).exists() else {}
+        task = task or ident.get("task") or old_m.get("task")
+        split = ident.get("split") or old_m.get("split") or "test"
+        if not task:
+            raise SertError(f"{d}: which task? (no {EVAL_CONFIG} or metrics.json names it)")
+        by_id = {e.id: e for e in load_examples(task, split)}
+        recs = read_jsonl(pred_file, tolerate_torn_tail=True)
+        unknown = [r["id"] for r in recs if r["id"] not in by_id]
+        if unknown:
+            raise SertError(f"{pred_file}: {len(unknown)} predictions have ids not in {task}/{split} "
+                            f"(first: {unknown[0]!r})")
+        new = [rescore_record(r, by_id[r["id"]]) for r in recs]
+        changed = sum(1 for a, b in zip(recs, new) if a != b)
+        if changed:
+            atomic_write_jsonl(pred_file, new)
+        pos = {eid: i for i, eid in enumerate(by_id)}  # the bootstrap resamples by index: task order, as evaluate()
+        ordered = sorted(new, key=lambda r: pos[r["id"]])
+        m = summarize(ordered, old_m.get("n_bootstrap", EvalConfig.n_bootstrap), old_m.get("seed", EvalConfig.seed))
+        out = dict(old_m, **m)
+        out["rescored"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "changed": changed,
+                           "acc_before": old_m.get("acc")}
+        atomic_write_json(met_file, out)
+    return {"n": len(new), "changed": changed, "acc_before": old_m.get("acc"), "acc_after": m["acc"]}
 
 
 def batches_to_decode(tokenizer, examples: Sequence[Example], done: dict, batch_size: int) -> list[Example]:

@@ -30,6 +30,15 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     return p
 
 
+def _read_umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+_UMASK = _read_umask()  # read once, at import: os.umask is process-wide and not thread-safe
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
     p = Path(path)
@@ -40,6 +49,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(OSError):

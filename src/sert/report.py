@@ -22,6 +22,7 @@ import html
 import math
 import re
 from pathlib import Path
+from typing import Callable
 
 from .errors import SertError
 from .io import atomic_write_text, ensure_dir, read_json, read_jsonl
@@ -424,10 +425,36 @@ def add_parser(sub) -> None:
                        description="Table II layout, paper row, paired significance, funnel, samples, "
                                    "reproduction info. Works on partial runs.")
     p.add_argument("run_dir", help="run directory written by 'sert run'")
+    p.add_argument("--rescore", action="store_true",
+                   help="first re-score every arm's stored predictions with the current answer extractor "
+                        "(no decoding; rewrites eval/<arm>/predictions.jsonl and metrics.json)")
     p.set_defaults(func=_cli)
 
 
+def rescore_run(run_dir: str | Path, log: Callable[[str], None] = print) -> dict:
+    """``sert report --rescore``: re-score each ``eval/<arm>/`` of a run (see ``evaluate.rescore_dir``)."""
+    import yaml
+
+    from .evaluate import rescore_dir
+
+    run_dir = Path(run_dir)
+    cfg_file = run_dir / "config.yaml"
+    task = (yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}).get("task") if cfg_file.exists() else None
+    out = {}
+    for d in sorted((run_dir / "eval").glob("*/predictions.jsonl")) if (run_dir / "eval").is_dir() else []:
+        r = rescore_dir(d.parent, task)
+        out[d.parent.name] = r
+        before = "?" if r["acc_before"] is None else f"{100 * r['acc_before']:.2f}"
+        log(f"[sert] rescore eval/{d.parent.name}: {r['changed']} of {r['n']} predictions changed, "
+            f"accuracy {before} -> {100 * r['acc_after']:.2f}%")
+    if not out:
+        raise SertError(f"{run_dir}: no eval/<arm>/predictions.jsonl to re-score")
+    return out
+
+
 def _cli(args: argparse.Namespace) -> int:
+    if args.rescore:
+        rescore_run(args.run_dir)
     md, page = write_report(args.run_dir)
     print(summary_table(args.run_dir))
     print(f"report: {md}\nhtml:   {page}")

@@ -160,17 +160,26 @@ def tokenize_pairs(pairs: list[dict], tok, max_length: int) -> tuple[list[dict],
     return feats, truncated
 
 
-class PadCollator:
-    """Right-pads a batch to its longest member (no fixed-length padding); counts tokens."""
+def pad_multiple(device: str) -> int:
+    """Padded batch lengths are rounded up to this: 8 on CUDA (tensor cores), 1 elsewhere."""
+    return 8 if str(device).startswith("cuda") else 1
 
-    def __init__(self, pad_id: int, use_weights: bool = False):
-        self.pad_id, self.use_weights = pad_id, use_weights
+
+class PadCollator:
+    """Right-pads a batch to its longest member (no fixed-length padding); counts tokens.
+
+    ``multiple`` > 1 rounds the padded length up to a multiple of it (8 on CUDA: tensor-core
+    aligned shapes, and 8x fewer distinct shapes for kernels that set up per shape)."""
+
+    def __init__(self, pad_id: int, use_weights: bool = False, multiple: int = 1):
+        self.pad_id, self.use_weights, self.multiple = pad_id, use_weights, max(1, int(multiple))
         self.real_tokens = self.padded_tokens = self.loss_tokens = 0
 
     def __call__(self, feats: list[dict]) -> dict:
         import torch
 
         n = max(len(f["input_ids"]) for f in feats)
+        n = -(-n // self.multiple) * self.multiple
         ids = torch.full((len(feats), n), self.pad_id, dtype=torch.long)
         labels = torch.full((len(feats), n), -100, dtype=torch.long)
         mask = torch.zeros((len(feats), n), dtype=torch.long)
@@ -488,7 +497,8 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         dataloader_pin_memory=device != "cpu" and torch.cuda.is_available(),
         disable_tqdm=not sys.stderr.isatty(),
     )
-    collator = PadCollator(tok.pad_token_id, use_weights=cfg.use_weights)
+    collator = PadCollator(tok.pad_token_id, use_weights=cfg.use_weights,
+                          multiple=pad_multiple("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"))
     Trainer, WeightedTrainer = _trainer_classes()
     cls = WeightedTrainer if cfg.use_weights else Trainer
 
