@@ -5,8 +5,10 @@ decided by the same two functions: :func:`extract_answer` and :func:`is_correct`
 
 Extraction is a named chain, as in lm-evaluation-harness:
 
-1. ``strict``   - the text after the first ``the answer is`` (SERT's target ends
-   ``So the answer is {a}.``; Zero-shot-CoT teachers say ``Therefore, the answer is``).
+1. ``strict``   - the text after the last ``the answer is`` that states a usable answer
+   (SERT's target ends ``So the answer is {a}.``; Zero-shot-CoT teachers say ``Therefore,
+   the answer is``; a model may say "the answer is" earlier, e.g. "The answer is usually no.
+   ... So the answer is no.", and its final statement counts).
 2. ``flexible`` - a fallback for outputs without that phrase: the leading yes/no,
    an option letter or option text, or the last number.
 3. ``None``     - nothing usable (counted wrong, and a format error).
