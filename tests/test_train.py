@@ -220,6 +220,10 @@ def test_resume_continues_and_finished_run_is_skipped(tiny, sqa_self_records, tm
             "--device", "cpu", "--epochs", "2", "--batch-size", "4", "--save-total-limit", "2",
             "--logging-steps", "1"]
     assert main(argv) == 0
+    printed = capsys.readouterr().out
+    # one readable line per logged step (logging_steps 1, 2 epochs of one batch), no raw Trainer dicts
+    assert "[sert] train: step 1/2 (epoch 1.00) loss " in printed and "[sert] train: step 2/2" in printed
+    assert "{'loss'" not in printed and "'grad_norm'" not in printed
     full = _params(out / "final")
     # simulate a run killed after the epoch-1 checkpoint
     shutil.rmtree(out / "final")

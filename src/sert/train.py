@@ -160,6 +160,20 @@ def tokenize_pairs(pairs: list[dict], tok, max_length: int) -> tuple[list[dict],
     return feats, truncated
 
 
+def _quiet_trainer_logs(trainer) -> None:
+    """Drop the Trainer's printing of raw log dicts (``PrinterCallback`` without a terminal, the
+    progress bar's ``on_log`` with one); ``StepLog`` prints them as one readable line."""
+    from transformers import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        class BarOnly(ProgressCallback):
+            def on_log(self, args, state, control, logs=None, **kw):
+                return None
+
+        trainer.add_callback(BarOnly())
+
+
 def pad_multiple(device: str) -> int:
     """Padded batch lengths are rounded up to this: 8 on CUDA (tensor cores), 1 elsewhere."""
     return 8 if str(device).startswith("cuda") else 1
@@ -511,8 +525,18 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
                 control.should_log = True
             return control
 
+    class StepLog(TrainerCallback):
+        """One ``[sert] train: step ...`` line per logged window instead of the Trainer's raw dicts."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if state.is_world_process_zero and logs and "loss" in logs:
+                ep = logs.get("epoch", state.epoch) or 0
+                print(f"[sert] train: step {state.global_step}/{state.max_steps} (epoch {float(ep):.2f}) "
+                      f"loss {float(logs['loss']):.4f}, lr {float(logs.get('learning_rate', 0)):.2e}", flush=True)
+
     trainer = cls(model=model, args=args, data_collator=collator, train_dataset=feats, processing_class=tok,
-                  callbacks=[LogAtSave()])
+                  callbacks=[LogAtSave(), StepLog()])
+    _quiet_trainer_logs(trainer)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last or None)
     wall = time.time() - t0
