@@ -36,3 +36,15 @@ def tiny_model():
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     return model, tok
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: on the 2 shared CI cores, oversubscribed OpenMP threads
+    make tiny matmuls orders of magnitude slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,13 +15,7 @@ from sert.bench import BenchSizes
 from sert.errors import SertError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # 2 shared cores: oversubscribed OpenMP threads make tiny matmuls very slow.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_sizes(**kw) -> BenchSizes:

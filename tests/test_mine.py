@@ -23,13 +23,7 @@ from sert.tasks import Example, load_examples
 from sert.templates import mining_prompt
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The CI box has 2 shared cores; oversubscribed OpenMP threads make tiny matmuls 1000x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 QUESTIONS = ["Is the sky blue?", "Would a pear sink in water? Think about density and fruit.",

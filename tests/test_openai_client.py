@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
-import struct
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
+from fake_openai import ChatHandler, completion
 from sert.openai_client import LLMClient, judge_score, judge_scores, parse_score
 
 KEY = "sk-test-SECRET-9f8e7d6c5b4a"
@@ -39,25 +38,10 @@ class FaultServer(ThreadingHTTPServer):
         pass
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *a):
-        pass
-
-    def _send(self, code: int, body: bytes, headers: dict | None = None, length: int | None = None):
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body) if length is None else length))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-        self.wfile.flush()
-
+class Handler(ChatHandler):
     def do_POST(self):
         srv: FaultServer = self.server
-        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        req = self.read_request()
         content = req["messages"][-1]["content"]
         m = re.search(r"\[s:(\w+)\]", content)
         scen = m.group(1) if m else "ok"
@@ -73,12 +57,9 @@ class Handler(BaseHTTPRequestHandler):
                 srv.inflight -= 1
 
     def _respond(self, srv, scen, n, req, content):
-        def completion(text):
-            return json.dumps({"id": "c1", "object": "chat.completion", "created": 0, "model": req["model"],
-                               "choices": [{"index": 0, "finish_reason": "stop",
-                                            "message": {"role": "assistant", "content": text}}],
-                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
-        ok = completion(f"echo {content}")
+        def reply(text):
+            return completion(req["model"], text, id="c1", usage=True)
+        ok = reply(f"echo {content}")
         first = n == 1
         if scen == "slow":
             time.sleep(0.05)
@@ -87,11 +68,7 @@ class Handler(BaseHTTPRequestHandler):
         if scen == "r500" and n <= 2:
             return self._send(500, b'{"error": {"message": "boom"}}')
         if scen == "reset" and first:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close_connection = True
-            for f in (self.rfile, self.wfile, self.connection):
-                f.close()  # the last reference closes the fd: linger 0 sends RST
-            return
+            return self.reset_connection()
         if scen == "timeout" and first:
             time.sleep(0.8)  # client timeout is 0.3 s
         if scen == "malformed" and first:
@@ -108,7 +85,7 @@ class Handler(BaseHTTPRequestHandler):
             msg = f"Incorrect API key provided: {self.headers.get('Authorization', '')[7:]}"
             return self._send(401, json.dumps({"error": {"message": msg}}).encode())
         if scen == "judge":
-            return self._send(200, completion("Score: 7\nClear and complete."))
+            return self._send(200, reply("Score: 7\nClear and complete."))
         return self._send(200, ok)
 
 

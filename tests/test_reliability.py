@@ -28,13 +28,14 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from fake_openai import ChatHandler, completion
 from sert.cli import main
 
 KEY = "sk-test-SECRET-0a1b2c3d4e5f6a7b8c9d"
@@ -46,11 +47,9 @@ VOLATILE = {"wall_s", "load_s", "resumed", "env", "label", "model"}  # metrics t
 
 
 @pytest.fixture(autouse=True, scope="module")
-def quiet_env():
-    # 2 shared cores: one thread each (oversubscribed OpenMP makes tiny matmuls far slower), and
-    # the same thread count as the killed subprocesses, so in-process reruns compute bit-equal.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def quiet_env(one_thread):
+    # One torch thread (tests/conftest.py): also the killed subprocesses' thread count, so
+    # in-process reruns compute bit-equal.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("TOKENIZERS_PARALLELISM", "false")
@@ -59,7 +58,6 @@ def quiet_env():
             mp.delenv(v, raising=False)
         mp.setenv("NO_PROXY", "127.0.0.1")
         yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -362,25 +360,10 @@ class Server(ThreadingHTTPServer):
         pass
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *a):
-        pass
-
-    def _send(self, code, body: bytes, headers=None, length=None):
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body) if length is None else length))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-        self.wfile.flush()
-
+class _Handler(ChatHandler):
     def do_POST(self):
         srv: Server = self.server
-        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        req = self.read_request()
         content = req["messages"][-1]["content"]
         judge = content.startswith("You are grading")
         m = re.search(r"\[s:(\w+)\]", content)
@@ -397,20 +380,13 @@ class _Handler(BaseHTTPRequestHandler):
             text = " Yes."
         else:
             text = " Birds have wings. Ice is cold."
-        ok = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": req["model"],
-                         "choices": [{"index": 0, "finish_reason": "stop",
-                                      "message": {"role": "assistant", "content": text}}]}).encode()
+        ok = completion(req["model"], text)
         if n == 1 and tag == "r429":
             return self._send(429, b'{"error": {"message": "slow down"}}', {"Retry-After": "1"})
         if n == 1 and tag == "r500":
             return self._send(500, b'{"error": {"message": "boom"}}')
         if n == 1 and tag == "reset":
-            import struct
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close_connection = True
-            for f in (self.rfile, self.wfile, self.connection):
-                f.close()
-            return
+            return self.reset_connection()
         if n == 1 and tag == "timeout":
             time.sleep(1.5)  # the client's timeout is 0.5 s
         if n == 1 and tag == "malformed":

@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
+from fake_openai import ChatHandler, completion
 from sert.config import TeachConfig
 from sert.errors import SertError
 from sert.io import read_jsonl
@@ -87,15 +88,11 @@ def test_unknown_or_missing_teacher_is_a_clear_error(tmp_path):
 
 
 # ------------------------------------------------------------------ online teacher
-class _Teacher(BaseHTTPRequestHandler):
+class _Teacher(ChatHandler):
     """Chat-completions stand-in: reasons in call 1, answers 'Yes.' in call 2."""
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *a):
-        pass
 
     def do_POST(self):
-        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        req = self.read_request()
         last = req["messages"][-1]["content"]
         with self.server.lock:
             self.server.calls.append(last)
@@ -103,14 +100,7 @@ class _Teacher(BaseHTTPRequestHandler):
             text = " Yes."
         else:
             text = " Some facts. More facts."
-        body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": req["model"],
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": text}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self._send(200, completion(req["model"], text, id="x"))
 
 
 def test_online_teacher_two_calls_and_cache(tmp_path, monkeypatch):

@@ -78,9 +78,15 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], batch_size: int = 
     return results  # type: ignore[return-value]
 
 
+def _answer_fields(example: Example, text: str) -> dict:
+    """What the shared extractor reads from ``text``: pred, method, correct."""
+    ex = extract_answer(text, example.kind, example.choices)
+    return {"pred": ex.answer, "method": ex.method, "correct": is_correct(ex.answer, example.answer, example.kind)}
+
+
 def score(example: Example, text: str, token_ids: Sequence[int], tokenizer=None) -> dict:
     """Everything the metrics need about one output, with the shared extractor."""
-    ex = extract_answer(text, example.kind, example.choices)
+    ans = _answer_fields(example, text)
     body = truncate_continuation(text)
     k = body.find(ANSWER_PHRASE)
     reasoning = body[:k] if k >= 0 else body
@@ -90,10 +96,9 @@ def score(example: Example, text: str, token_ids: Sequence[int], tokenizer=None)
     else:
         reasoning_tokens = len(reasoning.split())
         body_ids = body.split()
-    issues = format_issues(text, ex.method == "strict", token_ids)
+    issues = format_issues(text, ans["method"] == "strict", token_ids)
     return {
-        "pred": ex.answer, "method": ex.method, "correct": is_correct(ex.answer, example.answer, example.kind),
-        "fmt_ok": not issues, "fmt_issues": issues, "reasoning_tokens": reasoning_tokens,
+        **ans, "fmt_ok": not issues, "fmt_issues": issues, "reasoning_tokens": reasoning_tokens,
         "rep1": rep_n(body_ids, 1), "n_tokens": len(token_ids),
     }
 
@@ -190,12 +195,11 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, out
 def rescore_record(rec: dict, example: Example) -> dict:
     """A stored prediction with its answer-dependent fields recomputed from its output text by
     the current extractor (no decoding): pred, method, correct, and the no-answer-phrase issue."""
-    ex = extract_answer(rec["output"], example.kind, example.choices)
-    issues = [i for i in rec.get("fmt_issues", []) if i != "no_answer_phrase"]
-    if ex.method != "strict":
-        issues.insert(0, "no_answer_phrase")
-    return dict(rec, pred=ex.answer, method=ex.method, correct=is_correct(ex.answer, example.answer, example.kind),
-                fmt_ok=not issues, fmt_issues=issues)
+    ans = _answer_fields(example, rec["output"])
+    issues = [i for i in rec.get("fmt_issues", []) if i != "no_answer_phrase"]  # the others need token ids
+    if ans["method"] != "strict":
+        issues.insert(0, "no_answer_phrase")  # as format_issues puts it first
+    return dict(rec, **ans, fmt_ok=not issues, fmt_issues=issues)
 
 
 def rescore_dir(eval_dir: str | Path, task: str | None = None) -> dict:

@@ -1,0 +1,48 @@
+"""A chat-completions stand-in for the tests (OpenAI wire format on 127.0.0.1).
+
+Shared by tests/test_openai_client.py, tests/test_teach.py and tests/test_reliability.py: each
+subclasses :class:`ChatHandler` and writes only its ``do_POST`` (which scenario answers what).
+"""
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from http.server import BaseHTTPRequestHandler
+
+
+def completion(model: str, text: str, id: str = "c", usage: bool = False) -> bytes:
+    """The JSON body of a successful chat completion whose message is ``text``."""
+    body = {"id": id, "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]}
+    if usage:
+        body["usage"] = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    return json.dumps(body).encode()
+
+
+class ChatHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def read_request(self) -> dict:
+        return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+
+    def _send(self, code: int, body: bytes, headers: dict | None = None, length: int | None = None):
+        """Reply ``code`` with ``body``; ``length`` may promise more bytes than are sent (a truncated reply)."""
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def reset_connection(self) -> None:
+        """Drop the connection with a TCP RST (SO_LINGER 0), as a crashed server would."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        for f in (self.rfile, self.wfile, self.connection):
+            f.close()  # the last reference closes the fd: linger 0 sends RST
