@@ -56,7 +56,7 @@ def make_run(tmp_path, arms=("base", "finetune", "rd", "sert", "sert_rd"), model
 
 def table_rows(md: str) -> dict:
     """Results table rows of report.md by arm label."""
-    sect = md.split("## Results")[1].split("\n## ")[0]
+    sect = md.split("## Results")[1].split("\n## ")[0].split("\n### ")[0]
     rows = {}
     for line in sect.splitlines():
         if line.startswith("| ") and not line.startswith("| Arm"):

@@ -94,6 +94,8 @@ class TrainConfig:
     weight_decay: float = 0.0          # (S) plain Adam
     max_length: int = 512              # (D) tokens per example (prompt + target)
     seed: int = 42
+    seeds: list[int] | None = None     # (D) repeat every training arm once per seed (None = [seed]); the paper
+    #                                    reports one run. The first seed's arms keep the plain names (rd, sert, ...)
     bf16: str = "auto"                 # auto = bf16 where the hardware has it
     lora: bool = False                 # (D) optional LoRA through peft
     lora_r: int = 16
@@ -113,9 +115,16 @@ class TrainConfig:
             e.append(f"train.epochs: expected > 0, got {self.epochs}")
         if self.learning_rate <= 0:
             e.append(f"train.learning_rate: expected > 0, got {self.learning_rate}")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            e.append(f"train.seeds: expected a non-empty list of distinct integers, got {self.seeds}")
         if self.bf16 not in ("auto", "true", "false", True, False):
             e.append(f"train.bf16: expected auto, true or false, got {self.bf16!r}")
         return e
+
+
+    def seed_list(self) -> list[int]:
+        """The training seeds, first one first: ``seeds`` or ``[seed]``."""
+        return list(self.seeds) if self.seeds else [self.seed]
 
 
 @dataclass
@@ -147,7 +156,11 @@ class EvalConfig:
     split: str = "test"
     limit: int | None = None
     batch_size: int = 32
-    max_new_tokens: int = 128          # (D) paper silent
+    max_new_tokens: int | None = None  # (D) paper silent. None/"auto": the longest completion the checkpoint was
+    #                                    trained on + budget_margin (default_budget for an untrained model), so a
+    #                                    trained arm is never cut short; an int below that longest warns
+    budget_margin: int = 64            # (D) tokens beyond the longest training completion
+    default_budget: int = 256          # (D) auto budget of a model sert did not train (covers every shipped config)
     n_bootstrap: int = 1000            # 95% bootstrap CI of accuracy
     seed: int = 0
     judge: str | None = None           # "openai:MODEL" for the paper's 0-10 LLM judge (optional)
@@ -155,9 +168,11 @@ class EvalConfig:
 
     def validate(self) -> list[str]:
         e = []
-        for k in ("batch_size", "max_new_tokens"):
-            if getattr(self, k) < 1:
+        for k in ("batch_size", "max_new_tokens", "default_budget"):
+            if getattr(self, k) is not None and getattr(self, k) < 1:
                 e.append(f"eval.{k}: expected a positive integer, got {getattr(self, k)}")
+        if self.budget_margin < 0:
+            e.append(f"eval.budget_margin: expected >= 0, got {self.budget_margin}")
         if self.limit is not None and self.limit < 1:
             e.append(f"eval.limit: expected a positive integer, got {self.limit}")
         if self.split not in ("train", "test"):
@@ -207,6 +222,9 @@ def _coerce(value: Any, tp: Any, where: str, errors: list[str]) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        inner_str = str in args
+        if type(None) in args and not inner_str and isinstance(value, str) and value.strip().lower() == "auto":
+            return None  # "auto" names the None of an optional number (e.g. eval.max_new_tokens)
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where, errors)
     if dataclasses.is_dataclass(tp):

@@ -25,42 +25,67 @@ from .answers import extract_answer, is_correct, truncate_continuation
 from .config import EvalConfig
 from .errors import SertError
 from .io import JsonlLog, RunLock, atomic_write_json, atomic_write_jsonl, ensure_dir, read_json, read_jsonl
-from .metrics import bootstrap_ci, format_issues, rep_n
+from .metrics import SEVERE_REP4, bootstrap_ci, format_issues, rep_n
 from .tasks import Example, load_examples
-from .templates import ANSWER_PHRASE, train_prompt
+from .templates import ANSWER_PHRASE, COT_TRIGGER, train_prompt
 
 STOP_STRINGS = ["Question:"]  # a small model's hallucinated next example: stop decoding there
 
 
 def generate_greedy(model, tokenizer, prompts: Sequence[str], batch_size: int = 32, max_new_tokens: int = 128,
                     progress: bool = True, stop_strings: Sequence[str] | None = STOP_STRINGS,
-                    on_batch: Callable[[list[int], list[dict]], None] | None = None) -> list[dict]:
+                    on_batch: Callable[[list[int], list[dict]], None] | None = None,
+                    warn: Callable[[int, int, int], None] | None = None) -> list[dict]:
     """Batched greedy decoding, longest prompts first (less padding, early OOM).
 
-    Returns, per prompt, ``{"text", "token_ids", "finish"}``; ``on_batch(indices, results)``
-    is called after every batch so callers can persist progress.
+    Prompts are tokenized as mining and training tokenize them (:mod:`sert.tokens`: the
+    tokenizer's special tokens, e.g. BOS, included). A prompt that leaves fewer than
+    ``max_new_tokens`` positions of the model's context keeps its last tokens;
+    ``warn(index, n_tokens, kept)`` is told. Returns, per prompt, ``{"text", "token_ids",
+    "finish", "prompt_truncated"}``; ``on_batch(indices, results)`` is called after every
+    batch so callers can persist progress.
     """
     import torch
     from tqdm.auto import tqdm
 
-    tokenizer.padding_side = "left"
-    lens = [len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -lens[i])
+    from .tokens import context_length, encode_prompts, eos_token_ids, fit_prompt, n_special_prefix
+
+    ids_all = encode_prompts(tokenizer, prompts)
+    ctx = context_length(model)
+    room = None if ctx is None else ctx - max_new_tokens
+    if room is not None and room < 1:
+        raise SertError(f"eval.max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
+                        f"context of {ctx} tokens; expected at most {ctx - 1}")
+    head = n_special_prefix(tokenizer)
+    cut_by: dict[int, int] = {}
+    for i, x in enumerate(ids_all):
+        ids_all[i], dropped = fit_prompt(x, room, keep_head=head)
+        if dropped:
+            cut_by[i] = dropped
+            if warn:
+                warn(i, len(x), len(ids_all[i]))
+    order = sorted(range(len(prompts)), key=lambda i: -len(ids_all[i]))
     results: list[dict | None] = [None] * len(prompts)
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    eos_ids = set(eos_token_ids(model, tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
     bar = tqdm(total=len(prompts), desc="eval", unit="q", disable=not progress, file=sys.stderr)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(model.device)
-        kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=sorted(i for i in eos_ids if i is not None))
+        width = max(len(ids_all[i]) for i in idx)
+        input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, i in enumerate(idx):  # left padding: every row's last prompt token is adjacent to generation
+            x = ids_all[i]
+            input_ids[r, width - len(x):] = torch.tensor(x, dtype=torch.long)
+            mask[r, width - len(x):] = 1
+        kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                  eos_token_id=sorted(eos_ids))
         if stop_strings:
             kw.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
         with torch.inference_mode():
-            out = model.generate(**enc, **kw, top_p=None, top_k=None, temperature=None)
-        new = out[:, enc.input_ids.shape[1]:].tolist()
+            out = model.generate(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
+                                 **kw, top_p=None, top_k=None, temperature=None)
+        new = out[:, width:].tolist()
         batch_res = []
         for i, ids in zip(idx, new):
             cut = next((j for j, t in enumerate(ids) if t in eos_ids), None)
@@ -69,7 +94,7 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], batch_size: int = 
             text = tokenizer.decode(ids, skip_special_tokens=True)
             if finish == "length" and stop_strings and any(text.rstrip().endswith(s) for s in stop_strings):
                 finish = "stop"
-            results[i] = {"text": text, "token_ids": ids, "finish": finish}
+            results[i] = {"text": text, "token_ids": ids, "finish": finish, "prompt_truncated": cut_by.get(i, 0)}
             batch_res.append(results[i])
         if on_batch:
             on_batch(idx, batch_res)
@@ -84,14 +109,33 @@ def _answer_fields(example: Example, text: str) -> dict:
     return {"pred": ex.answer, "method": ex.method, "correct": is_correct(ex.answer, example.answer, example.kind)}
 
 
-def score(example: Example, text: str, token_ids: Sequence[int], tokenizer=None) -> dict:
+def cut_kind(finish: str, token_ids: Sequence[int]) -> str | None:
+    """Why an output stopped at the generation budget: None (it ended by itself), ``"loop"`` (its
+    second half repeats, rep-4 > 0.5: a degenerate loop that more tokens would not end) or
+    ``"budget"`` (still going somewhere when the budget ran out: a budget that cut it short)."""
+    if finish != "length":
+        return None
+    tail = list(token_ids)[len(token_ids) // 2:]
+    return "loop" if rep_n(tail, 4) > SEVERE_REP4 else "budget"
+
+
+def reasoning_text(body: str) -> str:
+    """The reasoning of an output: what precedes the answer phrase, without the CoT trigger that
+    the RD arms learned to open with (it is the prompt's, not the model's reasoning)."""
+    k = body.find(ANSWER_PHRASE)
+    reasoning = (body[:k] if k >= 0 else body).strip()
+    if reasoning.startswith(COT_TRIGGER):
+        reasoning = reasoning[len(COT_TRIGGER):].strip()
+    return reasoning
+
+
+def score(example: Example, text: str, token_ids: Sequence[int], tokenizer=None, finish: str | None = None) -> dict:
     """Everything the metrics need about one output, with the shared extractor."""
     ans = _answer_fields(example, text)
     body = truncate_continuation(text)
-    k = body.find(ANSWER_PHRASE)
-    reasoning = body[:k] if k >= 0 else body
+    reasoning = reasoning_text(body)
     if tokenizer is not None:
-        reasoning_tokens = len(tokenizer(reasoning.strip(), add_special_tokens=False).input_ids) if reasoning.strip() else 0
+        reasoning_tokens = len(tokenizer(reasoning, add_special_tokens=False).input_ids) if reasoning else 0
         body_ids = tokenizer(body, add_special_tokens=False).input_ids if body else []
     else:
         reasoning_tokens = len(reasoning.split())
@@ -100,6 +144,7 @@ def score(example: Example, text: str, token_ids: Sequence[int], tokenizer=None)
     return {
         **ans, "fmt_ok": not issues, "fmt_issues": issues, "reasoning_tokens": reasoning_tokens,
         "rep1": rep_n(body_ids, 1), "n_tokens": len(token_ids),
+        "cut": cut_kind(finish, token_ids) if finish is not None else None,
     }
 
 
@@ -109,6 +154,7 @@ def summarize(records: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dic
         raise SertError("no predictions to summarise")
     correct = [1.0 if r["correct"] else 0.0 for r in records]
     lo, hi = bootstrap_ci(correct, n_boot, seed)
+    cut = [r.get("cut") or ("budget" if r.get("finish") == "length" else None) for r in records]
     m = {
         "n": n,
         "acc": sum(correct) / n,
@@ -118,6 +164,10 @@ def summarize(records: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dic
         "len": sum(r["reasoning_tokens"] for r in records) / n,
         "rep": sum(r["rep1"] for r in records) / n,
         "no_answer": sum(1 for r in records if r["pred"] is None) / n,
+        "cut": sum(1 for c in cut if c) / n,                 # outputs that ran to the generation budget
+        "cut_loop": sum(1 for c in cut if c == "loop") / n,  # ... in a degenerate loop (the model's failure)
+        "cut_budget": sum(1 for c in cut if c == "budget") / n,  # ... still reasoning (the budget's)
+        "max_output_tokens": max((r.get("n_tokens") or 0) for r in records),
     }
     judged = [r["judge"] for r in records if r.get("judge") is not None]
     if judged:
@@ -146,9 +196,15 @@ def environment() -> dict:
 
 
 def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, out_dir: str | Path | None = None,
-             progress: bool = True, label: str | None = None, judge=None) -> dict:
-    """Evaluate ``model`` on ``examples``; resumable when ``out_dir`` is given."""
+             progress: bool = True, label: str | None = None, judge=None, budget: dict | None = None) -> dict:
+    """Evaluate ``model`` on ``examples``; resumable when ``out_dir`` is given.
+
+    ``budget``: the generation budget as :func:`resolve_budget` gives it (default: ``cfg``'s
+    ``max_new_tokens``, or ``default_budget`` when that is auto).
+    """
     t0 = time.time()
+    budget = budget or resolve_budget(cfg, None)
+    max_new = budget["max_new_tokens"]
     done: dict[str, dict] = {}
     log = None
     if out_dir is not None:
@@ -166,7 +222,9 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, out
             if e.id in done:  # decoded again only to give its batch the same composition
                 continue
             rec = {"id": e.id, "question": e.question, "gold": e.answer, "output": r["text"],
-                   "finish": r["finish"], **score(e, r["text"], r["token_ids"], tokenizer)}
+                   "finish": r["finish"], **score(e, r["text"], r["token_ids"], tokenizer, r["finish"])}
+            if r.get("prompt_truncated"):
+                rec["prompt_truncated"] = r["prompt_truncated"]
             done[e.id] = rec
             recs.append(rec)
         if log is not None:
@@ -175,21 +233,58 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, out
     if todo:
         from . import vllm_backend  # optional vLLM engine (sert/vllm_backend.py)
         gen = vllm_backend.generate_greedy if vllm_backend.is_vllm(model) else generate_greedy
+        extra = {} if gen is not generate_greedy else {"warn": lambda i, n, k: _warn_long(todo[i], n, k, max_new)}
         gen(model, tokenizer, [train_prompt(e.question) for e in todo], cfg.batch_size,
-            cfg.max_new_tokens, progress=progress, on_batch=persist)
+            max_new, progress=progress, on_batch=persist, **extra)
     if log is not None:
         log.close()
     records = [done[e.id] for e in examples]
     if judge is not None:
         records = judge(records)
     metrics = summarize(records, cfg.n_bootstrap, cfg.seed)
-    metrics.update({"label": label, "split": cfg.split, "max_new_tokens": cfg.max_new_tokens,
+    metrics.update({"label": label, "split": cfg.split, "max_new_tokens": max_new, "budget": budget,
                     "generated_tokens": sum(r["n_tokens"] for r in records),
                     "wall_s": round(time.time() - t0, 2), "resumed": resumed,
                     "env": environment()})
     if out_dir is not None:
         atomic_write_json(Path(out_dir) / "metrics.json", metrics)
     return metrics
+
+
+def _warn_long(e: Example, n: int, kept: int, max_new: int) -> None:
+    where = e.source or f"id {e.id}"
+    print(f"sert: warning: {where}: prompt of {n} tokens does not fit the model's context with "
+          f"{max_new} new tokens; kept its last {kept} tokens", file=sys.stderr, flush=True)
+
+
+TRAINING_INFO = "sert_training.json"  # written by sert.train into every checkpoint it saves
+
+
+def longest_training_completion(model_name: str) -> int | None:
+    """The longest completion (student tokens, answer phrase and EOS included) that the checkpoint
+    ``model_name`` was ever trained on by sert, its ancestors' included; None if sert did not train it."""
+    p = Path(str(model_name)) / TRAINING_INFO
+    if not p.is_file():
+        return None
+    v = read_json(p).get("max_completion_tokens")
+    return int(v) if isinstance(v, int) else None
+
+
+def resolve_budget(cfg: EvalConfig, longest: int | None, label: str | None = None) -> dict:
+    """The generation budget of one evaluation and why: ``{"max_new_tokens", "longest_training_completion",
+    "rule"}``. Auto (``max_new_tokens`` None): ``longest + budget_margin``, or ``default_budget`` for a
+    model sert did not train. A set budget below ``longest`` is kept, with a warning naming the model."""
+    if cfg.max_new_tokens is None:
+        if longest is None:
+            return {"max_new_tokens": cfg.default_budget, "longest_training_completion": None,
+                    "rule": f"auto: default_budget (no sert training record)"}
+        return {"max_new_tokens": longest + cfg.budget_margin, "longest_training_completion": longest,
+                "rule": f"auto: longest training completion {longest} + budget_margin {cfg.budget_margin}"}
+    if longest is not None and cfg.max_new_tokens < longest:
+        print(f"sert: warning: eval.max_new_tokens {cfg.max_new_tokens} is below the longest completion "
+              f"{label or 'this model'} was trained on ({longest} tokens): outputs can be cut before their answer; "
+              "use eval.max_new_tokens: auto", file=sys.stderr, flush=True)
+    return {"max_new_tokens": cfg.max_new_tokens, "longest_training_completion": longest, "rule": "set"}
 
 
 def rescore_record(rec: dict, example: Example) -> dict:
@@ -262,10 +357,10 @@ def batches_to_decode(tokenizer, examples: Sequence[Example], done: dict, batch_
 EVAL_CONFIG = "eval_config.json"
 
 
-def _identity(model_name: str, task: str, cfg: EvalConfig) -> dict:
+def _identity(model_name: str, task: str, cfg: EvalConfig, max_new_tokens: int) -> dict:
     """What the predictions depend on: a resumed run must match it."""
     model = str(Path(model_name).resolve()) if Path(model_name).exists() else model_name
-    return {"model": model, "task": task, "split": cfg.split, "max_new_tokens": cfg.max_new_tokens}
+    return {"model": model, "task": task, "split": cfg.split, "max_new_tokens": max_new_tokens}
 
 
 def _check_identity(out: Path, ident: dict) -> None:
@@ -283,7 +378,8 @@ def run_eval(model_name: str, task: str, cfg: EvalConfig, out_dir: str | Path | 
              device: str | None = None, dtype: str | None = None, progress: bool = True) -> dict:
 
     examples = load_examples(task, cfg.split, cfg.limit)
-    ident = _identity(model_name, task, cfg)
+    budget = resolve_budget(cfg, longest_training_completion(model_name), label=model_name)
+    ident = _identity(model_name, task, cfg, budget["max_new_tokens"])
     lock = RunLock(out_dir) if out_dir is not None else None
     if lock:
         lock.__enter__()
@@ -297,7 +393,8 @@ def run_eval(model_name: str, task: str, cfg: EvalConfig, out_dir: str | Path | 
         judge = _make_judge(cfg) if cfg.judge else None
         if out_dir is not None:  # once model and judge are ready: a bad one leaves nothing behind
             atomic_write_json(Path(out_dir) / EVAL_CONFIG, ident)
-        m = evaluate(model, tok, examples, cfg, out_dir, progress=progress, label=model_name, judge=judge)
+        m = evaluate(model, tok, examples, cfg, out_dir, progress=progress, label=model_name, judge=judge,
+                     budget=budget)
         m.update({"model": model_name, "task": task, "device": place.device, "dtype": place.dtype,
                   "load_s": round(load_s, 2)})
         if out_dir is not None:

@@ -91,4 +91,29 @@ def compare_runs(a: Sequence[dict], b: Sequence[dict]) -> dict:
     cb = [bool(bmap[i]["correct"]) for i in shared]
     out = {"n": len(shared), **paired_bootstrap(ca, cb)}
     out.update(mcnemar_exact(ca, cb))
+    out["discordant"] = (out["only_a"] + out["only_b"]) / len(shared) if shared else float("nan")
+    out["mde"] = mde_paired(len(shared), out["discordant"])  # at alpha 0.05, 80% power
     return out
+
+
+def mde_paired(n: int, discordant_rate: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Minimum detectable effect (accuracy difference, as a fraction) of a paired comparison of ``n``
+    questions whose share of discordant pairs is ``discordant_rate``, at two-sided ``alpha`` and
+    ``power``: (z_{1-alpha/2} + z_power) * sqrt(discordant_rate / n) (Connor 1987's McNemar
+    approximation, small effects). The paper's +1.96 pp on 687 StrategyQA questions with 41%
+    discordance needs 6.8 pp to be seen 80% of the time."""
+    from statistics import NormalDist
+
+    if n <= 0:
+        return float("nan")
+    z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
+    return z * math.sqrt(max(discordant_rate, 0.0) / n)
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    m = sum(values) / n
+    return m, (math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)

@@ -27,6 +27,7 @@ process out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import hashlib
 import json
@@ -50,9 +51,13 @@ ARMS = ["base", "finetune", "rd", "sert", "sert_rd"]
 # or with arms added).
 OPERATIONAL_KEYS = {"out", "arms", "device", "mine.batch_questions", "eval.batch_size",
                     "train.logging_steps", "train.save_total_limit",
-                    "teach.concurrency", "teach.max_retries", "teach.timeout"}
+                    "teach.concurrency", "teach.max_retries", "teach.timeout",
+                    # Keys a run may change and still be the same run: the stages they affect record what
+                    # they were built with (Stage.identity) and are redone when it differs.
+                    "eval.max_new_tokens", "eval.budget_margin", "eval.default_budget", "train.seeds"}
 MARKER = ".done.json"
-VERB = {"ran": "running", "resumed": "resuming (torn earlier)", "redone": "redoing (its input was rebuilt)"}
+VERB = {"ran": "running", "resumed": "resuming (torn earlier)",
+        "redone": "redoing (its input was rebuilt or its settings changed)"}
 
 
 # ------------------------------------------------------------------ config identity
@@ -163,6 +168,9 @@ class Stage:
     deps: list[str] = field(default_factory=list)
     check: Callable[[], None] | None = None  # after the stage is complete (ran or skipped)
     command: str = ""                  # the sert command that redoes it by hand
+    identity: Callable[[], dict] | None = None  # what the stage is built with beyond its deps (e.g. the
+    #                                   generation budget); called once its deps are complete; a finished
+    #                                   stage whose marker recorded another identity is redone
 
 
 def _device(v: str) -> str | None:
@@ -236,65 +244,89 @@ def build_stages(cfg: RunConfig, run_dir: Path, progress: bool = True) -> list[S
                             command=f"sert teach --task {q(cfg.task)} --config {conf} --out {q(str(teach_dir))}"
                                     + (f" --limit {teach_limit}" if teach_limit is not None else "")))
 
-    def eval_stage(arm: str) -> Stage:
-        out = run_dir / "eval" / arm
+    seeds = cfg.train.seed_list()
+
+    def eval_stage(arm: str, seed: int | None = None) -> Stage:
+        inst = arm if seed is None else instance_name(arm, seed, seeds)
+        out = run_dir / "eval" / inst
+
+        def budget() -> dict:
+            from .evaluate import longest_training_completion, resolve_budget
+            longest = None if arm == "base" else longest_training_completion(str(_checkpoint(run_dir, inst)))
+            return resolve_budget(cfg.eval, longest, label=f"arm {inst}")
 
         def ev(resume: bool) -> dict:
             from .evaluate import run_eval
-            model = cfg.model if arm == "base" else str(_checkpoint(run_dir, arm))
+            model = cfg.model if arm == "base" else str(_checkpoint(run_dir, inst))
             m = run_eval(model, cfg.task, cfg.eval, out, device=dev, dtype=dt, progress=progress)
-            info = {"accuracy": f"{100 * m['acc']:.1f}%", "n": m["n"]}
+            info = {"accuracy": f"{100 * m['acc']:.1f}%", "n": m["n"], "max_new_tokens": m["max_new_tokens"],
+                    "cut": f"{100 * m['cut']:.1f}%"}
             if cfg.eval.judge and m.get("judge_n", 0) < m["n"]:
                 info["retry"] = f"{m['n'] - m.get('judge_n', 0)} judge scores missing"
             return info
 
-        model = q(cfg.model) if arm == "base" else q(str(run_dir / "arms" / arm / "final"))
-        return Stage(f"eval:{arm}", out, ["metrics.json", "predictions.jsonl"], ev,
-                     [] if arm == "base" else [f"train:{arm}"],
+        model = q(cfg.model) if arm == "base" else q(str(run_dir / "arms" / inst / "final"))
+        return Stage(f"eval:{inst}", out, ["metrics.json", "predictions.jsonl"], ev,
+                     [] if arm == "base" else [f"train:{inst}"],
                      command=f"sert eval --model {model} --task {q(cfg.task)} --config {conf} "
-                             f"--out {q(str(out))}{devflags}")
+                             f"--out {q(str(out))}{devflags}",
+                     identity=lambda: {"max_new_tokens": budget()["max_new_tokens"]})
 
-    def train_stage(arm: str) -> Stage:
-        out = run_dir / "arms" / arm
+    def train_stage(arm: str, seed: int) -> Stage:
+        inst = instance_name(arm, seed, seeds)
+        out = run_dir / "arms" / inst
+        tcfg = dataclasses.replace(cfg.train, seed=seed, seeds=None)
         if arm == "finetune":
             init, data, kind, limit, deps = cfg.model, cfg.task, "finetune", cfg.train_limit, []
         elif arm == "rd":
             init, data, kind, limit, deps = cfg.model, str(teach_dir / "rationales.jsonl"), "distill", None, ["teach"]
         elif arm == "sert":
             init, data, kind, limit, deps = cfg.model, str(filt_dir / "selected.jsonl"), "self", None, ["filter"]
-        else:  # sert_rd: RD started from the self-trained checkpoint (SERT §II-C)
-            init, data, kind, limit = str(run_dir / "arms" / "sert" / "final"), str(teach_dir / "rationales.jsonl"), \
-                "distill", None
-            deps = ["train:sert", "teach"]
+        else:  # sert_rd: RD started from the self-trained checkpoint of the same seed (SERT §II-C)
+            sert_inst = instance_name("sert", seed, seeds)
+            init, data, kind, limit = str(run_dir / "arms" / sert_inst / "final"), \
+                str(teach_dir / "rationales.jsonl"), "distill", None
+            deps = [f"train:{sert_inst}", "teach"]
 
         def tr(resume: bool) -> dict:
             from .train import run_train
             t0 = time.time()
-            start = init if arm != "sert_rd" else str(_checkpoint(run_dir, "sert"))
-            final = run_train(start, data, kind, cfg.train, out, resume=resume, device=dev, dtype=dt, limit=limit)
+            start = init if arm != "sert_rd" else str(_checkpoint(run_dir, instance_name("sert", seed, seeds)))
+            final = run_train(start, data, kind, tcfg, out, resume=resume, device=dev, dtype=dt, limit=limit)
             ts = out / "train_summary.json"
-            n = read_json(ts).get("n_examples") if ts.exists() else None
-            info = {"arm": arm, "stage": kind, "init": _rel(Path(start), run_dir) if arm == "sert_rd" else init,
+            summ = read_json(ts) if ts.exists() else {}
+            info = {"arm": arm, "instance": inst, "seed": seed, "stage": kind,
+                    "init": _rel(Path(start), run_dir) if arm == "sert_rd" else init,
                     "data": _rel(Path(data), run_dir) if kind != "finetune" else data, "limit": limit,
-                    "n_examples": n, "checkpoint": _rel(Path(final), run_dir), "wall_s": round(time.time() - t0, 1)}
+                    "n_examples": summ.get("n_examples"), "max_completion_tokens": summ.get("max_completion_tokens"),
+                    "checkpoint": _rel(Path(final), run_dir), "wall_s": round(time.time() - t0, 1)}
             atomic_write_json(out / "arm.json", info)
             # Trainer checkpoints (weights + Adam state, ~12 bytes/parameter) only serve a resume;
             # final/ is the arm's checkpoint from here on.
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
             return {"checkpoint": info["checkpoint"]}
 
-        return Stage(f"train:{arm}", out, ["arm.json", "final/config.json"], tr, deps,
+        return Stage(f"train:{inst}", out, ["arm.json", "final/config.json"], tr, deps,
                      command=f"sert train --stage {kind} --model {q(init)} --data {q(data)} --config {conf} "
-                             f"--out {q(str(out))}" + (f" --limit {limit}" if limit is not None else "") + devflags)
+                             f"--out {q(str(out))}" + (f" --limit {limit}" if limit is not None else "")
+                             + (f" --seed {seed}" if len(seeds) > 1 else "") + devflags,
+                     identity=lambda: {"seed": seed})
 
     if "base" in arms:
         stages.append(eval_stage("base"))
-    for arm in ("finetune", "rd", "sert", "sert_rd"):
-        if arm in arms or (arm == "sert" and "sert_rd" in arms):
-            stages.append(train_stage(arm))
-        if arm in arms:
-            stages.append(eval_stage(arm))
+    for seed in seeds:
+        for arm in ("finetune", "rd", "sert", "sert_rd"):
+            if arm in arms or (arm == "sert" and "sert_rd" in arms):
+                stages.append(train_stage(arm, seed))
+            if arm in arms:
+                stages.append(eval_stage(arm, seed))
     return stages
+
+
+def instance_name(arm: str, seed: int, seeds: list[int]) -> str:
+    """The directory name of ``arm`` trained with ``seed``: the arm's name for the first seed (a
+    one-seed run looks as it always did), ``<arm>-s<seed>`` for the others."""
+    return arm if seed == seeds[0] else f"{arm}-s{seed}"
 
 
 def _checkpoint(run_dir: Path, arm: str) -> Path:
@@ -359,7 +391,9 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
         for i, st in enumerate(stages, 1):
             mk = _marker(st)
             outputs_ok = all((st.dir / o).exists() for o in st.outputs)
-            deps_ok = mk is not None and all(mk.get("deps", {}).get(d) == tokens.get(d) for d in st.deps)
+            ident = st.identity() if st.identity else None
+            deps_ok = mk is not None and all(mk.get("deps", {}).get(d) == tokens.get(d) for d in st.deps) \
+                and (ident is None or mk.get("identity") == ident)
             if mk is not None and outputs_ok and deps_ok and not mk.get("retry"):
                 tokens[st.name] = mk["token"]
                 table[st.name].update(status="done", last="skipped")
@@ -369,7 +403,7 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
                     st.check()
                 continue
             if mk is not None and not deps_ok:
-                action = "redone"  # built on an input that has since been rebuilt: start it over
+                action = "redone"  # built on an input that has since been rebuilt, or with other settings
                 shutil.rmtree(st.dir)
             elif st.dir.exists():
                 action = "resumed"  # torn (no marker) or outputs lost: the stage function resumes itself
@@ -399,7 +433,8 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
                 raise SertError(f"stage {st.name} finished without writing {', '.join(missing)} in {st.dir}")
             token = uuid.uuid4().hex[:12]
             atomic_write_json(st.dir / MARKER, {"stage": st.name, "token": token, "config_hash": h,
-                                                "deps": {d: tokens[d] for d in st.deps}, "wall_s": wall,
+                                                "deps": {d: tokens[d] for d in st.deps}, "identity": ident,
+                                                "wall_s": wall,
                                                 "finished": _now(), **info})
             tokens[st.name] = token
             table[st.name].update(status="done", wall_s=wall, cpu_s=cpu, finished=_now())
@@ -416,8 +451,8 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
             md, page = write_report(run_dir)
         else:
             md, page = run_dir / "report.md", run_dir / "report.html"
-        metrics = {a: read_json(run_dir / "eval" / a / "metrics.json") for a in ARMS
-                   if a in cfg.arms and (run_dir / "eval" / a / "metrics.json").exists()}
+        metrics = {st.dir.name: read_json(st.dir / "metrics.json") for st in stages
+                   if st.name.startswith("eval:") and (st.dir / "metrics.json").exists()}
         retry = {st.name: mk["retry"] for st in stages if (mk := _marker(st)) and mk.get("retry")}
     wall = round(time.time() - t_start, 1)
     _log(progress, f"finished in {_fmt_s(wall)}; report {md}")
@@ -476,6 +511,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="run directory (default: the config's 'out')")
     p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=2 (repeatable)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="train every arm once per seed (= --set train.seeds=[...]); the report gives mean +- sd "
+                        "and paired tests pooled over seeds")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cli_run)
 
@@ -484,6 +522,8 @@ def add_parser(sub) -> None:
                                    "SmolLM2-135M) and writes a full report. Resumable.")
     d.add_argument("--out", default=None, help="run directory (default: runs/demo)")
     d.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", help="override a config key")
+    d.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="train every arm once per seed (= --set train.seeds=[...])")
     d.add_argument("--quiet", action="store_true", help="no progress lines")
     d.set_defaults(func=_cli_demo)
 
@@ -491,7 +531,10 @@ def add_parser(sub) -> None:
 def _run_and_print(cfg_path: Path, args: argparse.Namespace) -> int:
     from .report import summary_table
 
-    cfg = load_run_config(cfg_path, _parse_sets(args.sets))
+    sets = _parse_sets(args.sets)
+    if getattr(args, "seeds", None):
+        sets["train.seeds"] = list(args.seeds)
+    cfg = load_run_config(cfg_path, sets)
     run_dir = Path(args.out or cfg.out)
     print(f"report: {run_dir / 'report.md'} (and report.html), written when the run finishes", flush=True)
     res = run_experiment(cfg, run_dir, progress=not args.quiet)

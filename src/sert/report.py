@@ -50,6 +50,9 @@ FINETUNE_COT = {"gpt2": {"strategyqa": 55.75, "commonsense_qa": 22.69},
                 "gpt2-medium": {"strategyqa": 56.19, "commonsense_qa": 21.70},
                 "gpt2-large": {"strategyqa": 53.86, "commonsense_qa": 22.28}}
 N_SAMPLES = 4  # sample questions shown for every arm
+CUT_FLAG = 0.02  # an arm with more than this share of outputs cut at the budget is flagged
+# The teacher whose rationales the paper distilled, per task (SERT §II-C: text-davinci-002 Zero-shot-CoT).
+PAPER_TEACHER = {"strategyqa": "text-davinci-002", "commonsense_qa": "text-davinci-002"}
 
 
 def paper_key(model: str) -> str | None:
@@ -91,6 +94,9 @@ def _load_run(run_dir: Path) -> dict:
             if ts.exists():  # written by sert.train: loss curve, steps, timing
                 t = read_json(ts)
                 run["train"][arm].update({k: t.get(k) for k in ("steps", "final_loss", "mean_train_loss")})
+    run["seeds"] = _load_seeds(run_dir, run, order)
+    t = run_dir / "teach" / "teach_summary.json"
+    run["teacher"] = (read_json(t).get("settings") or {}).get("teacher") if t.exists() else None
     f = run_dir / "filter" / "funnel.json"
     run["funnel"] = read_json(f) if f.exists() else None
     s = run_dir / "stages.json"
@@ -101,6 +107,33 @@ def _load_run(run_dir: Path) -> dict:
     run["task"] = run["config"].get("task") or (first["metrics"].get("task") if first else None)
     run["model"] = run["config"].get("model") or (first["metrics"].get("model") if first else None)
     return run
+
+
+def _load_seeds(run_dir: Path, run: dict, order: list[str]) -> dict[str, dict[int, dict]]:
+    """Per trained arm, its evaluated instances by training seed: ``{arm: {seed: {"metrics", "preds"}}}``
+    (the first seed's instance is ``eval/<arm>``, the others ``eval/<arm>-s<seed>``, see
+    :func:`sert.pipeline.instance_name`)."""
+    out: dict[str, dict[int, dict]] = {}
+    default_seed = (run["config"].get("train") or {}).get("seed")
+    for arm in order:
+        if arm == "base" or not (run_dir / "eval").is_dir():
+            continue
+        names = [arm] + sorted(p.name for p in (run_dir / "eval").iterdir() if re.fullmatch(rf"{arm}-s-?\d+", p.name))
+        for inst in names:
+            if inst == arm and arm not in run["arms"]:
+                continue
+            if inst == arm:
+                a = run["arms"][arm]
+                seed = (run["train"].get(arm) or {}).get("seed", default_seed)
+            else:
+                m = run_dir / "eval" / inst / "metrics.json"
+                if not m.exists():
+                    continue
+                a = {"metrics": read_json(m), "preds": read_jsonl(run_dir / "eval" / inst / "predictions.jsonl",
+                                                                  tolerate_torn_tail=True)}
+                seed = int(inst.rsplit("-s", 1)[1])
+            out.setdefault(arm, {})[seed] = a
+    return out
 
 
 def _pct(x, digits: int = 2) -> str:
@@ -146,6 +179,71 @@ def significance(run: dict) -> list[dict]:
             pub = paper[treat] - paper[base]
         out.append({"baseline": base, "treatment": treat, **c, "paper_diff_pp": pub})
     return out
+
+
+def pooled_significance(run: dict) -> list[dict]:
+    """The paper's comparisons pooled over training seeds: every (question, seed) is one pair, the
+    treatment of seed s against the baseline of seed s. Only where both arms have several seeds."""
+    from .metrics import compare_runs
+
+    out = []
+    _, paper, _ = paper_row(run["model"] or "", run["task"] or "")
+    for base, treat in COMPARISONS:
+        sb, st = run["seeds"].get(base, {}), run["seeds"].get(treat, {})
+        common = sorted(set(sb) & set(st))
+        if len(common) < 2:
+            continue
+        pa = [dict(r, id=f"{r['id']}#s{s}") for s in common for r in sb[s]["preds"]]
+        pb = [dict(r, id=f"{r['id']}#s{s}") for s in common for r in st[s]["preds"]]
+        c = compare_runs(pa, pb)
+        pub = paper[treat] - paper[base] if paper and base in paper and treat in paper else None
+        out.append({"baseline": base, "treatment": treat, "seeds": common, **c, "paper_diff_pp": pub})
+    return out
+
+
+def seed_rows(run: dict) -> list[list[str]]:
+    """One row per arm trained with several seeds: accuracy per seed and mean +- sd."""
+    from .metrics import mean_sd
+
+    rows = []
+    for arm, by_seed in run["seeds"].items():
+        if len(by_seed) < 2:
+            continue
+        accs = [100 * by_seed[s]["metrics"]["acc"] for s in sorted(by_seed)]
+        m, sd = mean_sd(accs)
+        rows.append([ARM_LABELS.get(arm, arm), ", ".join(str(s) for s in sorted(by_seed)),
+                     ", ".join(f"{a:.2f}" for a in accs), f"{m:.2f} ± {sd:.2f}"])
+    return rows
+
+
+def budget_rows(run: dict) -> list[list[str]]:
+    """Per arm: the generation budget, the longest completion it was trained on, and where outputs stopped."""
+    rows = []
+    for arm, a in run["arms"].items():
+        m = a["metrics"]
+        b = m.get("budget") or {}
+        cut = m.get("cut")
+        flag = "" if cut is None or cut <= CUT_FLAG else \
+            ("⚠ mostly loops" if (m.get("cut_loop") or 0) >= (m.get("cut_budget") or 0) else "⚠ budget too small")
+        rows.append([ARM_LABELS.get(arm, arm), _cell(m.get("max_new_tokens")),
+                     _cell(b.get("longest_training_completion")), _cell(m.get("max_output_tokens")),
+                     _pct(cut, 1), _pct(m.get("cut_loop"), 1), _pct(m.get("cut_budget"), 1),
+                     _pct(m.get("no_answer"), 1), flag])
+    return rows
+
+
+def teacher_note(run: dict) -> str | None:
+    """Which teacher the RD arms learned from, and whether it is the paper's."""
+    t = run.get("teacher")
+    if not t:
+        return None
+    paper = PAPER_TEACHER.get(run["task"] or "")
+    s = f"RD teacher: `{t}`"
+    if paper is None:
+        return s + "."
+    if t == paper:
+        return s + " (the paper's own teacher)."
+    return s + f"; the paper used {paper} (GPT-3.5), so the RD arms here are not the paper's RD."
 
 
 def _sample_ids(run: dict) -> list[str]:
@@ -237,8 +335,10 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
         d.append(("table", head, rows))
         label, paper, exact = paper_row(run["model"] or "", run["task"] or "")
         m0 = next(iter(run["arms"].values()))["metrics"]
-        notes = [f"Greedy decoding on the {m0.get('split', 'test')} split, max {m0.get('max_new_tokens', '?')} new "
-                 "tokens; answer read after `So the answer is`. Acc: accuracy with 95% percentile bootstrap CI; "
+        budgets = sorted({str(a["metrics"].get("max_new_tokens", "?")) for a in run["arms"].values()})
+        notes = [f"Greedy decoding on the {m0.get('split', 'test')} split, at most {'/'.join(budgets)} new "
+                 "tokens (per arm: the table below); answer read after the last `the answer is`. "
+                 "Acc: accuracy with 95% percentile bootstrap CI; "
                  "Fmt: share of outputs with no format error, hallucinated continuation or severe repetition; "
                  "Len: mean reasoning tokens; Rep: unigram repetition rep-1."]
         if paper is None:
@@ -248,30 +348,56 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
                          "reference only, not as a like-for-like comparison.")
         ftc = FINETUNE_COT.get(paper_key(run["model"] or ""), {}).get(run["task"] or "")
         if ftc is not None:
-            notes.append(f"Fine-tune-CoT (Ho et al. 2023) published {ftc:.2f} for the same student and teacher.")
+            notes.append(f"Fine-tune-CoT (Ho et al. 2023) published {ftc:.2f} for this student distilled from "
+                         "text-davinci-002.")
+        tn = teacher_note(run)
+        if tn:
+            notes.append(tn)
         d.append(("p", " ".join(notes)))
         if acc_png:
             d.append(("img", acc_png, "accuracy by arm"))
+        d.append(("h3", "Generation budget and where outputs stopped"))
+        d.append(("table", ["Arm", "budget (new tokens)", "longest training completion", "longest output",
+                            "cut at budget %", "… in a loop %", "… still reasoning %", "no answer %", ""],
+                  budget_rows(run)))
+        d.append(("p", f"An output cut at the budget either loops (its second half repeats: rep-4 > 0.5; the "
+                       f"model's failure, more tokens would not help) or is still reasoning (the budget's failure). "
+                       f"Arms with more than {100 * CUT_FLAG:.0f}% of outputs cut are flagged. The automatic budget "
+                       "is the longest completion the checkpoint was trained on (student tokens, answer phrase and "
+                       "EOS included) plus a margin."))
+        srows = seed_rows(run)
+        if srows:
+            d.append(("h3", "Training seeds"))
+            d.append(("table", ["Arm", "seeds", "Acc % per seed", "mean ± sd"], srows))
     else:
         d.append(("p", "No arm has been evaluated yet."))
 
     d.append(("h2", "Paired significance (same questions)"))
-    sig = significance(run)
+    sig = significance(run) + pooled_significance(run)
     if sig:
         rows = []
         for s in sig:
             shown = s["p_value"] < 0.05 and (s["ci"][0] > 0 or s["ci"][1] < 0)
             verdict = "not significant" if not shown else \
                 f"significant: {ARM_LABELS[s['treatment']]} {'better' if s['diff'] > 0 else 'worse'}"
-            rows.append([f"{ARM_LABELS[s['treatment']]} vs {ARM_LABELS[s['baseline']]}", str(s["n"]),
-                         f"{100 * s['diff']:+.2f}", f"[{100 * s['ci'][0]:+.2f}, {100 * s['ci'][1]:+.2f}]",
-                         f"{s['only_b']} / {s['only_a']}", f"{s['p_value']:.4g}", verdict,
-                         "–" if s["paper_diff_pp"] is None else f"{s['paper_diff_pp']:+.2f}"])
+            pub = s["paper_diff_pp"]
+            seen = "–" if pub is None else ("yes" if abs(pub) >= 100 * s["mde"] else "no")
+            what = f"{ARM_LABELS[s['treatment']]} vs {ARM_LABELS[s['baseline']]}"
+            if "seeds" in s:
+                what += f" (pooled over seeds {', '.join(map(str, s['seeds']))})"
+            rows.append([what, str(s["n"]), f"{100 * s['diff']:+.2f}",
+                         f"[{100 * s['ci'][0]:+.2f}, {100 * s['ci'][1]:+.2f}]",
+                         f"{s['only_b']} / {s['only_a']}", f"{s['p_value']:.4g}", verdict, f"{100 * s['mde']:.2f}",
+                         "–" if pub is None else f"{pub:+.2f}", seen])
         d.append(("table", ["Comparison", "n", "Δ Acc (pp)", "95% paired bootstrap CI", "wins / losses",
-                            "McNemar exact p", "at α=0.05", "paper Δ (pp)"], rows))
+                            "McNemar exact p", "at α=0.05", "MDE (pp)", "paper Δ (pp)", "paper Δ detectable?"], rows))
         d.append(("p", "Δ = treatment − baseline on the questions both arms answered; wins / losses count the "
                        "questions only the treatment / only the baseline got right (the discordant pairs McNemar's "
-                       "test uses). Called significant when McNemar's p < 0.05 and the paired CI excludes 0."))
+                       "test uses). Called significant when McNemar's p < 0.05 and the paired CI excludes 0. "
+                       "MDE: the smallest difference this comparison detects 80% of the time at α = 0.05, given its n "
+                       "and its share of discordant pairs ((1.96 + 0.84)·√(discordant/n)); a paper Δ below it could "
+                       "not be seen here. Pooled rows pair each (question, seed) of the treatment with the same "
+                       "question and seed of the baseline."))
     else:
         d.append(("p", "Needs both arms of a pair (SERT+RD and RD, or SERT and Finetune) evaluated."))
 
@@ -416,7 +542,12 @@ def summary_table(run_dir: str | Path) -> str:
     if not run["arms"]:
         return "(no arm evaluated)"
     head, rows = results_table(run)
-    return render_markdown([("table", head, rows)], Path(run_dir)).rstrip()
+    budget = ["Arm", "budget", "longest training completion", "longest output", "cut %", "loop %",
+              "still reasoning %", "no answer %", ""]
+    blocks = [("table", head, rows), ("table", budget, budget_rows(run))]
+    if seed_rows(run):
+        blocks.append(("table", ["Arm", "seeds", "Acc % per seed", "mean ± sd"], seed_rows(run)))
+    return render_markdown(blocks, Path(run_dir)).rstrip()
 
 
 # ------------------------------------------------------------------ CLI

@@ -22,6 +22,16 @@ def encode_prompts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [list(x) for x in tokenizer(list(texts)).input_ids] if texts else []
 
 
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a generation: the generation config's EOS id(s) and the tokenizer's."""
+    gen = getattr(model, "generation_config", None)
+    e = getattr(gen, "eos_token_id", None) if gen is not None else None
+    ids = {int(i) for i in (e if isinstance(e, (list, tuple)) else [e]) if i is not None}
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)
+
+
 def context_length(model) -> int | None:
     """Positions the model can attend over (None when its config does not say)."""
     cfg = getattr(model, "config", None)

@@ -449,6 +449,10 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
             f["weight"] = f["weight"] / mean_w  # (D) mean 1 over the data set, see weighted_loss
 
     path = resolve_model(model_name)
+    from .evaluate import TRAINING_INFO, longest_training_completion
+    own_longest = max(sum(1 for t in f["labels"] if t != -100) for f in feats)
+    inherited = longest_training_completion(path)
+    longest = max(own_longest, inherited or 0)  # what evaluation's generation budget must cover
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError) as e:
@@ -571,6 +575,7 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         "loss_curve": curve, **metrics,
         "tokens": {"useful": useful, "padded": collator.padded_tokens, "supervised": collator.loss_tokens,
                    "note": "counted in this session (after a resume: since the resume)"},
+        "max_completion_tokens": longest, "own_max_completion_tokens": own_longest,
         "resumed_from": last, "device": str(trainer.args.device), "precision": precision, "world_size": world,
         "config": to_dict(cfg), "fingerprint": fp, "versions": _versions(),
     }
@@ -581,6 +586,10 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         card = {"name": f"{Path(str(model_name)).name}-sert-{stage}", "base_model": model_name, "stage": stage,
                 "data": source, "n_examples": len(feats), "settings": settings, "metrics": metrics}
         atomic_write_text(tmp / "README.md", _model_card(card))
+        atomic_write_json(tmp / TRAINING_INFO, {"stage": stage, "base_model": str(model_name),
+                                                "max_completion_tokens": longest,
+                                                "own_max_completion_tokens": own_longest,
+                                                "inherited_max_completion_tokens": inherited})
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
         # summary first: final/ is what marks the run done, so it must come last
         atomic_write_json(out / "train_summary.json", summary)
