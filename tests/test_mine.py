@@ -222,15 +222,6 @@ def test_resume_in_process_skips_done_and_repairs_a_torn_question(tiny_model, tm
         mine(model, tok, exs(), cfg(batch_questions=2, max_new_tokens=7), part, progress=False)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tiny_model, tmp_path_factory):
-    model, tok = tiny_model
-    d = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
 def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
