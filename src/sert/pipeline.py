@@ -546,7 +546,8 @@ def _cli_demo(args: argparse.Namespace) -> int:
 def _cli_configs(args: argparse.Namespace) -> int:
     if args.action == "show":
         if not args.name:
-            raise SertError("sert configs show: expected a config name, e.g. paper/strategyqa_gpt2 (see 'sert configs')")
+            raise SertError("sert configs show: expected a config name, e.g. paper/strategyqa_gpt2 "
+                            "(see 'sert configs')")
         sys.stdout.write(packaged_config(args.name).read_text(encoding="utf-8"))
         return 0
     if args.name:
