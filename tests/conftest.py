@@ -3,6 +3,7 @@
 ``tiny_model``: a tiny random LlamaForCausalLM (hidden 64, 2 layers, 4 heads) with the
 embedded model's real tokenizer, built once per session. It is shared by every test
 that asks for it: do not train or patch it in place; ``copy.deepcopy(model)`` first.
+``tiny_dir``: the same model saved as a directory, for commands that take ``--model PATH``.
 """
 from __future__ import annotations
 
@@ -36,6 +37,16 @@ def tiny_model():
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     return model, tok
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny_model, tmp_path_factory):
+    """``tiny_model`` saved as a Hugging Face model directory (config, weights, tokenizer)."""
+    model, tok = tiny_model
+    d = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
 
 
 @pytest.fixture(scope="module")

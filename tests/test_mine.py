@@ -3,6 +3,7 @@ distribution, determinism, resume (in process and after SIGKILL), cot-decoding, 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import os
@@ -17,8 +18,8 @@ import torch
 
 from sert.config import MineConfig
 from sert.errors import SertError
-from sert.mine import (answer_char_span, mine, path_delta, question_seed, sample_top_k_top_p, settings_key,
-                       top_k_top_p_dist)
+from sert.mine import (_forward_kw, answer_char_span, mine, path_delta, question_seed, sample_top_k_top_p,
+                       settings_key, top_k_top_p_dist)
 from sert.tasks import Example, load_examples
 from sert.templates import mining_prompt
 
@@ -193,6 +194,50 @@ def test_deterministic_under_a_seed(tiny_model, tmp_path):
     assert question_seed(0, "q1") != question_seed(0, "q2") != question_seed(1, "q1")
 
 
+# ------------------------------------------------------------------ both cache argument names
+def _other_cache_name(model, calls):
+    """A copy whose forward takes the other cache argument name than the installed transformers'
+    (5.x: ``cache``, 4.x: ``past_key_values``) and no ``logits_to_keep``, like an older model."""
+    m = copy.deepcopy(model)
+    orig = m.forward
+    own, _ = _forward_kw(model)
+    other = "past_key_values" if own == "cache" else "cache"
+
+    def forward(input_ids=None, attention_mask=None, position_ids=None, use_cache=None, **kw):
+        calls.append(other in kw)
+        return orig(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    use_cache=use_cache, **{own: kw.pop(other)})
+
+    forward.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+         for n in ("input_ids", "attention_mask", "position_ids", other, "use_cache")])
+    m.forward = forward
+    return m, other
+
+
+def test_installed_cache_argument_is_the_one_the_model_takes(tiny_model):
+    model, _ = tiny_model
+    params = inspect.signature(model.forward).parameters
+    kw, extra = _forward_kw(model)
+    assert kw == ("cache" if "cache" in params else "past_key_values") and kw in params
+    assert extra == ({"logits_to_keep": 1} if "logits_to_keep" in params else {})
+
+
+def test_both_cache_argument_names_mine_the_same_paths(tiny_model, tmp_path):
+    """transformers 5.x renamed ``past_key_values`` to ``cache``: mining through either name (and
+    with or without ``logits_to_keep``) gives the same paths."""
+    model, tok = tiny_model
+    calls = []
+    other_model, other = _other_cache_name(model, calls)
+    assert _forward_kw(other_model) == (other, {})
+    a = mine(model, tok, exs(), cfg(), tmp_path / "a.jsonl", progress=False)
+    b = mine(other_model, tok, exs(), cfg(), tmp_path / "b.jsonl", progress=False)
+    assert calls and all(calls)
+    assert [(r["token_ids"], r["finish"]) for r in a] == [(r["token_ids"], r["finish"]) for r in b]
+    for ra, rb in zip(a, b):
+        assert ra["logprobs"] == pytest.approx(rb["logprobs"], abs=1e-4)
+
+
 def test_resume_in_process_skips_done_and_repairs_a_torn_question(tiny_model, tmp_path, monkeypatch):
     import sert.mine as mm
 
@@ -220,15 +265,6 @@ def test_resume_in_process_skips_done_and_repairs_a_torn_question(tiny_model, tm
     assert mined == []
     with pytest.raises(SertError, match="other settings"):
         mine(model, tok, exs(), cfg(batch_questions=2, max_new_tokens=7), part, progress=False)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tiny_model, tmp_path_factory):
-    model, tok = tiny_model
-    d = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
 
 
 def _env():

@@ -16,15 +16,6 @@ ALL_STAGES = ["mine", "filter", "teach", "eval:base", "train:finetune", "eval:fi
               "train:sert", "eval:sert", "train:sert_rd", "eval:sert_rd"]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tiny_model, tmp_path_factory):
-    model, tok = tiny_model
-    d = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
 def tiny_config(tmp_path: Path, model: Path) -> Path:
     """Every arm, a few questions, a few tokens, one epoch; filters relaxed so random text survives."""
     cfg = {
@@ -143,6 +134,9 @@ def _sert(*args, cwd=None, timeout=600):
     (["run", "{cfg}", "--set", "arms=[base, sertrd]"], "unknown arm 'sertrd' (did you mean 'sert_rd'?)"),
     (["run", "{cfg}", "--set", "epochs"], "expected key=value"),
     (["run", "{cfg}", "--out", "{stray}"], "is not a sert run directory"),
+    (["run", "paper/strategyqa_gtp2"], "nor a shipped config of that name (did you mean 'paper/strategyqa_gpt2'?)"),
+    (["configs", "show", "paper/strategyqa"], "no shipped config 'paper/strategyqa' (did you mean"),
+    (["configs", "show"], "expected a config name"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, args, msg):
     cfg = tmp_path / "c.yaml"
@@ -157,17 +151,34 @@ def test_bad_input_one_line_exit_2(tmp_path, args, msg):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_demo_config_is_packaged_and_identical_to_checkout_copy():
-    from sert.pipeline import packaged_config
+def test_shipped_configs_by_name_and_from_the_checkout():
+    """One source of truth: checkout's configs/ is the package's; ``sert configs`` lists every shipped
+    config with its first comment line; ``show`` prints one byte for byte; ``run`` takes a name."""
+    from sert.pipeline import packaged_config, resolve_config, shipped_configs
 
     root = Path(__file__).resolve().parents[1]
-    assert packaged_config("demo").read_text() == (root / "configs" / "cpu" / "demo.yaml").read_text()
+    shipped = shipped_configs()
+    assert {"demo", "cpu/strategyqa_smollm2_small"} | {f"paper/{t}_gpt2{s}" for t in ("strategyqa", "commonsense_qa")
+                                                       for s in ("", "-medium", "-large")} == set(shipped)
+    assert (root / "configs").resolve() == (root / "src" / "sert" / "configs").resolve()
+    assert packaged_config("demo") == shipped["demo"] == packaged_config("demo.yaml")
+    for arg in ("paper/strategyqa_gpt2", "paper/strategyqa_gpt2.yaml"):
+        assert resolve_config(arg) == shipped["paper/strategyqa_gpt2"]
+    own = root / "tests" / "conftest.py"  # an existing path wins over a name
+    assert resolve_config(str(own)) == own
+    r = _sert("configs")
+    assert r.returncode == 0, r.stderr
+    for name, path in shipped.items():
+        first = path.read_text().splitlines()[0].strip("# ")
+        assert any(ln.split()[0] == name and ln.endswith(first) for ln in r.stdout.splitlines() if ln.strip())
+    r = _sert("configs", "show", "paper/commonsense_qa_gpt2-large")
+    assert r.returncode == 0 and r.stdout == shipped["paper/commonsense_qa_gpt2-large"].read_text()
 
 
 def test_every_shipped_config_loads():
     root = Path(__file__).resolve().parents[1]
-    files = sorted((root / "configs").rglob("*.yaml")) + sorted((root / "src" / "sert" / "configs").rglob("*.yaml"))
-    assert len(files) >= 9
+    files = sorted((root / "src" / "sert" / "configs").rglob("*.yaml"))
+    assert len(files) >= 8
     for f in files:
         cfg = load_run_config(f)
         head = f.read_text().splitlines()[:12]

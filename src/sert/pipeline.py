@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import RunConfig, from_dict, load_run_config, to_dict
-from .errors import SertError
+from .errors import SertError, did_you_mean
 from .io import RunLock, atomic_write_json, atomic_write_text, read_json, read_jsonl
 
 ARMS = ["base", "finetune", "rd", "sert", "sert_rd"]
@@ -493,21 +493,49 @@ def _parse_sets(items: list[str] | None) -> dict:
     return out
 
 
-def packaged_config(name: str = "demo") -> Path:
-    """A config shipped inside the package (``sert/configs/NAME.yaml``)."""
+def shipped_configs() -> dict[str, Path]:
+    """The configs shipped inside the package, by name: ``demo``, ``paper/strategyqa_gpt2``, ..."""
     from importlib.resources import files
 
-    p = Path(str(files("sert") / "configs" / f"{name}.yaml"))
-    if not p.exists():
-        raise SertError(f"packaged config {name!r} not found at {p}")
-    return p
+    root = Path(str(files("sert") / "configs"))
+    return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*.yaml"))}
+
+
+def packaged_config(name: str = "demo") -> Path:
+    """A config shipped inside the package (``sert/configs/NAME.yaml``; ``.yaml`` optional)."""
+    shipped = shipped_configs()
+    name = name.removesuffix(".yaml")
+    if name not in shipped:
+        raise SertError(f"no shipped config {name!r}{did_you_mean(name, shipped)}; 'sert configs' lists them")
+    return shipped[name]
+
+
+def resolve_config(arg: str) -> Path:
+    """``sert run ARG``: a YAML file if that path exists, else a shipped config by name
+    (``paper/strategyqa_gpt2``, with or without ``.yaml``)."""
+    if Path(arg).exists():
+        return Path(arg)
+    shipped = shipped_configs()
+    name = arg.removesuffix(".yaml")
+    if name in shipped:
+        return shipped[name]
+    raise SertError(f"{arg}: config file not found, nor a shipped config of that name{did_you_mean(name, shipped)}"
+                    "; 'sert configs' lists the shipped ones")
+
+
+def _first_comment(path: Path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") and line.strip("# "):
+            return line.strip("# ")
+    return ""
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run the whole experiment of SERT Table II from a config (resumable)",
                        description="mine -> filter -> self-train, teach, train the arms, evaluate each, write the "
                                    "report. Rerun the same command to resume; finished stages are skipped.")
-    p.add_argument("config", help="experiment YAML (see configs/)")
+    p.add_argument("config", help="experiment YAML file, or a shipped config by name, e.g. paper/strategyqa_gpt2 "
+                                  "(see 'sert configs')")
     p.add_argument("--out", default=None, help="run directory (default: the config's 'out')")
     p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=2 (repeatable)")
@@ -527,6 +555,13 @@ def add_parser(sub) -> None:
     d.add_argument("--quiet", action="store_true", help="no progress lines")
     d.set_defaults(func=_cli_demo)
 
+    c = sub.add_parser("configs", help="list the configs shipped with sert, or print one (to copy and edit)",
+                       description="'sert configs' lists the shipped configs (paper settings and CPU sizes); "
+                                   "'sert configs show NAME > my.yaml' copies one to edit; 'sert run NAME' runs one.")
+    c.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    c.add_argument("name", nargs="?", help="with show: the config's name, e.g. paper/strategyqa_gpt2")
+    c.set_defaults(func=_cli_configs)
+
 
 def _run_and_print(cfg_path: Path, args: argparse.Namespace) -> int:
     from .report import summary_table
@@ -544,10 +579,25 @@ def _run_and_print(cfg_path: Path, args: argparse.Namespace) -> int:
 
 
 def _cli_run(args: argparse.Namespace) -> int:
-    return _run_and_print(Path(args.config), args)
+    return _run_and_print(resolve_config(args.config), args)
 
 
 def _cli_demo(args: argparse.Namespace) -> int:
     return _run_and_print(packaged_config("demo"), args)
 
 
+def _cli_configs(args: argparse.Namespace) -> int:
+    if args.action == "show":
+        if not args.name:
+            raise SertError("sert configs show: expected a config name, e.g. paper/strategyqa_gpt2 "
+                            "(see 'sert configs')")
+        sys.stdout.write(packaged_config(args.name).read_text(encoding="utf-8"))
+        return 0
+    if args.name:
+        raise SertError(f"sert configs: unexpected {args.name!r}; did you mean 'sert configs show {args.name}'?")
+    shipped = shipped_configs()
+    width = max(len(n) for n in shipped)
+    for name, path in shipped.items():
+        print(f"{name:<{width}}  {_first_comment(path)}")
+    print("\nsert run NAME runs one; sert configs show NAME > my.yaml copies one to edit (then: sert run my.yaml)")
+    return 0
