@@ -281,3 +281,20 @@ def test_cli_one_line_errors_and_table(tmp_path, capsys):
     r = subprocess.run([sys.executable, "-m", "sert", "filter", str(bad), "--out", str(tmp_path / "e")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and f"{bad}:2:" in r.stderr, r.stderr
+
+
+def test_confidence_weight_without_use_weights_is_refused(tmp_path):
+    from sert.config import RunConfig, from_dict, load_run_config
+
+    with pytest.raises(SertError, match="filter.confidence_weight 'ppl' has no effect unless train.use_weights is "
+                                        "true; set train.use_weights: true or drop filter.confidence_weight"):
+        from_dict(RunConfig, {"filter": {"confidence_weight": "ppl"}})
+    assert from_dict(RunConfig, {"filter": {"confidence_weight": "delta"}, "train": {"use_weights": True}})
+    assert from_dict(RunConfig, {"train": {"use_weights": True}})
+    y = tmp_path / "run.yaml"
+    y.write_text("filter:\n  confidence_weight: delta\n")
+    assert load_run_config(y, {"train.use_weights": "true"}).filter.confidence_weight == "delta"
+    r = subprocess.run([sys.executable, "-m", "sert", "run", str(y), "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "confidence_weight 'delta'" in r.stderr, r.stderr
+    assert not (tmp_path / "r").exists()

@@ -191,6 +191,9 @@ class RunConfig:
             e.append(f"train_limit: expected a positive integer, got {self.train_limit}")
         for sub in (self.mine, self.filter, self.train, self.teach, self.eval):
             e += sub.validate()
+        if self.filter.confidence_weight and not self.train.use_weights:
+            e.append(f"filter.confidence_weight {self.filter.confidence_weight!r} has no effect unless "
+                     "train.use_weights is true; set train.use_weights: true or drop filter.confidence_weight")
         return e
 
 

@@ -135,6 +135,15 @@ def _check_records(stage: str, path: Path, recs: list[dict]) -> None:
             raise SertError(f"{path}:{n}: field 'weight' must be a number, got {type(w).__name__}")
 
 
+def _warn_unused_weights(pairs: list[dict], cfg: TrainConfig, source) -> None:
+    """One stderr line when the data carry per-example weights (filter.confidence_weight) that
+    training will ignore because ``use_weights`` is off."""
+    if not cfg.use_weights and len({p["weight"] for p in pairs}) > 1:
+        print(f"sert: warning: {source}: records carry different 'weight' values (filter.confidence_weight) but "
+              "train.use_weights is false, so they are ignored; pass --use-weights true to use them",
+              file=sys.stderr)
+
+
 def tokenize_pairs(pairs: list[dict], tok, max_length: int) -> tuple[list[dict], int]:
     """Token ids and labels per pair; returns (features, number truncated).
 
@@ -360,6 +369,7 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
         build_pairs(stage, [])  # raises with did-you-mean
     records, source = load_records(stage, data, limit)
     pairs = build_pairs(stage, records)
+    _warn_unused_weights(pairs, cfg, source)
     if (final / "config.json").exists():
         _check_fingerprint(out, _fingerprint(model_name, stage, pairs, cfg))
         print(f"[sert] train: {final} exists; skipped (delete it to retrain)")
