@@ -30,6 +30,8 @@ class MineConfig:
     top_p: float = 0.95                # (S) top-p = 0.95
     temperature: float = 1.0           # (D) paper silent; plain sampling
     max_new_tokens: int = 128          # (D) paper silent
+    skip_eos_branch: bool = False      # (D) branch on the top-k first tokens other than EOS; off = paper
+    #   (an EOS branch is an empty path, dropped by the filters' eos_branch rule)
     batch_questions: int = 8           # questions decoded together (x25 rows)
     seed: int = 0
 

@@ -35,6 +35,8 @@ class Example:
     kind: str               # yesno | choice | number | text
     choices: list[str] | None = None
     index: int | None = None  # position in the source file (Fine-tune-CoT sample_index)
+    # "file.jsonl:12" for a user file's row, for messages only: not compared, not serialised
+    source: str | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {"id": self.id, "question": self.question, "answer": self.answer,
@@ -298,7 +300,8 @@ def _read_user(path: Path) -> tuple[list[Example], list[str | None]]:
             raise SertError(f"{path}:{n}: duplicate id {ex_id!r}")
         seen.add(ex_id)
         q = str(r["question"]).strip()
-        out.append(Example(ex_id, _multiple_choice_text(q, choices) if choices else q, gold, kind, choices, i))
+        out.append(Example(ex_id, _multiple_choice_text(q, choices) if choices else q, gold, kind, choices, i,
+                           source=f"{path}:{n}"))
     return out, [r.get("split") or None for _, r in rows]
 
 

@@ -150,9 +150,11 @@ def tokenize_pairs(pairs: list[dict], tok, max_length: int) -> tuple[list[dict],
     Prompt and completion are tokenized apart and concatenated, so the mask
     boundary is exact and the prompt ids equal what evaluation feeds the model.
     Over-long examples lose the start of the prompt first (the answer side is
-    what is learned), then the end of the completion.
+    what is learned; a leading BOS stays), then the end of the completion.
     """
-    prompts = tok([p["prompt"] for p in pairs])["input_ids"]
+    from .tokens import encode_prompts, fit_prompt, n_special_prefix
+
+    prompts = encode_prompts(tok, [p["prompt"] for p in pairs])  # the convention of mining and evaluation
     comps = tok([p["completion"] for p in pairs], add_special_tokens=False)["input_ids"]
     eos = tok.eos_token_id
     if eos is None:
@@ -163,7 +165,7 @@ def tokenize_pairs(pairs: list[dict], tok, max_length: int) -> tuple[list[dict],
         if len(p) + len(c) > max_length:
             truncated += 1
             keep_p = max(0, max_length - len(c))
-            p = p[len(p) - keep_p:] if keep_p else []
+            p = fit_prompt(p, keep_p, n_special_prefix(tok))[0] if keep_p else []
             c = c[: max_length - len(p)]
         feats.append({"input_ids": list(p) + c, "labels": [-100] * len(p) + c, "weight": pair["weight"]})
     return feats, truncated
