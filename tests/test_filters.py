@@ -252,7 +252,8 @@ def test_run_filter_writes_everything(tmp_path):
     assert disk["stages"] == f["stages"]
     cum = disk["ablation"]["cumulative"]
     assert [c["filters"] for c in cum] == [[], ["eos_branch"], ["eos_branch", "pattern"],
-                                           ["eos_branch", "pattern", "length"], ["eos_branch", "pattern", "length", "rep2"],
+                                           ["eos_branch", "pattern", "length"],
+                                           ["eos_branch", "pattern", "length", "rep2"],
                                            ["eos_branch", "pattern", "length", "rep2", "ppl"]]
     assert [c["paths"] for c in cum] == [21, 20, 18, 17, 16, 15]
     assert {a["rule"]: a["removed"] for a in disk["ablation"]["alone"]}["eos_branch"] == 1

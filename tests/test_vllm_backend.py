@@ -153,3 +153,11 @@ def test_vllm_mining_skips_the_eos_branch_on_request(monkeypatch, tiny_model, tm
     assert [(r["branch_token_id"], r["branch_rank"], r["n_tokens"]) for r in skip] == [
         (101, 0, 3), (101, 0, 3), (102, 1, 3), (102, 1, 3)]
     assert llm.llm.calls[0][1].logprobs == 2 + 2              # asks for enough candidates to skip the EOS ids
+
+
+def test_vllm_engine_context_is_what_prompt_fitting_reads():
+    from sert.tokens import context_length
+
+    eng = types.SimpleNamespace(llm_engine=types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=64)))
+    assert context_length(vb.VllmLM(eng, "fake")) == 64
+    assert context_length(vb.VllmLM(FakeLLM(0), "fake")) is None    # unknown: prompts are not cut
