@@ -127,8 +127,9 @@ def _rule(p, cfg=None):
 
 def test_length_rep2_ppl_boundaries():
     assert _rule(mk(n=24)) == "length" and _rule(mk(n=25)) is None
-    assert _rule(mk(n=0, text="")) == "direct_answer"       # empty text: no reasoning at all
-    assert _rule(mk(n=0, text=""), FilterConfig(patterns=[])) == "length"
+    assert _rule(mk(n=0, text="")) == "eos_branch"          # empty path (EOS branch): its own rule, first
+    assert _rule(mk(n=0, text=""), FilterConfig(patterns=[], min_tokens=0)) == "eos_branch"
+    assert _rule(mk(n=1, text=" Yes.")) == "direct_answer"
     # rep-2 exactly 0.20 passes, above fails: 25 tokens -> 24 bigrams
     base = list(range(25))
     ok = base[:20] + base[:5]                               # 24 bigrams, 4 repeated ... + 1 = 0.1667
@@ -150,7 +151,8 @@ def test_paper_order_first_rule_wins():
     assert _rule(p, FilterConfig(patterns=[])) == "length"
     assert _rule(p, FilterConfig(patterns=[], min_tokens=0)) == "rep2"
     assert _rule(p, FilterConfig(patterns=[], min_tokens=0, max_rep2=1.0)) == "ppl"
-    assert RULE_NAMES[:6] == ["prompt_imitation", "direct_answer", "option_listing", "length", "rep2", "ppl"]
+    assert RULE_NAMES[:7] == ["eos_branch", "prompt_imitation", "direct_answer", "option_listing", "length", "rep2",
+                              "ppl"]
 
 
 def test_select_lowest_rep2_ties_to_earlier_path():
@@ -159,6 +161,34 @@ def test_select_lowest_rep2_ties_to_earlier_path():
     sel = select(ps)
     assert sel["q0"]["path"] == 1
     assert sel["q1"]["path"] == 1
+
+
+def test_cot_decoding_selects_the_highest_confidence():
+    """Mode cot-decoding: per question the surviving path with the highest Δ (ties: lower path index,
+    no Δ ranks last), whatever its rep-2; mode sert keeps the lowest rep-2 on the same paths."""
+    def paths(mode):
+        ps = [mk(path=0, delta=0.2), mk(path=1, delta=0.7, rep_tokens=list(range(30)) + [0, 1]), mk(path=2, delta=0.7),
+              mk("q1", path=0, delta=None), mk("q1", path=1, delta=0.1, rep_tokens=list(range(30)) + [0, 1]),
+              mk("q2", path=0, delta=None), mk("q2", path=1, delta=None)]
+        return annotate([{**p, "mode": mode} for p in ps])
+    sel = select(paths("cot-decoding"))
+    assert {q: p["path"] for q, p in sel.items()} == {"q0": 1, "q1": 1, "q2": 0}
+    sel = select(paths("sert"))
+    assert {q: p["path"] for q, p in sel.items()} == {"q0": 0, "q1": 0, "q2": 0}
+
+
+def test_cot_decoding_funnel_names_its_select_stage(tmp_path):
+    recs = [{**mk(path=j, delta=d), "mode": "cot-decoding"} for j, d in enumerate([0.1, 0.5, 0.3])]
+    f = run_filter(write(tmp_path, recs), tmp_path / "f", FilterConfig())
+    assert f["stages"][-1]["stage"] == "select (highest confidence)"
+    sel = [json.loads(x) for x in (tmp_path / "f" / "selected.jsonl").read_text().splitlines()]
+    assert [s["path_index"] for s in sel] == [1]
+    rej = [json.loads(x) for x in (tmp_path / "f" / "rejected.jsonl").read_text().splitlines()]
+    assert sorted((r["path"], r["rule"]) for r in rej) == [(0, "not_highest_confidence"),
+                                                           (2, "not_highest_confidence")]
+    recs[2]["mode"] = "sert"
+    with pytest.raises(SertError, match="mixes paths mined in modes cot-decoding, sert"):
+        run_filter(write(tmp_path, recs, "mixed.jsonl"), tmp_path / "g", FilterConfig())
 
 
 def test_answer_consistency_is_off_by_default():
@@ -194,6 +224,7 @@ def _paths():
     recs[4]["text"] = " Yes."                                 # q0: direct answer -> q0 has no survivor
     for j in range(5):
         recs[5 + j]["text"] = " 日本の首都は東京です。🙂 Tokyo is the capital, so the answer is no."
+    recs.append({**mk("q3", path=5, rep_tokens=[], text=""), "finish": "eos"})  # q3: an EOS branch (empty)
     return recs
 
 
@@ -201,29 +232,35 @@ def test_run_filter_writes_everything(tmp_path):
     pf = write(tmp_path, _paths())
     out = tmp_path / "f"
     f = run_filter(pf, out, FilterConfig())
-    assert [s["stage"] for s in f["stages"]] == ["mined", "pattern", "length", "rep2", "ppl", "select"]
-    assert [(s["paths"], s["questions"]) for s in f["stages"]] == [(20, 4), (18, 4), (17, 4), (16, 4), (15, 3),
-                                                                  (3, 3)]
-    assert f["stages"][1]["removed_by"] == {"prompt_imitation": 1, "direct_answer": 1, "option_listing": 0}
+    assert [s["stage"] for s in f["stages"]] == ["mined", "eos_branch", "pattern", "length", "rep2", "ppl", "select"]
+    assert [(s["paths"], s["questions"]) for s in f["stages"]] == [(21, 4), (20, 4), (18, 4), (17, 4), (16, 4),
+                                                                  (15, 3), (3, 3)]
+    assert f["stages"][1]["removed_by"] == {"eos_branch": 1}
+    assert f["stages"][2]["removed_by"] == {"prompt_imitation": 1, "direct_answer": 1, "option_listing": 0}
     sel = [json.loads(x) for x in (out / "selected.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [s["id"] for s in sel] == ["q1", "q2", "q3"]
     assert all(s["path_index"] == 0 and s["rep2"] == 0.0 and "weight" not in s for s in sel)
     assert sel[0]["path"].startswith("日本の首都") and sel[0]["answer"] == "no"
     rej = [json.loads(x) for x in (out / "rejected.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert len(rej) == 20 - 3
+    assert len(rej) == 21 - 3
+    assert [(r["id"], r["path"], r["stage"]) for r in rej if r["rule"] == "eos_branch"] == [("q3", 5, "eos_branch")]
     assert {(r["id"], r["path"]): r["rule"] for r in rej if r["id"] == "q0"} == {
         ("q0", 0): "prompt_imitation", ("q0", 1): "length", ("q0", 2): "rep2", ("q0", 3): "ppl",
         ("q0", 4): "direct_answer"}
-    assert {r["rule"] for r in rej if r["id"] != "q0"} == {"not_lowest_rep2"}
+    assert {r["rule"] for r in rej if r["id"] != "q0"} == {"not_lowest_rep2", "eos_branch"}
     disk = json.loads((out / "funnel.json").read_text())
     assert disk["stages"] == f["stages"]
     cum = disk["ablation"]["cumulative"]
-    assert [c["filters"] for c in cum] == [[], ["pattern"], ["pattern", "length"], ["pattern", "length", "rep2"],
-                                           ["pattern", "length", "rep2", "ppl"]]
-    assert [c["paths"] for c in cum] == [20, 18, 17, 16, 15]
+    assert [c["filters"] for c in cum] == [[], ["eos_branch"], ["eos_branch", "pattern"],
+                                           ["eos_branch", "pattern", "length"],
+                                           ["eos_branch", "pattern", "length", "rep2"],
+                                           ["eos_branch", "pattern", "length", "rep2", "ppl"]]
+    assert [c["paths"] for c in cum] == [21, 20, 18, 17, 16, 15]
+    assert {a["rule"]: a["removed"] for a in disk["ablation"]["alone"]}["eos_branch"] == 1
     assert {a["rule"]: a["removed"] for a in disk["ablation"]["alone"]}["ppl"] == 1
     assert (out / "funnel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((out / "ablation" / "0-none.jsonl").read_text().splitlines()) == 4
+    assert (out / "ablation" / "1-eos_branch.jsonl").exists()
 
 
 def test_run_filter_options(tmp_path):
@@ -281,3 +318,20 @@ def test_cli_one_line_errors_and_table(tmp_path, capsys):
     r = subprocess.run([sys.executable, "-m", "sert", "filter", str(bad), "--out", str(tmp_path / "e")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and f"{bad}:2:" in r.stderr, r.stderr
+
+
+def test_confidence_weight_without_use_weights_is_refused(tmp_path):
+    from sert.config import RunConfig, from_dict, load_run_config
+
+    with pytest.raises(SertError, match="filter.confidence_weight 'ppl' has no effect unless train.use_weights is "
+                                        "true; set train.use_weights: true or drop filter.confidence_weight"):
+        from_dict(RunConfig, {"filter": {"confidence_weight": "ppl"}})
+    assert from_dict(RunConfig, {"filter": {"confidence_weight": "delta"}, "train": {"use_weights": True}})
+    assert from_dict(RunConfig, {"train": {"use_weights": True}})
+    y = tmp_path / "run.yaml"
+    y.write_text("filter:\n  confidence_weight: delta\n")
+    assert load_run_config(y, {"train.use_weights": "true"}).filter.confidence_weight == "delta"
+    r = subprocess.run([sys.executable, "-m", "sert", "run", str(y), "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "confidence_weight 'delta'" in r.stderr, r.stderr
+    assert not (tmp_path / "r").exists()

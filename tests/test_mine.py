@@ -142,6 +142,54 @@ def test_retired_rows_and_eos(tiny_model, tmp_path):
     assert [r["token_ids"] for r in solo] == [r["token_ids"] for r in recs]
 
 
+def eos_second(model, tok):
+    """A copy whose EOS logit lies strictly between its top-2 logits at every step: EOS is the
+    second first token of every question (as it is among the top-5 for the embedded model)."""
+    m = copy.deepcopy(model)
+    eos = tok.eos_token_id
+
+    def hook(_mod, _inp, out):
+        out = out.clone()
+        v = torch.topk(out, 2, dim=-1).values
+        out[..., eos] = (v[..., 0] + v[..., 1]) / 2
+        return out
+
+    m.lm_head.register_forward_hook(hook)
+    return m
+
+
+def test_eos_branch_is_mined_empty_by_default_and_skipped_on_request(tiny_model, tmp_path):
+    from sert.config import FilterConfig
+    from sert.filters import run_filter
+
+    model, tok = tiny_model
+    m, eos = eos_second(model, tok), tok.eos_token_id
+    c = cfg(top_k_branches=3, samples_per_branch=2, max_new_tokens=6)
+    recs = mine(m, tok, exs(2), c, tmp_path / "paper" / "paths.jsonl", progress=False)
+    for rs in by_q(recs).values():  # paper: k*n paths, the n of the EOS branch empty
+        assert len(rs) == 6
+        assert [r["path"] for r in rs if r["n_tokens"] == 0] == [2, 3]
+        assert {r["branch_token_id"] for r in rs if r["n_tokens"] == 0} == {eos}
+    f = run_filter(tmp_path / "paper" / "paths.jsonl", tmp_path / "paper", FilterConfig())
+    assert f["stages"][1] == {"stage": "eos_branch", "paths": 8, "questions": 2, "removed": 4,
+                              "removed_by": {"eos_branch": 4}}
+
+    s = cfg(top_k_branches=3, samples_per_branch=2, max_new_tokens=6, skip_eos_branch=True)
+    skip = mine(m, tok, exs(2), s, tmp_path / "skip.jsonl", progress=False)
+    for q, rs in by_q(skip).items():
+        assert len(rs) == 6 and all(r["n_tokens"] >= 1 and r["branch_token_id"] != eos for r in rs)
+        logits, _ = prompt_logits(m, tok, rs[0]["question"])
+        probs = torch.softmax(logits[-1], -1)
+        logits[-1, eos] = float("-inf")
+        assert [rs[2 * b]["branch_token_id"] for b in range(3)] == torch.topk(logits[-1], 3).indices.tolist()
+        assert [r["branch_rank"] for r in rs] == [0, 0, 1, 1, 2, 2]
+        assert all(math.isclose(r["branch_prob"], probs[r["branch_token_id"]].item(), rel_tol=1e-3) for r in rs)
+    check_against_full_forward(m, tok, skip, s)
+    assert settings_key(s) == settings_key(c) + " skip_eos"
+    with pytest.raises(SertError, match="other settings"):  # never mixed with paths mined the paper's way
+        mine(m, tok, exs(2), s, tmp_path / "paper" / "paths.jsonl", progress=False)
+
+
 # ------------------------------------------------------------------ the sampler
 def test_sampler_matches_hf_warpers():
     from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
@@ -363,6 +411,61 @@ def test_cli_errors_are_one_line(tiny_dir, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("sert: error:") and msg in err, err
+
+
+@pytest.fixture(scope="module")
+def short_ctx_dir(tiny_model, tmp_path_factory):
+    """The tiny Llama with a 64-position context, saved for the CLI."""
+    model, tok = tiny_model
+    m = copy.deepcopy(model)
+    m.config.max_position_embeddings = 64
+    d = tmp_path_factory.mktemp("tiny-64")
+    m.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_a_question_longer_than_the_context_is_cut_with_a_warning(short_ctx_dir, tmp_path, capsys):
+    from sert.cli import main
+
+    data = tmp_path / "mine.jsonl"
+    rows = [{"question": q, "answer": "yes"} for q in QUESTIONS[:2]]
+    rows.append({"id": "long", "question": "Is this long? " + "very " * 60000 + "long indeed?", "answer": "no"})
+    rows.append({"question": QUESTIONS[2], "answer": "no"})
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert len(rows[2]["question"]) > 300_000
+    out = tmp_path / "run"
+    argv = ["mine", "--model", str(short_ctx_dir), "--task", str(data), "--out", str(out), "--device", "cpu",
+            "--quiet", "--top-k-branches", "2", "--samples-per-branch", "2", "--max-new-tokens", "8"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    err = [x for x in err.splitlines() if x.startswith("sert:")]  # (not the weight-loading bar)
+    assert len(err) == 1 and err[0].startswith(f"sert: warning: {data}:3 (id long): prompt of "), err
+    assert "exceeds the context (64) minus max_new_tokens (8); kept its last 56 tokens" in err[0]
+    recs = [json.loads(x) for x in (out / "paths.jsonl").read_text().splitlines()]
+    assert Counter(r["id"] for r in recs) == {"mine-0": 4, "mine-1": 4, "long": 4, "mine-3": 4}
+    assert all(r["n_tokens"] >= 1 for r in recs if r["id"] == "long")
+    # max_new_tokens alone fills the context: refused, naming the option
+    assert main(argv[:-1] + ["64", "--out", str(tmp_path / "r2")]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("sert:")]
+    assert len(err) == 1 and err[0].startswith("sert: error: mine.max_new_tokens (--max-new-tokens) 64: leaves no "
+                                               "room") and "at most 63" in err[0], err
+    assert not (tmp_path / "r2").exists()
+
+
+def test_prompt_fitting_keeps_the_end_of_a_built_in_question(tiny_model, capsys):
+    from sert.mine import prompt_ids
+
+    _, tok = tiny_model
+    ex = Example("sqa-1", "word " * 100 + "Is it?", "no", "yesno", None, 0)
+    full = tok(mining_prompt(ex.question))["input_ids"]
+    (ids,) = prompt_ids(tok, [ex], 50, 10, where="task strategyqa, split train")
+    assert ids == full[-40:]
+    assert capsys.readouterr().err == (f"sert: warning: task strategyqa, split train (id sqa-1): prompt of {len(full)} "
+                                       "tokens exceeds the context (50) minus max_new_tokens (10); kept its last 40 "
+                                       "tokens\n")
+    assert prompt_ids(tok, [ex], None, 10) == [full] and capsys.readouterr().err == ""
 
 
 def test_settings_key_names_every_sampling_setting():

@@ -67,3 +67,17 @@ def test_bad_limit_and_split():
         load_examples("strategyqa", "test", 0)
     with pytest.raises(SertError, match="unknown split 'dev'"):
         load_examples("strategyqa", "dev")
+
+
+def test_user_rows_know_their_file_and_line_for_messages_only(tmp_path):
+    import dataclasses
+
+    j = tmp_path / "d.jsonl"
+    j.write_text('{"question": "Is it?", "answer": "yes"}\n\n{"question": "Is it not?", "answer": "no"}\n')
+    c = tmp_path / "d.csv"
+    c.write_text('question,answer\n"Is it?",yes\n"Is it not?",no\n')
+    assert [e.source for e in read_user_examples(j)] == [f"{j}:1", f"{j}:3"]
+    assert [e.source for e in read_user_examples(c)] == [f"{c}:2", f"{c}:3"]
+    e = read_user_examples(j)[0]
+    assert e == dataclasses.replace(e, source=None) and "source" not in e.to_dict() and "source" not in repr(e)
+    assert load_examples("strategyqa", "train", 1)[0].source is None

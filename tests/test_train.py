@@ -259,3 +259,22 @@ def test_gradient_accumulation_matches_the_full_batch(tiny, sqa_self_records, tm
     assert ca["loss"] == pytest.approx(cb["loss"], rel=1e-4)
     assert ca["grad_norm"] == pytest.approx(cb["grad_norm"], rel=1e-3)
     assert not all(torch.equal(pa[k], p0[k]) for k in pa)
+
+
+def test_weights_without_use_weights_warn_once(tiny, sqa_self_records, tmp_path, capsys):
+    """filter.confidence_weight's weights reach training only with use_weights: without it, one warning line."""
+    data = tmp_path / "selected.jsonl"
+    data.write_text("".join(json.dumps(dict(r, weight=w)) + "\n"
+                            for r, w in zip(sqa_self_records[:4], [0.5, 1.5, 1.0, 1.0])))
+    assert _cli(["train", "--model", str(tiny), "--data", str(data), "--stage", "self", "--out",
+                 str(tmp_path / "run"), "--device", "cpu", "--batch-size", "4", "--epochs", "1",
+                 "--max-length", "64"]) == 0
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("sert: warning:")]
+    assert len(err) == 1 and str(data) in err[0] and "train.use_weights is false" in err[0], err
+    # no warning with use_weights on, nor for uniform weights (the run stops at the bad device, after the check)
+    uniform = [dict(r, weight=1.0) for r in sqa_self_records[:4]]
+    weighted = [dict(r, weight=w) for r, w in zip(sqa_self_records[:4], [0.5, 1.5, 1.0, 1.0])]
+    for recs, cfg in [(weighted, _cfg(use_weights=True)), (uniform, _cfg())]:
+        with pytest.raises(SertError, match="--device tpu"):
+            run_train(str(tiny), recs, "self", cfg, tmp_path / "x", device="tpu")
+        assert "warning" not in capsys.readouterr().err

@@ -128,3 +128,36 @@ def test_vllm_mining_records_match_the_transformers_schema(monkeypatch, tiny_mod
     assert len(prompts) == 4 and prompts[1]["prompt_token_ids"][-1] == 101
     assert params[0].n == 3 and params[0].kw["top_k"] == 10 and params[0].kw["top_p"] == 0.95
     assert params[0].kw["seed"] != params[2].kw["seed"]
+
+
+def test_vllm_mining_skips_the_eos_branch_on_request(monkeypatch, tiny_model, tmp_path):
+    import copy
+
+    from sert.mine import mine
+    from sert.tasks import Example
+
+    fake = types.ModuleType("vllm")
+    fake.SamplingParams = FakeSP
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    model, tok = tiny_model
+    gen = copy.deepcopy(model.generation_config)
+    gen.eos_token_id = [tok.eos_token_id, 100]               # the fake engine's top first token is an EOS
+    exs = [Example("q0", "Is the sky blue?", "yes", "yesno", None, 0)]
+    paper = mine(vb.VllmLM(FakeLLM(tok.eos_token_id), "fake", gen), tok, exs,
+                 MineConfig(top_k_branches=2, samples_per_branch=2, max_new_tokens=8), tmp_path / "a.jsonl",
+                 progress=False)
+    assert [(r["branch_token_id"], r["n_tokens"]) for r in paper] == [(100, 0), (100, 0), (101, 3), (101, 3)]
+    llm = vb.VllmLM(FakeLLM(tok.eos_token_id), "fake", gen)
+    skip = mine(llm, tok, exs, MineConfig(top_k_branches=2, samples_per_branch=2, max_new_tokens=8,
+                                          skip_eos_branch=True), tmp_path / "b.jsonl", progress=False)
+    assert [(r["branch_token_id"], r["branch_rank"], r["n_tokens"]) for r in skip] == [
+        (101, 0, 3), (101, 0, 3), (102, 1, 3), (102, 1, 3)]
+    assert llm.llm.calls[0][1].logprobs == 2 + 2              # asks for enough candidates to skip the EOS ids
+
+
+def test_vllm_engine_context_is_what_prompt_fitting_reads():
+    from sert.tokens import context_length
+
+    eng = types.SimpleNamespace(llm_engine=types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=64)))
+    assert context_length(vb.VllmLM(eng, "fake")) == 64
+    assert context_length(vb.VllmLM(FakeLLM(0), "fake")) is None    # unknown: prompts are not cut

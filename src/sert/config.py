@@ -30,6 +30,8 @@ class MineConfig:
     top_p: float = 0.95                # (S) top-p = 0.95
     temperature: float = 1.0           # (D) paper silent; plain sampling
     max_new_tokens: int = 128          # (D) paper silent
+    skip_eos_branch: bool = False      # (D) branch on the top-k first tokens other than EOS; off = paper
+    #   (an EOS branch is an empty path, dropped by the filters' eos_branch rule)
     batch_questions: int = 8           # questions decoded together (x25 rows)
     seed: int = 0
 
@@ -206,6 +208,9 @@ class RunConfig:
             e.append(f"train_limit: expected a positive integer, got {self.train_limit}")
         for sub in (self.mine, self.filter, self.train, self.teach, self.eval):
             e += sub.validate()
+        if self.filter.confidence_weight and not self.train.use_weights:
+            e.append(f"filter.confidence_weight {self.filter.confidence_weight!r} has no effect unless "
+                     "train.use_weights is true; set train.use_weights: true or drop filter.confidence_weight")
         return e
 
 

@@ -7,8 +7,12 @@ questions left after each filter, and the ablation view), ``ablation/`` (the sel
 set after each filter is added, for judging as in the paper's Fig. 4).
 
 The paper's filters, in its order, each a named rule with a configurable threshold
-(:class:`~sert.config.FilterConfig`):
+(:class:`~sert.config.FilterConfig`), after one rule of ours at the head:
 
+0. ``eos_branch`` -- the path is empty: its branch token was EOS (with the embedded model EOS
+   is among the top-5 first tokens of every StrategyQA question: 5 of the 25 paths). The
+   paper's filters drop such a path anyway (no reasoning); this rule counts them apart.
+   ``mine.skip_eos_branch`` branches on the top-k tokens other than EOS instead.
 1. ``pattern`` -- three rules: ``prompt_imitation`` (the path writes ``Question:`` /
    ``Answer:`` / ``Q:`` or ``Answer Choices:`` itself), ``direct_answer`` (after removing
    sentences that only state an answer, fewer than ``direct_answer_min_words`` words are
@@ -22,7 +26,9 @@ The paper's filters, in its order, each a named rule with a configurable thresho
    that states none is kept: it does not contradict the gold answer).
 
 Then per question the surviving path with the lowest rep-2 is kept (ties: the earlier
-path, i.e. the more probable branch, then the earlier sample).
+path, i.e. the more probable branch, then the earlier sample). Paths mined in mode
+``cot-decoding`` are selected as Wang & Zhou (2024) do instead: the highest CoT-decoding
+confidence Δ (``delta``; a path without an answer ranks last), ties again to the earlier path.
 
 Measures. rep-n = 1 - unique n-grams / total n-grams over the path's *model token ids*
 (``token_ids`` in the paths file), 0 for a path with fewer than n tokens. Perplexity =
@@ -149,6 +155,7 @@ def _consistency(p: dict, cfg: FilterConfig) -> bool:
 
 
 RULES: list[Rule] = [
+    Rule("eos_branch", "eos_branch", lambda p, c: p["n_tokens"] == 0, "branch token is EOS: an empty path"),
     Rule("prompt_imitation", "pattern", lambda p, c: prompt_imitation(p["text"]),
          "writes Question:/Answer:/Q: itself"),
     Rule("direct_answer", "pattern", lambda p, c: direct_answer(p["text"], c.direct_answer_min_words, p.get("choices")),
@@ -182,14 +189,30 @@ def first_rejecting_rule(path: dict, rules: Sequence[Rule], cfg: FilterConfig) -
     return None
 
 
+def _select_key(p: dict) -> tuple:
+    """Smaller is better: mode sert, the lowest rep-2 (SERT §II-A); mode cot-decoding, the highest
+    CoT-decoding confidence Δ (Wang & Zhou 2024; a path without one ranks last). Ties: lower path index."""
+    if p.get("mode") == "cot-decoding":
+        d = p.get("delta")
+        return (d is None, -(d or 0.0), p.get("path", 0))
+    return (p["rep2"], p.get("path", 0))
+
+
 def select(paths: Sequence[dict]) -> dict[str, dict]:
-    """Per question, the path with the lowest rep-2 (ties: lower path index, i.e. earlier branch/sample)."""
+    """Per question, the best path by :func:`_select_key` (the mode is each path record's ``mode``)."""
     best: dict[str, dict] = {}
     for p in paths:
         b = best.get(p["id"])
-        if b is None or (p["rep2"], p.get("path", 0)) < (b["rep2"], b.get("path", 0)):
+        if b is None or _select_key(p) < _select_key(b):
             best[p["id"]] = p
     return best
+
+
+def select_names(paths: Sequence[dict]) -> tuple[str, str]:
+    """The funnel's name for the select stage and the rule its losers are rejected by."""
+    if any(p.get("mode") == "cot-decoding" for p in paths):
+        return "select (highest confidence)", "not_highest_confidence"
+    return "select", "not_lowest_rep2"
 
 
 def confidence_weights(selected: Sequence[dict], source: str) -> list[float]:
@@ -322,10 +345,11 @@ def funnel(paths: list[dict], cfg: FilterConfig):
                        "removed": sum(by_rule.values()), "removed_by": by_rule})
     sel = select([paths[i] for i in alive])
     chosen = {id(p) for p in sel.values()}
+    sel_stage, sel_rule = select_names(paths)
     for i in alive:
         if id(paths[i]) not in chosen:
-            rejected.append(_rejected_record(paths[i], "not_lowest_rep2", "select"))
-    stages.append({"stage": "select", "paths": len(sel), "questions": len(sel), "removed": len(alive) - len(sel)})
+            rejected.append(_rejected_record(paths[i], sel_rule, sel_stage))
+    stages.append({"stage": sel_stage, "paths": len(sel), "questions": len(sel), "removed": len(alive) - len(sel)})
 
     # Ablation (the paper's Fig. 4 adds the filters one at a time): the selected set after
     # each addition, and what each rule removes on its own.
@@ -438,6 +462,9 @@ def run_filter(paths_file, out_dir, cfg: FilterConfig) -> dict:
     if errs:
         raise SertError("; ".join(errs))
     paths = annotate(read_paths(paths_file))
+    modes = sorted({str(p.get("mode", "sert")) for p in paths})
+    if len(modes) > 1:
+        raise SertError(f"{paths_file}: mixes paths mined in modes {', '.join(modes)}; filter one mode at a time")
     if cfg.answer_consistency:
         for p in paths:
             if not p.get("kind"):

@@ -9,6 +9,13 @@ and each branch is continued by n samples (paper: 5) with top-k 10, top-p 0.95,
 temperature 1.0: 25 paths per question. ``mode="cot-decoding"`` continues each branch
 greedily instead (Wang & Zhou 2024): k paths per question.
 
+When EOS is among the top-k first tokens its branch is an empty path (kept, as in the
+paper; the filters count it under ``eos_branch``); ``skip_eos_branch`` branches on the
+top-k tokens other than EOS instead. Prompts are encoded as every stage encodes them
+(:func:`sert.tokens.encode_prompt`, BOS included where the tokenizer adds it); a prompt
+longer than the model's context minus ``max_new_tokens`` keeps its BOS and its last
+tokens, with one warning naming the question's file:line and id.
+
 Why our own decoding loop rather than ``model.generate``: one prefill per question
 serves all its 25 paths (the KV cache is copied to the 25 rows, never recomputed),
 several questions share a batch (left-padded), finished rows are dropped from the
@@ -52,12 +59,13 @@ from .config import MineConfig
 from .errors import SertError
 from .io import JsonlLog, RunLock, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
 from .templates import mining_prompt
+from .tokens import context_length, encode_prompt, fit_prompt, n_special_prefix
 
 PATHS_FILE = "paths.jsonl"
 META_FILE = "mine_meta.json"
 # Settings that must match for a rerun to resume the same paths file.
 _RESUME_KEYS = ("mode", "split", "top_k_branches", "samples_per_branch", "top_k", "top_p",
-                "temperature", "max_new_tokens", "seed")
+                "temperature", "max_new_tokens", "seed", "skip_eos_branch")
 # Compact the batch (drop finished rows from it and from the KV cache) once this share of
 # its rows is finished: a compaction copies the cache once, about one step's attention cost.
 _COMPACT_SHARE = 0.125
@@ -70,10 +78,11 @@ def paths_per_question(cfg: MineConfig) -> int:
 
 def settings_key(cfg: MineConfig) -> str:
     """What a path depends on besides model and question; records carry it so runs never mix."""
+    skip = " skip_eos" if cfg.skip_eos_branch else ""  # absent by default: older paths files still resume
     if cfg.mode == "cot-decoding":
-        return f"cot-decoding k={cfg.top_k_branches} max_new={cfg.max_new_tokens}"
+        return f"cot-decoding k={cfg.top_k_branches} max_new={cfg.max_new_tokens}{skip}"
     return (f"sert k={cfg.top_k_branches} n={cfg.samples_per_branch} top_k={cfg.top_k} top_p={cfg.top_p} "
-            f"T={cfg.temperature} max_new={cfg.max_new_tokens} seed={cfg.seed}")
+            f"T={cfg.temperature} max_new={cfg.max_new_tokens} seed={cfg.seed}{skip}")
 
 
 def question_seed(seed: int, qid: str) -> int:
@@ -154,6 +163,37 @@ def _new_cache(model):
         return DynamicCache(config=model.config)
     except TypeError:  # older transformers
         return DynamicCache()
+
+
+def model_context(model, tokenizer, cfg: MineConfig) -> int | None:
+    """The model's context length (None: unknown); refuses a ``max_new_tokens`` that leaves no room for a prompt."""
+    ctx = context_length(model)
+    room = None if ctx is None else ctx - cfg.max_new_tokens - n_special_prefix(tokenizer)
+    if room is not None and room < 1:
+        raise SertError(f"mine.max_new_tokens (--max-new-tokens) {cfg.max_new_tokens}: leaves no room for a prompt "
+                        f"in the model's context of {ctx} tokens; expected at most {cfg.max_new_tokens + room - 1}")
+    return ctx
+
+
+def prompt_ids(tokenizer, exs, ctx: int | None, max_new_tokens: int, where: str = "question") -> list[list[int]]:
+    """Each question's mining-prompt ids (:func:`sert.tokens.encode_prompt`), fitted to ``ctx - max_new_tokens``.
+
+    A longer prompt keeps its leading special tokens (BOS) and its last tokens (the question's
+    end and ``Answer:``), with one warning per question naming its file:line (``Example.source``)
+    or else ``where`` (the task and split), and its id.
+    """
+    limit = None if ctx is None else ctx - max_new_tokens
+    head = n_special_prefix(tokenizer) if limit is not None else 0
+    out = []
+    for e in exs:
+        ids = encode_prompt(tokenizer, mining_prompt(e.question))
+        fit, dropped = fit_prompt(ids, limit, head)
+        if dropped:
+            print(f"sert: warning: {getattr(e, 'source', None) or where} (id {e.id}): prompt of {len(ids)} tokens "
+                  f"exceeds the context ({ctx}) minus max_new_tokens ({max_new_tokens}); "
+                  f"kept its last {len(fit) - head} tokens", file=sys.stderr)
+        out.append(fit)
+    return out
 
 
 # ---------------------------------------------------------- answer span / delta
@@ -250,9 +290,9 @@ def path_delta(tokenizer, ids: list[int], text: str, margins: list[float], kind:
 
 
 # ------------------------------------------------------------------ the decoder
-def _decode_chunk(model, tokenizer, exs, cfg: MineConfig, eos: list[int], fwd: tuple[str, dict]
-                  ) -> dict[str, list[dict]]:
-    """Mine all paths of a few questions in one batch; returns id -> its records (in path order)."""
+def _decode_chunk(model, tokenizer, exs, enc: list[list[int]], cfg: MineConfig, eos: list[int],
+                  fwd: tuple[str, dict]) -> dict[str, list[dict]]:
+    """Mine all paths of a few questions (prompt ids ``enc``) in one batch; returns id -> its records."""
     import torch
 
     device = next(model.parameters()).device
@@ -263,7 +303,6 @@ def _decode_chunk(model, tokenizer, exs, cfg: MineConfig, eos: list[int], fwd: t
     B = len(exs)
     T = cfg.max_new_tokens
 
-    enc = [tokenizer(mining_prompt(e.question))["input_ids"] for e in exs]
     L = max(len(x) for x in enc)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     ids = torch.full((B, L), pad, dtype=torch.long)
@@ -279,10 +318,13 @@ def _decode_chunk(model, tokenizer, exs, cfg: MineConfig, eos: list[int], fwd: t
                 **{cache_kw: cache})
     logits0 = out.logits[:, -1, :].float()
     lse0 = torch.logsumexp(logits0, dim=-1, keepdim=True)
+    eos_t = torch.tensor(eos, device=device)
+    p12 = torch.exp(torch.topk(logits0, 2).values - lse0)
+    margin0 = (p12[:, 0] - p12[:, 1])                               # Δ's margin at the first step
+    if cfg.skip_eos_branch:                                         # branch on the top-k non-EOS tokens
+        logits0.index_fill_(-1, eos_t, float("-inf"))
     top_v, branch = torch.topk(logits0, K, dim=-1)                 # [B, K] ranked first tokens
     branch_lp = top_v - lse0                                        # model log-prob of each branch
-    p12 = torch.exp(top_v[:, :2] - lse0) if K >= 2 else torch.exp(torch.topk(logits0, 2).values - lse0)
-    margin0 = (p12[:, 0] - p12[:, 1])                               # Δ's margin at the first step
     del out, logits0
 
     R = B * m
@@ -290,7 +332,6 @@ def _decode_chunk(model, tokenizer, exs, cfg: MineConfig, eos: list[int], fwd: t
     mask = mask.repeat_interleave(m, dim=0)
     next_pos = pos[:, -1].repeat_interleave(m) + 1                  # position of the token fed next
     cur = branch.repeat_interleave(N, dim=1).reshape(R)             # row r: question r//m, branch (r%m)//N
-    eos_t = torch.tensor(eos, device=device)
 
     toks = torch.zeros((R, T), dtype=torch.long, device=device)
     lps = torch.zeros((R, T), dtype=torch.float32, device=device)
@@ -407,7 +448,7 @@ def _existing(out_path: Path, cfg: MineConfig, per_q: int) -> dict[str, list[dic
     return complete
 
 
-def _mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool = True):
+def _mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool = True, where: str = "question"):
     errs = cfg.validate()
     if errs:
         raise SertError("; ".join(errs))
@@ -424,6 +465,7 @@ def _mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool 
     from . import vllm_backend  # optional vLLM engine (sert/vllm_backend.py); else our decoder
     decode = vllm_backend.decode_chunk if vllm_backend.is_vllm(model) else _decode_chunk
     fwd = None if vllm_backend.is_vllm(model) else _forward_kw(model)
+    ctx = model_context(model, tokenizer, cfg)
     stats = {"questions": 0, "paths": 0, "tokens": 0, "seconds": 0.0}
     bar = None
     if progress:
@@ -442,7 +484,8 @@ def _mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool 
             todo = [e for e in examples[c:c + B] if e.id not in have]
             if not todo:
                 continue
-            res = decode(model, tokenizer, todo, cfg, eos, fwd)
+            enc = prompt_ids(tokenizer, todo, ctx, cfg.max_new_tokens, where)
+            res = decode(model, tokenizer, todo, enc, cfg, eos, fwd)
             log.append_many([r for e in todo for r in res[e.id]])   # whole questions, one append
             for e in todo:
                 have[e.id] = res[e.id]
@@ -486,7 +529,8 @@ def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str |
         old: dict = {}
         if meta_path.exists() and paths.exists():
             old = read_json(meta_path)
-            diff = [k for k in _RESUME_KEYS if old.get("settings", {}).get(k) != settings[k]]
+            was = {**dataclasses.asdict(MineConfig()), **old.get("settings", {})}  # keys added since: defaults
+            diff = [k for k in _RESUME_KEYS if was[k] != settings[k]]
             diff += [k for k in ("model", "task") if old.get(k) != (model_name if k == "model" else task)]
             if diff:
                 raise SertError(f"{out} holds a mining run with other settings ({', '.join(diff)} differ); "
@@ -498,8 +542,9 @@ def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str |
         from .vllm_backend import load as load_generator  # = load_model unless vLLM serves (CUDA)
         model, tok, place = load_generator(model_name, device, dtype)
         load_s = time.perf_counter() - t0
+        model_context(model, tok, cfg)  # a max_new_tokens that fills the context is refused here
         atomic_write_json(meta_path, meta)  # once the model has loaded: a bad --model leaves nothing
-        recs, st = _mine(model, tok, examples, cfg, paths, progress)
+        recs, st = _mine(model, tok, examples, cfg, paths, progress, where=f"task {task}, split {cfg.split}")
         import torch
 
         n_eos = sum(r["finish"] == "eos" for r in recs)

@@ -35,7 +35,8 @@ class Example:
     kind: str               # yesno | choice | number | text
     choices: list[str] | None = None
     index: int | None = None  # position in the source file (Fine-tune-CoT sample_index)
-    source: str | None = field(default=None, compare=False, repr=False)  # "FILE:LINE" of a user file's row
+    # "file.jsonl:12" for a user file's row, for messages only: not compared, not serialised
+    source: str | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {"id": self.id, "question": self.question, "answer": self.answer,

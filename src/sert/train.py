@@ -135,15 +135,26 @@ def _check_records(stage: str, path: Path, recs: list[dict]) -> None:
             raise SertError(f"{path}:{n}: field 'weight' must be a number, got {type(w).__name__}")
 
 
+def _warn_unused_weights(pairs: list[dict], cfg: TrainConfig, source) -> None:
+    """One stderr line when the data carry per-example weights (filter.confidence_weight) that
+    training will ignore because ``use_weights`` is off."""
+    if not cfg.use_weights and len({p["weight"] for p in pairs}) > 1:
+        print(f"sert: warning: {source}: records carry different 'weight' values (filter.confidence_weight) but "
+              "train.use_weights is false, so they are ignored; pass --use-weights true to use them",
+              file=sys.stderr)
+
+
 def tokenize_pairs(pairs: list[dict], tok, max_length: int) -> tuple[list[dict], int]:
     """Token ids and labels per pair; returns (features, number truncated).
 
     Prompt and completion are tokenized apart and concatenated, so the mask
     boundary is exact and the prompt ids equal what evaluation feeds the model.
     Over-long examples lose the start of the prompt first (the answer side is
-    what is learned), then the end of the completion.
+    what is learned; a leading BOS stays), then the end of the completion.
     """
-    prompts = tok([p["prompt"] for p in pairs])["input_ids"]
+    from .tokens import encode_prompts, fit_prompt, n_special_prefix
+
+    prompts = encode_prompts(tok, [p["prompt"] for p in pairs])  # the convention of mining and evaluation
     comps = tok([p["completion"] for p in pairs], add_special_tokens=False)["input_ids"]
     eos = tok.eos_token_id
     if eos is None:
@@ -154,7 +165,7 @@ def tokenize_pairs(pairs: list[dict], tok, max_length: int) -> tuple[list[dict],
         if len(p) + len(c) > max_length:
             truncated += 1
             keep_p = max(0, max_length - len(c))
-            p = p[len(p) - keep_p:] if keep_p else []
+            p = fit_prompt(p, keep_p, n_special_prefix(tok))[0] if keep_p else []
             c = c[: max_length - len(p)]
         feats.append({"input_ids": list(p) + c, "labels": [-100] * len(p) + c, "weight": pair["weight"]})
     return feats, truncated
@@ -360,6 +371,7 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
         build_pairs(stage, [])  # raises with did-you-mean
     records, source = load_records(stage, data, limit)
     pairs = build_pairs(stage, records)
+    _warn_unused_weights(pairs, cfg, source)
     if (final / "config.json").exists():
         _check_fingerprint(out, _fingerprint(model_name, stage, pairs, cfg))
         print(f"[sert] train: {final} exists; skipped (delete it to retrain)")

@@ -83,6 +83,15 @@ class VllmLM:
     def train(self, mode: bool = True):
         return self
 
+    @property
+    def config(self):
+        """What :func:`sert.tokens.context_length` reads: the engine's ``max_model_len`` (None if unknown)."""
+        from types import SimpleNamespace
+
+        engine = getattr(self.llm, "llm_engine", None)
+        return SimpleNamespace(max_position_embeddings=getattr(getattr(engine, "model_config", None),
+                                                               "max_model_len", None))
+
 
 def is_vllm(model) -> bool:
     return isinstance(model, VllmLM)
@@ -123,23 +132,25 @@ def _margin(entry: dict) -> float:
     return ps[0] - ps[1]
 
 
-def decode_chunk(model: VllmLM, tokenizer, exs, cfg, eos: list[int], fwd=None) -> dict[str, list[dict]]:
+def decode_chunk(model: VllmLM, tokenizer, exs, prompts: list[list[int]], cfg, eos: list[int], fwd=None
+                 ) -> dict[str, list[dict]]:
     """vLLM twin of :func:`sert.mine._decode_chunk`: id -> the question's records, in path order."""
     from vllm import SamplingParams
 
     from .mine import path_delta, question_seed, settings_key
-    from .templates import mining_prompt
 
     greedy = cfg.mode == "cot-decoding"
     K, N, T = cfg.top_k_branches, (1 if cfg.mode == "cot-decoding" else cfg.samples_per_branch), cfg.max_new_tokens
     eos_set = set(eos)
-    prompts = [tokenizer(mining_prompt(e.question))["input_ids"] for e in exs]
+    skip = eos_set if cfg.skip_eos_branch else set()  # branch on the top-k tokens other than EOS
     first = model.llm.generate([{"prompt_token_ids": p} for p in prompts],
-                               SamplingParams(max_tokens=1, temperature=0.0, logprobs=max(K, 2)), use_tqdm=False)
+                               SamplingParams(max_tokens=1, temperature=0.0, logprobs=max(K, 2) + len(skip)),
+                               use_tqdm=False)
     branches = []
     for out in first:
         entry = out.outputs[0].logprobs[0]
-        ranked = sorted(entry.items(), key=lambda kv: getattr(kv[1], "rank", 10**9))[:K]
+        ranked = sorted(entry.items(), key=lambda kv: getattr(kv[1], "rank", 10**9))
+        ranked = [kv for kv in ranked if int(kv[0]) not in skip][:K]
         branches.append(([int(t) for t, _ in ranked], [_lp(entry, t) for t, _ in ranked], _margin(entry)))
     reqs, params, where = [], [], []
     for b, (e, p) in enumerate(zip(exs, prompts)):
