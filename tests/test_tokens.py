@@ -83,3 +83,25 @@ def test_mining_and_training_feed_the_convention_s_ids(bos_model, tmp_path, monk
     n = feat["labels"].count(-100)
     assert feat["labels"][:n] == [-100] * n and -100 not in feat["labels"][n:]
     assert feat["input_ids"][:n] == want_train
+
+
+def test_evaluation_feeds_the_same_ids_as_training(bos_model, monkeypatch):
+    """The eval path used add_special_tokens=False while training added BOS: a trained Llama-style
+    model saw `<s> Question: ...` and was evaluated on `Question: ...`. Now both are the convention's."""
+    from sert.evaluate import generate_greedy
+
+    model, tok = bos_model
+    want = encode_prompt(tok, train_prompt(QUESTION))
+    short = encode_prompt(tok, train_prompt("Is ice cold?"))
+    seen = []
+    real = model.generate
+
+    def spy(input_ids, attention_mask, **kw):
+        seen.extend(row[m.bool()].tolist() for row, m in zip(input_ids, attention_mask))
+        return real(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+    monkeypatch.setattr(model, "generate", spy)
+    out = generate_greedy(model, tok, [train_prompt(QUESTION), train_prompt("Is ice cold?")], batch_size=2,
+                          max_new_tokens=2, progress=False, stop_strings=None)
+    assert sorted(seen) == sorted([want, short])  # unpadded rows: exactly the training prompt ids, BOS first
+    assert all(s[0] == tok.bos_token_id for s in seen) and len(out) == 2
