@@ -59,6 +59,8 @@ class FilterConfig:
     min_tokens: int = 25               # (S) drop paths shorter than 25 tokens
     max_rep2: float = 0.20             # (S) drop rep-2 > 0.20
     min_ppl: float = 5.0               # (S) drop PPL < 5 (under the sampling model, (D))
+    select: str = "auto"               # (S) lowest rep-2 per question; auto = that, or the highest CoT-decoding
+    #                                    confidence in cot-decoding mode; (D) "ppl": the lowest perplexity
     answer_consistency: bool = False   # (D) STaR-style: drop paths whose stated answer contradicts gold; off = paper
     confidence_weight: str | None = None  # (D) None | "ppl" | "delta": per-example loss weight for training
     direct_answer_min_words: int = 5   # (D) pattern "direct_answer": fewer reasoning words than this = no reasoning
@@ -70,6 +72,8 @@ class FilterConfig:
         for p in self.patterns:
             if p not in known:
                 e.append(f"filter.patterns: unknown rule {p!r}" + _dym(p, known))
+        if self.select not in ("auto", "rep2", "confidence", "ppl"):
+            e.append(f"filter.select: expected auto, rep2, confidence or ppl, got {self.select!r}")
         if self.min_tokens < 0:
             e.append(f"filter.min_tokens: expected >= 0, got {self.min_tokens}")
         if not 0 <= self.max_rep2 <= 1:
@@ -183,12 +187,25 @@ class EvalConfig:
 
 
 @dataclass
+class ArmConfig:
+    """An arm beyond the paper's five, declared in the config (see sert/arms.py for the table)."""
+    name: str = ""
+    label: str | None = None
+    kind: str = "self"                 # finetune | self | distill
+    init: str = "base"                 # base, or the arm (same seed) whose checkpoint it starts from
+    data: str = "selection"            # task | teach | filter (the run's selection) | selection (its own)
+    filter: dict | None = None         # data "selection": FilterConfig keys that differ from the run's filter
+    baseline: str | None = None        # the arm it is compared with question by question in the report
+
+
+@dataclass
 class RunConfig:
     """A whole experiment: the four arms of SERT Table II for one task and one student."""
     task: str = "strategyqa"
     model: str = "smollm2-135m"
     out: str = "runs/experiment"
     arms: list[str] = field(default_factory=lambda: ["base", "finetune", "rd", "sert", "sert_rd"])
+    arm_specs: list[ArmConfig] = field(default_factory=list)  # (D) arms beyond the paper's (sert/arms.py)
     device: str = "auto"
     dtype: str = "auto"
     train_limit: int | None = None     # train questions for finetune/rd (None = whole split)
@@ -199,11 +216,15 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> list[str]:
-        e = []
-        known = ("base", "finetune", "rd", "sert", "sert_rd")
-        for a in self.arms:
-            if a not in known:
-                e.append(f"arms: unknown arm {a!r}" + _dym(a, known))
+        from .arms import check_arms
+
+        e = check_arms(self.arms, self.arm_specs)
+        for a in self.arm_specs:
+            if a.filter is not None:
+                errs: list[str] = []
+                sub = _from_dict(FilterConfig, {**dataclasses.asdict(self.filter), **a.filter}, errs,
+                                 prefix=f"arm_specs[{a.name}].filter.")
+                e += errs or [f"arm_specs[{a.name}].{m}" for m in sub.validate()]
         if self.train_limit is not None and self.train_limit < 1:
             e.append(f"train_limit: expected a positive integer, got {self.train_limit}")
         for sub in (self.mine, self.filter, self.train, self.teach, self.eval):

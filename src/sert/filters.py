@@ -189,29 +189,47 @@ def first_rejecting_rule(path: dict, rules: Sequence[Rule], cfg: FilterConfig) -
     return None
 
 
-def _select_key(p: dict) -> tuple:
-    """Smaller is better: mode sert, the lowest rep-2 (SERT §II-A); mode cot-decoding, the highest
-    CoT-decoding confidence Δ (Wang & Zhou 2024; a path without one ranks last). Ties: lower path index."""
-    if p.get("mode") == "cot-decoding":
+SELECT_RULES = ("auto", "rep2", "confidence", "ppl")
+
+
+def select_rule(paths: Sequence[dict], rule: str = "auto") -> str:
+    """The selection rule in force: ``auto`` is the paper's lowest rep-2 for sampled paths (SERT §II-A)
+    and the highest CoT-decoding confidence for cot-decoding paths (Wang & Zhou 2024)."""
+    if rule != "auto":
+        return rule
+    return "confidence" if any(p.get("mode") == "cot-decoding" for p in paths) else "rep2"
+
+
+def _select_key(p: dict, rule: str) -> tuple:
+    """Smaller is better: ``rep2`` the lowest rep-2; ``confidence`` the highest confidence Δ (a path
+    without one ranks last); ``ppl`` the lowest perplexity (the model's most confident path that passed
+    the filters; (D), for variants beyond the paper). Ties: lower path index."""
+    if rule == "confidence":
         d = p.get("delta")
         return (d is None, -(d or 0.0), p.get("path", 0))
+    if rule == "ppl":
+        return (p.get("ppl") is None, p.get("ppl") or 0.0, p.get("path", 0))
     return (p["rep2"], p.get("path", 0))
 
 
-def select(paths: Sequence[dict]) -> dict[str, dict]:
-    """Per question, the best path by :func:`_select_key` (the mode is each path record's ``mode``)."""
+def select(paths: Sequence[dict], rule: str = "auto") -> dict[str, dict]:
+    """Per question, the best path by :func:`_select_key` under :func:`select_rule`."""
+    rule = select_rule(paths, rule)
     best: dict[str, dict] = {}
     for p in paths:
         b = best.get(p["id"])
-        if b is None or _select_key(p) < _select_key(b):
+        if b is None or _select_key(p, rule) < _select_key(b, rule):
             best[p["id"]] = p
     return best
 
 
-def select_names(paths: Sequence[dict]) -> tuple[str, str]:
+def select_names(paths: Sequence[dict], rule: str = "auto") -> tuple[str, str]:
     """The funnel's name for the select stage and the rule its losers are rejected by."""
-    if any(p.get("mode") == "cot-decoding" for p in paths):
+    rule = select_rule(paths, rule)
+    if rule == "confidence":
         return "select (highest confidence)", "not_highest_confidence"
+    if rule == "ppl":
+        return "select (lowest perplexity)", "not_lowest_ppl"
     return "select", "not_lowest_rep2"
 
 
@@ -343,9 +361,9 @@ def funnel(paths: list[dict], cfg: FilterConfig):
         alive = keep
         stages.append({"stage": stage, "paths": len(alive), "questions": len({paths[i]["id"] for i in alive}),
                        "removed": sum(by_rule.values()), "removed_by": by_rule})
-    sel = select([paths[i] for i in alive])
+    sel = select([paths[i] for i in alive], cfg.select)
     chosen = {id(p) for p in sel.values()}
-    sel_stage, sel_rule = select_names(paths)
+    sel_stage, sel_rule = select_names(paths, cfg.select)
     for i in alive:
         if id(paths[i]) not in chosen:
             rejected.append(_rejected_record(paths[i], sel_rule, sel_stage))
@@ -357,7 +375,7 @@ def funnel(paths: list[dict], cfg: FilterConfig):
     for k in range(len(order) + 1):
         used = {r.name for r in rules if r.stage in order[:k]}
         keep = [p for p, f in zip(paths, fails) if not (f & used)]
-        s = select(keep)
+        s = select(keep, cfg.select)
         stats_sets.append(("none" if k == 0 else "+" + order[k - 1], s))
         cumulative.append({"filters": order[:k], "paths": len(keep), "questions": len({p["id"] for p in keep}),
                            "selected": _selected_stats(s)})

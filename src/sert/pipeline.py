@@ -41,11 +41,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from .arms import PAPER_ARMS, arm_table, training_order
 from .config import RunConfig, from_dict, load_run_config, to_dict
 from .errors import SertError, did_you_mean
 from .io import RunLock, atomic_write_json, atomic_write_text, read_json, read_jsonl
 
-ARMS = ["base", "finetune", "rd", "sert", "sert_rd"]
 # Keys that change how a run is executed or labelled, not what it computes: a run directory
 # may be resumed with other values (e.g. on another device, with smaller batches for generation,
 # or with arms added).
@@ -54,7 +54,8 @@ OPERATIONAL_KEYS = {"out", "arms", "device", "mine.batch_questions", "eval.batch
                     "teach.concurrency", "teach.max_retries", "teach.timeout",
                     # Keys a run may change and still be the same run: the stages they affect record what
                     # they were built with (Stage.identity) and are redone when it differs.
-                    "eval.max_new_tokens", "eval.budget_margin", "eval.default_budget", "train.seeds"}
+                    "eval.max_new_tokens", "eval.budget_margin", "eval.default_budget", "train.seeds",
+                    "arm_specs"}
 MARKER = ".done.json"
 VERB = {"ran": "running", "resumed": "resuming (torn earlier)",
         "redone": "redoing (its input was rebuilt or its settings changed)"}
@@ -117,15 +118,15 @@ def _check_inputs(cfg: RunConfig) -> None:
     from .tasks import get_task
 
     task = get_task(cfg.task)
-    arms = set(cfg.arms)
+    sources = data_sources(cfg)
     task.examples(cfg.eval.split, cfg.eval.limit)
-    if arms & {"sert", "sert_rd"}:
+    if any(x == "filter" or x.startswith("selection:") for x in sources):
         task.examples(cfg.mine.split, cfg.mine.limit)
-    if arms & {"finetune", "rd", "sert_rd"}:
+    if sources & {"task", "teach"}:
         task.examples("train", cfg.train_limit)
     check_model(cfg.model)
     online = []
-    if arms & {"rd", "sert_rd"}:
+    if "teach" in sources:
         from .teach import resolve_teacher
         if resolve_teacher(task, cfg.teach.teacher).startswith("openai:"):
             online.append(("teach.base_url", cfg.teach.base_url))
@@ -171,6 +172,7 @@ class Stage:
     identity: Callable[[], dict] | None = None  # what the stage is built with beyond its deps (e.g. the
     #                                   generation budget); called once its deps are complete; a finished
     #                                   stage whose marker recorded another identity is redone
+    legacy_identity: dict | None = None  # what a marker written before identities existed stands for
 
 
 def _device(v: str) -> str | None:
@@ -188,44 +190,43 @@ def _count(path: Path) -> int:
     return len(read_jsonl(path, tolerate_torn_tail=True)) if path.exists() else 0
 
 
+def data_sources(cfg: RunConfig) -> set[str]:
+    """What the trained arms read: "task", "teach", "filter" and "selection:<arm>"."""
+    table = arm_table(cfg.arm_specs)
+    out = set()
+    for a in training_order(cfg.arms, table):
+        out.add(f"selection:{a}" if table[a].data == "selection" else table[a].data)
+    return out
+
+
 def build_stages(cfg: RunConfig, run_dir: Path, progress: bool = True) -> list[Stage]:
-    """The stages the configured arms need, in execution order."""
-    arms = [a for a in ARMS if a in cfg.arms]
+    """The stages the configured arms need, in execution order (the arm table: :mod:`sert.arms`)."""
+    table = arm_table(cfg.arm_specs)
     dev, dt = _device(cfg.device), _device(cfg.dtype)
     q = shlex.quote
     conf = q(str(run_dir / "config.yaml"))
     devflags = (f" --device {q(cfg.device)}" if cfg.device != "auto" else "") + \
         (f" --dtype {q(cfg.dtype)}" if cfg.dtype != "auto" else "")
-    need_sert = "sert" in arms or "sert_rd" in arms
-    need_teach = "rd" in arms or "sert_rd" in arms
-    mine_dir, filt_dir, teach_dir = run_dir / "mine", run_dir / "filter", run_dir / "teach"
+    sources = data_sources(cfg)
+    mine_dir, teach_dir = run_dir / "mine", run_dir / "teach"
     teach_limit = cfg.teach.limit if cfg.teach.limit is not None else cfg.train_limit
     stages: list[Stage] = []
 
-    if need_sert:
+    def selection_dir(src: str) -> Path:
+        return run_dir / ("filter" if src == "filter" else f"filter-{src.split(':', 1)[1]}")
+
+    if any(x == "filter" or x.startswith("selection:") for x in sources):
         def mine(resume: bool) -> dict:
             from .mine import run_mine
             run_mine(cfg.model, cfg.task, cfg.mine, mine_dir, device=dev, dtype=dt, progress=progress)
             return {"paths": _count(mine_dir / "paths.jsonl")}
 
-        def filt(resume: bool) -> dict:
-            from .filters import run_filter
-            run_filter(mine_dir / "paths.jsonl", filt_dir, cfg.filter)
-            return {"selected": _count(filt_dir / "selected.jsonl")}
-
-        def filt_check() -> None:
-            if _count(filt_dir / "selected.jsonl") == 0:
-                raise SertError(f"the filters kept no latent path ({filt_dir / 'funnel.json'}): the sert arms have "
-                                "no training data; mine more questions (mine.limit), sample longer paths "
-                                "(mine.max_new_tokens) or relax the filters")
-
         stages.append(Stage("mine", mine_dir, ["paths.jsonl", "mine_meta.json"], mine,
                             command=f"sert mine --model {q(cfg.model)} --task {q(cfg.task)} --config {conf} "
                                     f"--out {q(str(mine_dir))}{devflags}"))
-        stages.append(Stage("filter", filt_dir, ["selected.jsonl", "funnel.json"], filt, ["mine"], filt_check,
-                            command=f"sert filter --paths {q(str(mine_dir / 'paths.jsonl'))} --config {conf} "
-                                    f"--out {q(str(filt_dir))}"))
-    if need_teach:
+        for src in sorted(x for x in sources if x == "filter" or x.startswith("selection:")):
+            stages.append(filter_stage(cfg, src, selection_dir(src), mine_dir, conf, table))
+    if "teach" in sources:
         def teach(resume: bool) -> dict:
             from .teach import run_teach
             run_teach(cfg.task, cfg.teach, teach_dir, split="train", limit=teach_limit)
@@ -249,15 +250,16 @@ def build_stages(cfg: RunConfig, run_dir: Path, progress: bool = True) -> list[S
     def eval_stage(arm: str, seed: int | None = None) -> Stage:
         inst = arm if seed is None else instance_name(arm, seed, seeds)
         out = run_dir / "eval" / inst
+        untrained = table[arm].kind == "none"
 
         def budget() -> dict:
             from .evaluate import longest_training_completion, resolve_budget
-            longest = None if arm == "base" else longest_training_completion(str(_checkpoint(run_dir, inst)))
+            longest = None if untrained else longest_training_completion(str(_checkpoint(run_dir, inst)))
             return resolve_budget(cfg.eval, longest, label=f"arm {inst}")
 
         def ev(resume: bool) -> dict:
             from .evaluate import run_eval
-            model = cfg.model if arm == "base" else str(_checkpoint(run_dir, inst))
+            model = cfg.model if untrained else str(_checkpoint(run_dir, inst))
             m = run_eval(model, cfg.task, cfg.eval, out, device=dev, dtype=dt, progress=progress)
             info = {"accuracy": f"{100 * m['acc']:.1f}%", "n": m["n"], "max_new_tokens": m["max_new_tokens"],
                     "cut": f"{100 * m['cut']:.1f}%"}
@@ -265,39 +267,39 @@ def build_stages(cfg: RunConfig, run_dir: Path, progress: bool = True) -> list[S
                 info["retry"] = f"{m['n'] - m.get('judge_n', 0)} judge scores missing"
             return info
 
-        model = q(cfg.model) if arm == "base" else q(str(run_dir / "arms" / inst / "final"))
+        model = q(cfg.model) if untrained else q(str(run_dir / "arms" / inst / "final"))
         return Stage(f"eval:{inst}", out, ["metrics.json", "predictions.jsonl"], ev,
-                     [] if arm == "base" else [f"train:{inst}"],
+                     [] if untrained else [f"train:{inst}"],
                      command=f"sert eval --model {model} --task {q(cfg.task)} --config {conf} "
                              f"--out {q(str(out))}{devflags}",
                      identity=lambda: {"max_new_tokens": budget()["max_new_tokens"]})
 
     def train_stage(arm: str, seed: int) -> Stage:
+        spec = table[arm]
         inst = instance_name(arm, seed, seeds)
         out = run_dir / "arms" / inst
         tcfg = dataclasses.replace(cfg.train, seed=seed, seeds=None)
-        if arm == "finetune":
-            init, data, kind, limit, deps = cfg.model, cfg.task, "finetune", cfg.train_limit, []
-        elif arm == "rd":
-            init, data, kind, limit, deps = cfg.model, str(teach_dir / "rationales.jsonl"), "distill", None, ["teach"]
-        elif arm == "sert":
-            init, data, kind, limit, deps = cfg.model, str(filt_dir / "selected.jsonl"), "self", None, ["filter"]
-        else:  # sert_rd: RD started from the self-trained checkpoint of the same seed (SERT §II-C)
-            sert_inst = instance_name("sert", seed, seeds)
-            init, data, kind, limit = str(run_dir / "arms" / sert_inst / "final"), \
-                str(teach_dir / "rationales.jsonl"), "distill", None
-            deps = [f"train:{sert_inst}", "teach"]
+        src = f"selection:{arm}" if spec.data == "selection" else spec.data
+        data = cfg.task if src == "task" else str(teach_dir / "rationales.jsonl") if src == "teach" \
+            else str(selection_dir(src) / "selected.jsonl")
+        limit = cfg.train_limit if spec.data == "task" else None
+        deps = [] if spec.data == "task" else ["teach" if src == "teach" else f"filter{src[len('selection'):]}"
+                                                 if src.startswith("selection:") else "filter"]
+        init_inst = None if spec.init == "base" else instance_name(spec.init, seed, seeds)
+        if init_inst:
+            deps.append(f"train:{init_inst}")
+        init = cfg.model if init_inst is None else str(run_dir / "arms" / init_inst / "final")
 
         def tr(resume: bool) -> dict:
             from .train import run_train
             t0 = time.time()
-            start = init if arm != "sert_rd" else str(_checkpoint(run_dir, instance_name("sert", seed, seeds)))
-            final = run_train(start, data, kind, tcfg, out, resume=resume, device=dev, dtype=dt, limit=limit)
+            start = init if init_inst is None else str(_checkpoint(run_dir, init_inst))
+            final = run_train(start, data, spec.kind, tcfg, out, resume=resume, device=dev, dtype=dt, limit=limit)
             ts = out / "train_summary.json"
             summ = read_json(ts) if ts.exists() else {}
-            info = {"arm": arm, "instance": inst, "seed": seed, "stage": kind,
-                    "init": _rel(Path(start), run_dir) if arm == "sert_rd" else init,
-                    "data": _rel(Path(data), run_dir) if kind != "finetune" else data, "limit": limit,
+            info = {"arm": arm, "instance": inst, "seed": seed, "stage": spec.kind,
+                    "init": _rel(Path(start), run_dir) if init_inst else init,
+                    "data": _rel(Path(data), run_dir) if spec.data != "task" else data, "limit": limit,
                     "n_examples": summ.get("n_examples"), "max_completion_tokens": summ.get("max_completion_tokens"),
                     "checkpoint": _rel(Path(final), run_dir), "wall_s": round(time.time() - t0, 1)}
             atomic_write_json(out / "arm.json", info)
@@ -307,20 +309,53 @@ def build_stages(cfg: RunConfig, run_dir: Path, progress: bool = True) -> list[S
             return {"checkpoint": info["checkpoint"]}
 
         return Stage(f"train:{inst}", out, ["arm.json", "final/config.json"], tr, deps,
-                     command=f"sert train --stage {kind} --model {q(init)} --data {q(data)} --config {conf} "
+                     command=f"sert train --stage {spec.kind} --model {q(init)} --data {q(data)} --config {conf} "
                              f"--out {q(str(out))}" + (f" --limit {limit}" if limit is not None else "")
                              + (f" --seed {seed}" if len(seeds) > 1 else "") + devflags,
-                     identity=lambda: {"seed": seed})
+                     identity=lambda: {"seed": seed, **({"arm": dataclasses.asdict(spec)}
+                                                         if arm not in PAPER_ARMS else {})},
+                     legacy_identity={"seed": cfg.train.seed} if arm in PAPER_ARMS else None)
 
-    if "base" in arms:
-        stages.append(eval_stage("base"))
+    untrained = [a for a in cfg.arms if table[a].kind == "none"]
+    for a in untrained:
+        stages.append(eval_stage(a))
+    order = training_order(cfg.arms, table)
     for seed in seeds:
-        for arm in ("finetune", "rd", "sert", "sert_rd"):
-            if arm in arms or (arm == "sert" and "sert_rd" in arms):
-                stages.append(train_stage(arm, seed))
-            if arm in arms:
+        for arm in order:
+            stages.append(train_stage(arm, seed))
+            if arm in cfg.arms:
                 stages.append(eval_stage(arm, seed))
     return stages
+
+
+def filter_stage(cfg: RunConfig, src: str, out: Path, mine_dir: Path, conf: str, table: dict) -> Stage:
+    """The run's filter stage (``filter``), or an arm's own selection of the same mined paths
+    (``filter:<arm>``, FilterConfig = the run's with the arm's overrides)."""
+    from .config import FilterConfig
+
+    own = src.startswith("selection:")
+    arm = src.split(":", 1)[1] if own else None
+    fcfg = from_dict(FilterConfig, {**to_dict(cfg.filter), **(table[arm].filter or {})}) if own else cfg.filter
+    name = f"filter:{arm}" if own else "filter"
+
+    def filt(resume: bool) -> dict:
+        from .filters import run_filter
+        run_filter(mine_dir / "paths.jsonl", out, fcfg)
+        return {"selected": _count(out / "selected.jsonl")}
+
+    def filt_check() -> None:
+        if _count(out / "selected.jsonl") == 0:
+            raise SertError(f"the filters kept no latent path ({out / 'funnel.json'}): "
+                            f"{'arm ' + arm if own else 'the sert arms'} have no training data; mine more questions "
+                            "(mine.limit), sample longer paths (mine.max_new_tokens) or relax the filters")
+
+    q = shlex.quote
+    sets = "".join(f" --{k.replace('_', '-')} {q(str(v).lower() if isinstance(v, bool) else str(v))}"
+                   for k, v in (table[arm].filter or {}).items()) if own else ""
+    return Stage(name, out, ["selected.jsonl", "funnel.json"], filt, ["mine"], filt_check,
+                 command=f"sert filter --paths {q(str(mine_dir / 'paths.jsonl'))} --config {conf}{sets} "
+                         f"--out {q(str(out))}",
+                 identity=(lambda: {"filter": to_dict(fcfg)}) if own else None)
 
 
 def instance_name(arm: str, seed: int, seeds: list[int]) -> str:
@@ -393,7 +428,7 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
             outputs_ok = all((st.dir / o).exists() for o in st.outputs)
             ident = st.identity() if st.identity else None
             deps_ok = mk is not None and all(mk.get("deps", {}).get(d) == tokens.get(d) for d in st.deps) \
-                and (ident is None or mk.get("identity") == ident)
+                and (ident is None or mk.get("identity", st.legacy_identity) == ident)
             if mk is not None and outputs_ok and deps_ok and not mk.get("retry"):
                 tokens[st.name] = mk["token"]
                 table[st.name].update(status="done", last="skipped")

@@ -24,14 +24,11 @@ import re
 from pathlib import Path
 from typing import Callable
 
+from .arms import PAPER_ARMS, arm_table
 from .errors import SertError
 from .io import atomic_write_text, ensure_dir, read_json, read_jsonl
 
-ARMS = ["base", "finetune", "rd", "sert", "sert_rd"]
-ARM_LABELS = {"base": "Base (untrained)", "finetune": "Finetune", "rd": "RD", "sert": "SERT",
-              "sert_rd": "SERT+RD"}
-# Pairs (baseline, treatment) of the paper's two claims: SERT+RD beats RD, SERT beats Finetune.
-COMPARISONS = [("rd", "sert_rd"), ("finetune", "sert")]
+ARMS = list(PAPER_ARMS)
 
 # SERT Table II (Zhang et al., ICASSP 2025), accuracy in %, per student and task.
 PAPER = {
@@ -79,8 +76,12 @@ def _load_run(run_dir: Path) -> dict:
     if cfg_file.exists():
         run["config"] = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
         run["config_text"] = cfg_file.read_text(encoding="utf-8")
+    table = arm_table(run["config"].get("arm_specs") or ())
+    run["labels"] = {a.name: a.label for a in table.values()}
+    # (baseline, treatment) pairs: the paper's claims (SERT+RD beats RD, SERT beats Finetune) and declared arms'
+    run["comparisons"] = [(a.baseline, a.name) for a in table.values() if a.baseline]
     order = list(run["config"].get("arms") or ARMS)
-    order += [a for a in ARMS if a not in order]
+    order += [a for a in table if a not in order]
     for arm in order:
         m = run_dir / "eval" / arm / "metrics.json"
         p = run_dir / "eval" / arm / "predictions.jsonl"
@@ -155,7 +156,7 @@ def results_table(run: dict) -> tuple[list[str], list[list[str]]]:
         m = a["metrics"]
         lo, hi = m.get("acc_ci", [None, None])
         pub = (paper or {}).get(arm)
-        rows.append([ARM_LABELS.get(arm, arm), f"{_pct(m.get('acc'))} [{_pct(lo)}, {_pct(hi)}]",
+        rows.append([run["labels"].get(arm, arm), f"{_pct(m.get('acc'))} [{_pct(lo)}, {_pct(hi)}]",
                      _pct(m.get("fmt"), 1), _num(m.get("len"), ".1f"), _num(m.get("rep"), ".3f"),
                      *([_num(m.get("judge"), ".2f")] if judge else []), str(m.get("n", "–")),
                      "–" if pub is None else f"{pub:.2f}"])
@@ -168,7 +169,7 @@ def significance(run: dict) -> list[dict]:
 
     out = []
     _, paper, _ = paper_row(run["model"] or "", run["task"] or "")
-    for base, treat in COMPARISONS:
+    for base, treat in run["comparisons"]:
         if base not in run["arms"] or treat not in run["arms"]:
             continue
         c = compare_runs(run["arms"][base]["preds"], run["arms"][treat]["preds"])
@@ -188,7 +189,7 @@ def pooled_significance(run: dict) -> list[dict]:
 
     out = []
     _, paper, _ = paper_row(run["model"] or "", run["task"] or "")
-    for base, treat in COMPARISONS:
+    for base, treat in run["comparisons"]:
         sb, st = run["seeds"].get(base, {}), run["seeds"].get(treat, {})
         common = sorted(set(sb) & set(st))
         if len(common) < 2:
@@ -211,7 +212,7 @@ def seed_rows(run: dict) -> list[list[str]]:
             continue
         accs = [100 * by_seed[s]["metrics"]["acc"] for s in sorted(by_seed)]
         m, sd = mean_sd(accs)
-        rows.append([ARM_LABELS.get(arm, arm), ", ".join(str(s) for s in sorted(by_seed)),
+        rows.append([run["labels"].get(arm, arm), ", ".join(str(s) for s in sorted(by_seed)),
                      ", ".join(f"{a:.2f}" for a in accs), f"{m:.2f} ± {sd:.2f}"])
     return rows
 
@@ -225,7 +226,7 @@ def budget_rows(run: dict) -> list[list[str]]:
         cut = m.get("cut")
         flag = "" if cut is None or cut <= CUT_FLAG else \
             ("⚠ mostly loops" if (m.get("cut_loop") or 0) >= (m.get("cut_budget") or 0) else "⚠ budget too small")
-        rows.append([ARM_LABELS.get(arm, arm), _cell(m.get("max_new_tokens")),
+        rows.append([run["labels"].get(arm, arm), _cell(m.get("max_new_tokens")),
                      _cell(b.get("longest_training_completion")), _cell(m.get("max_output_tokens")),
                      _pct(cut, 1), _pct(m.get("cut_loop"), 1), _pct(m.get("cut_budget"), 1),
                      _pct(m.get("no_answer"), 1), flag])
@@ -304,7 +305,7 @@ def accuracy_plot(run: dict, path: Path) -> Path | None:
                    label=f"paper: {label}")
     for i, y in enumerate(acc):
         ax.annotate(f"{y:.1f}", (i, y), textcoords="offset points", xytext=(8, 2), fontsize=8)
-    ax.set_xticks(list(xs), [ARM_LABELS.get(a, a) for a in arms])
+    ax.set_xticks(list(xs), [run["labels"].get(a, a) for a in arms])
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, min(100, max(acc + [p for p in (paper or {}).values()] + [10]) * 1.35))
     ax.set_title(f"{run['task']} · {Path(str(run['model'])).name}", fontsize=10)
@@ -379,10 +380,10 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
         for s in sig:
             shown = s["p_value"] < 0.05 and (s["ci"][0] > 0 or s["ci"][1] < 0)
             verdict = "not significant" if not shown else \
-                f"significant: {ARM_LABELS[s['treatment']]} {'better' if s['diff'] > 0 else 'worse'}"
+                f"significant: {run['labels'][s['treatment']]} {'better' if s['diff'] > 0 else 'worse'}"
             pub = s["paper_diff_pp"]
             seen = "–" if pub is None else ("yes" if abs(pub) >= 100 * s["mde"] else "no")
-            what = f"{ARM_LABELS[s['treatment']]} vs {ARM_LABELS[s['baseline']]}"
+            what = f"{run['labels'][s['treatment']]} vs {run['labels'][s['baseline']]}"
             if "seeds" in s:
                 what += f" (pooled over seeds {', '.join(map(str, s['seeds']))})"
             rows.append([what, str(s["n"]), f"{100 * s['diff']:+.2f}",
@@ -420,7 +421,7 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
         d.append(("h2", "Training"))
         rows = []
         for arm, t in run["train"].items():
-            rows.append([ARM_LABELS.get(arm, arm), t.get("stage", "–"), f"`{t.get('init', '–')}`",
+            rows.append([run["labels"].get(arm, arm), t.get("stage", "–"), f"`{t.get('init', '–')}`",
                          f"`{t.get('data', '–')}`", _cell(t.get("n_examples")), _cell(t.get("steps")),
                          _cell(t.get("mean_train_loss")), _cell(t.get("final_loss")), _cell(t.get("wall_s"))])
         d.append(("table", ["Arm", "stage", "initialised from", "data", "examples", "steps", "mean loss",
@@ -434,7 +435,7 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
             r0 = next(m[i] for m in maps.values())
             d.append(("h3", f"{i} · gold: {r0.get('gold')}"))
             d.append(("p", _short(r0.get("question", ""), 400)))
-            rows = [[ARM_LABELS.get(arm, arm), _short(m[i].get("output", ""), 360), str(m[i].get("pred")),
+            rows = [[run["labels"].get(arm, arm), _short(m[i].get("output", ""), 360), str(m[i].get("pred")),
                      "✓" if m[i].get("correct") else "✗"] for arm, m in maps.items()]
             d.append(("table", ["Arm", "output", "answer", ""], rows))
 
