@@ -244,8 +244,9 @@ def build_stages(cfg: RunConfig, run_dir: Path, progress: bool = True) -> list[S
             model = cfg.model if arm == "base" else str(_checkpoint(run_dir, arm))
             m = run_eval(model, cfg.task, cfg.eval, out, device=dev, dtype=dt, progress=progress)
             info = {"accuracy": f"{100 * m['acc']:.1f}%", "n": m["n"]}
-            if cfg.eval.judge and m.get("judge_n", 0) < m["n"]:
-                info["retry"] = f"{m['n'] - m.get('judge_n', 0)} judge scores missing"
+            failed = m.get("judge_failed", m["n"] - m.get("judge_n", 0))  # unscored replies are final
+            if cfg.eval.judge and failed:
+                info["retry"] = f"{failed} judge requests failed"
             return info
 
         model = q(cfg.model) if arm == "base" else q(str(run_dir / "arms" / arm / "final"))

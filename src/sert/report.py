@@ -26,6 +26,7 @@ from typing import Callable
 
 from .errors import SertError
 from .io import atomic_write_text, ensure_dir, read_json, read_jsonl
+from .openai_client import format_judge
 
 ARMS = ["base", "finetune", "rd", "sert", "sert_rd"]
 ARM_LABELS = {"base": "Base (untrained)", "finetune": "Finetune", "rd": "RD", "sert": "SERT",
@@ -124,7 +125,7 @@ def results_table(run: dict) -> tuple[list[str], list[list[str]]]:
         pub = (paper or {}).get(arm)
         rows.append([ARM_LABELS.get(arm, arm), f"{_pct(m.get('acc'))} [{_pct(lo)}, {_pct(hi)}]",
                      _pct(m.get("fmt"), 1), _num(m.get("len"), ".1f"), _num(m.get("rep"), ".3f"),
-                     *([_num(m.get("judge"), ".2f")] if judge else []), str(m.get("n", "–")),
+                     *([format_judge(m) if "judge" in m else "–"] if judge else []), str(m.get("n", "–")),
                      "–" if pub is None else f"{pub:.2f}"])
     return head, rows
 
