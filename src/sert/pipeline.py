@@ -50,7 +50,9 @@ ARMS = ["base", "finetune", "rd", "sert", "sert_rd"]
 # or with arms added).
 OPERATIONAL_KEYS = {"out", "arms", "device", "mine.batch_questions", "eval.batch_size",
                     "train.logging_steps", "train.save_total_limit",
-                    "teach.concurrency", "teach.max_retries", "teach.timeout"}
+                    "teach.concurrency", "teach.max_retries", "teach.timeout", "train.report_to",
+                    # the Fig. 4 judge stage reads the filter sets and changes nothing the arms compute
+                    "judge.enabled", "judge.model", "judge.base_url", "judge.sample", "judge.seed"}
 MARKER = ".done.json"
 VERB = {"ran": "running", "resumed": "resuming (torn earlier)", "redone": "redoing (its input was rebuilt)"}
 
@@ -129,6 +131,8 @@ def _check_inputs(cfg: RunConfig) -> None:
         if not spec.startswith("openai:") or not spec[len("openai:"):].strip():
             raise SertError(f"eval.judge: expected openai:MODEL (any OpenAI-compatible endpoint), got {spec!r}")
         online.append(("eval.judge_base_url", cfg.eval.judge_base_url))
+    if cfg.judge.enabled and arms & {"sert", "sert_rd"}:
+        online.append(("judge.base_url", cfg.judge.base_url))
     for key, url in online:
         if url is None and not os.environ.get("OPENAI_API_KEY"):
             raise SertError(f"set OPENAI_API_KEY to call the OpenAI API, or set {key} for a local "
@@ -217,6 +221,8 @@ def build_stages(cfg: RunConfig, run_dir: Path, progress: bool = True) -> list[S
         stages.append(Stage("filter", filt_dir, ["selected.jsonl", "funnel.json"], filt, ["mine"], filt_check,
                             command=f"sert filter --paths {q(str(mine_dir / 'paths.jsonl'))} --config {conf} "
                                     f"--out {q(str(filt_dir))}"))
+    if need_sert and cfg.judge.enabled:
+        stages.append(_judge_stage(cfg, run_dir, conf))
     if need_teach:
         def teach(resume: bool) -> dict:
             from .teach import run_teach
@@ -296,6 +302,23 @@ def build_stages(cfg: RunConfig, run_dir: Path, progress: bool = True) -> list[S
         if arm in arms:
             stages.append(eval_stage(arm))
     return stages
+
+
+def _judge_stage(cfg: RunConfig, run_dir: Path, conf: str) -> Stage:
+    """The paper's Fig. 4 (``sert judge``): judge scores of the paths each filter set keeps."""
+    out = run_dir / "judge"
+
+    def judge(resume: bool) -> dict:
+        from .judge import run_judge
+        fig = run_judge(run_dir, cfg.judge, out)
+        info = {"judged": sum(r["asked"] for r in fig["sets"]), "scored": sum(r["scored"] for r in fig["sets"])}
+        failed = sum(r["failed"] for r in fig["sets"])
+        if failed:  # the next run retries them (the cache answers the rest)
+            info["retry"] = f"{failed} judge requests failed"
+        return info
+
+    return Stage("judge", out, ["fig4.json", "fig4.png"], judge, ["filter"],
+                 command=f"sert judge {shlex.quote(str(run_dir))} --config {conf}")
 
 
 def _checkpoint(run_dir: Path, arm: str) -> Path:
