@@ -103,6 +103,8 @@ class TrainConfig:
     group_by_length: bool = True       # (D) fewer padding tokens; same examples, same epochs
     save_total_limit: int = 1
     logging_steps: int = 10
+    report_to: str = "none"            # (D) Trainer loggers: none | tensorboard | wandb, mlflow, ... (comma-separated);
+                                       # TensorBoard writes to the arm's directory, OUT/logs
 
     def validate(self) -> list[str]:
         e = []
