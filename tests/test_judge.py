@@ -67,8 +67,12 @@ def test_fig4_scores_each_filter_set_with_coverage(server, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "+pattern" in out and "8.00 (3/4 scored)" in out
     n = len(server.requests)
-    assert main(argv) == 0  # rerun: all from the cache
+    (d / "config.yaml").write_text(f"task: strategyqa\njudge:\n  model: openai:judge-x\n  base_url: {server.url}\n"
+                                   "  sample: 5\n")
+    assert main(["judge", str(d)]) == 0  # rerun with the run's judge section: all from the cache
     assert len(server.requests) == n and read_json(d / "judge" / "fig4.json")["sets"] == fig["sets"]
+    (d / "config.yaml").write_text("task: strategyqa\n")  # a run made before the judge section existed
+    assert main(argv) == 0 and len(server.requests) == n
 
 
 def test_fig4_bad_input_is_one_line(server, tmp_path, capsys):

@@ -22,7 +22,7 @@ import random
 import statistics
 from pathlib import Path
 
-from .config import JudgeConfig
+from .config import JudgeConfig, load_yaml
 from .errors import SertError
 from .io import RunLock, atomic_write_json, read_jsonl
 from .openai_client import coverage, format_judge, make_judge
@@ -143,8 +143,9 @@ def add_parser(sub) -> None:
 def _cmd(args: argparse.Namespace) -> int:
     from .cli import config_from_args
 
-    if args.config is None and (Path(args.run) / "config.yaml").exists():
-        args.config = str(Path(args.run) / "config.yaml")  # a run's judge section, flags override it
+    run_cfg = Path(args.run) / "config.yaml"
+    if args.config is None and run_cfg.exists() and "judge" in load_yaml(run_cfg):
+        args.config = str(run_cfg)  # a run's judge section; flags override it
     cfg = config_from_args(JudgeConfig, args, section="judge")
     fig = run_judge(args.run, cfg, args.out)
     out = Path(args.out) if args.out else Path(args.run) / "judge"
