@@ -91,6 +91,10 @@ class Handler(ChatHandler):
         reminded = "No score found" in content  # the judge's format reminder
         if scen == "unparseable":  # prose first; a score once reminded of the format
             return self._send(200, reply("Score: 4" if reminded else "The reasoning is mostly fine."))
+        if scen == "nologprobs":  # a server that refuses the parameter
+            if req.get("logprobs"):
+                return self._send(400, b'{"error": {"message": "logprobs is not supported by this model"}}')
+            return self._send(200, reply("Score: 5"))
         if scen == "garbled":
             return self._send(200, reply("I cannot rate this."))
         if scen == "logprobs":  # the text says 9; the token probabilities say 0.6 x 8 + 0.3 x 7 (+ 0.1 'x')
@@ -269,3 +273,13 @@ def test_coverage_never_averages_unscored_as_zero(server, tmp_path, capsys):
     assert "Judge 7.00 (2/4 scored)" in format_metrics(m)
     assert "7.00 (2/4 scored)" in capsys.readouterr().out
     assert "judge" not in summarize([base])  # no judge: no judge columns
+
+
+def test_judge_falls_back_to_text_where_logprobs_are_refused(server, tmp_path, capsys):
+    from sert.openai_client import make_judge
+
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    judge = make_judge("openai:j", url, cache_path=tmp_path / "j.jsonl", max_retries=0, timeout=0.3)
+    out = judge([{"id": "a", "question": "q [s:nologprobs]", "output": "o"}])
+    assert out[0]["judge"] == 5.0 and out[0]["judge_status"] == "scored"
+    assert "refuses log-probabilities" in capsys.readouterr().out and server.hits["nologprobs"] == 2
