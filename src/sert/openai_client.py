@@ -333,7 +333,7 @@ def reply_score(r: Reply) -> float | None:
     return s if s is not None else parse_score(r.text)
 
 
-def judge_many(client: LLMClient, items: Sequence[tuple[str, str]], logprobs: bool = True) -> list[dict]:
+def judge_many(client: LLMClient, items: Sequence[tuple[str, str]], logprobs: bool = False) -> list[dict]:
     """Judge many (question, output) pairs, concurrently: per pair ``{"judge": score or None,
     "judge_status": "scored" | "unscored" | "failed"}``.
 
