@@ -1,20 +1,27 @@
 """A chat-completions stand-in for the tests (OpenAI wire format on 127.0.0.1).
 
-Shared by tests/test_openai_client.py, tests/test_teach.py and tests/test_reliability.py: each
+Shared by tests/test_openai_client.py, test_teach.py, test_reliability.py and test_judge.py: each
 subclasses :class:`ChatHandler` and writes only its ``do_POST`` (which scenario answers what).
 """
 from __future__ import annotations
 
 import json
+import math
 import socket
 import struct
 from http.server import BaseHTTPRequestHandler
 
 
-def completion(model: str, text: str, id: str = "c", usage: bool = False) -> bytes:
-    """The JSON body of a successful chat completion whose message is ``text``."""
+def completion(model: str, text: str, id: str = "c", usage: bool = False, logprobs: list | None = None) -> bytes:
+    """The JSON body of a successful chat completion whose message is ``text``; ``logprobs``:
+    per generated token ``(token, {candidate: probability})``, sent as ``logprobs.content``."""
     body = {"id": id, "object": "chat.completion", "created": 0, "model": model,
             "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]}
+    if logprobs is not None:
+        body["choices"][0]["logprobs"] = {"content": [
+            {"token": t, "logprob": math.log(top[t]), "bytes": None,
+             "top_logprobs": [{"token": c, "logprob": math.log(p), "bytes": None} for c, p in top.items()]}
+            for t, top in logprobs]}
     if usage:
         body["usage"] = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
     return json.dumps(body).encode()

@@ -33,6 +33,7 @@ class FaultServer(ThreadingHTTPServer):
         self.auth: set[str] = set()
         self.inflight = self.max_inflight = 0
         self.broken = {"always500"}  # scenarios that keep failing until removed
+        self.requests: list[dict] = []
 
     def handle_error(self, request, client_address):  # the reset scenario breaks its own socket
         pass
@@ -43,7 +44,8 @@ class Handler(ChatHandler):
         srv: FaultServer = self.server
         req = self.read_request()
         content = req["messages"][-1]["content"]
-        m = re.search(r"\[s:(\w+)\]", content)
+        m = re.search(r"\[s:(\w+)\]", content) or re.search(r"\[s:(\w+)\]", req["messages"][0]["content"])
+        srv.requests.append(req)
         scen = m.group(1) if m else "ok"
         with srv.lock:
             srv.hits[scen] = n = srv.hits.get(scen, 0) + 1
@@ -86,6 +88,18 @@ class Handler(ChatHandler):
             return self._send(401, json.dumps({"error": {"message": msg}}).encode())
         if scen == "judge":
             return self._send(200, reply("Score: 7\nClear and complete."))
+        reminded = "No score found" in content  # the judge's format reminder
+        if scen == "unparseable":  # prose first; a score once reminded of the format
+            return self._send(200, reply("Score: 4" if reminded else "The reasoning is mostly fine."))
+        if scen == "nologprobs":  # a server that refuses the parameter
+            if req.get("logprobs"):
+                return self._send(400, b'{"error": {"message": "logprobs is not supported by this model"}}')
+            return self._send(200, reply("Score: 5"))
+        if scen == "garbled":
+            return self._send(200, reply("I cannot rate this."))
+        if scen == "logprobs":  # the text says 9; the token probabilities say 0.6 x 8 + 0.3 x 7 (+ 0.1 'x')
+            lp = [("Score", {"Score": 1.0}), (":", {":": 1.0}), (" 8", {" 8": 0.6, " 7": 0.3, "x": 0.1})]
+            return self._send(200, completion(req["model"], "Score: 9", logprobs=lp if req.get("logprobs") else None))
         return self._send(200, ok)
 
 
@@ -218,3 +232,54 @@ def test_make_judge_for_evaluation(server, tmp_path, capsys):
     assert "1 of 2 requests failed" in capsys.readouterr().out
     with pytest.raises(SertError, match="openai:MODEL"):
         make_judge("llama3", url)
+
+
+def test_unparseable_reply_is_asked_once_more_then_left_unscored(server, tmp_path):
+    from sert.openai_client import FORMAT_REMINDER, judge_many
+
+    with _client(server, tmp_path, []) as c:
+        res = judge_many(c, [("q [s:unparseable]", "a"), ("q [s:garbled]", "b"), ("q [s:judge]", "c")],
+                         logprobs=False)
+    assert res == [{"judge": 4.0, "judge_status": "scored"}, {"judge": None, "judge_status": "unscored"},
+                   {"judge": 7.0, "judge_status": "scored"}]
+    assert server.hits == {"unparseable": 2, "garbled": 2, "judge": 1}  # one reminder each, no more
+    reminder = [r for r in server.requests if r["messages"][-1]["content"] == FORMAT_REMINDER]
+    assert len(reminder) == 2 and all(r["messages"][1]["role"] == "assistant" for r in reminder)
+
+
+def test_score_from_token_logprobs_without_parsing(server, tmp_path):
+    with _client(server, tmp_path, []) as c:
+        with_lp = judge_score(c, "q [s:logprobs]", "a", logprobs=True)
+        text_only = judge_score(c, "q [s:logprobs]", "a", logprobs=False)
+    assert with_lp == pytest.approx((0.6 * 8 + 0.3 * 7) / 0.9)  # normalised over the score tokens
+    assert text_only == 9.0
+    sent = [r for r in server.requests if r.get("logprobs")]
+    assert len(sent) == 1 and sent[0]["top_logprobs"] == 20
+    with _client(server, tmp_path, []) as c:  # the cache keeps the log-probabilities
+        assert judge_score(c, "q [s:logprobs]", "a", logprobs=True) == pytest.approx(with_lp) and c.calls == 0
+
+
+def test_coverage_never_averages_unscored_as_zero(server, tmp_path, capsys):
+    from sert.evaluate import format_metrics, summarize
+    from sert.openai_client import make_judge
+
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    judge = make_judge("openai:j", url, cache_path=tmp_path / "j.jsonl", max_retries=0, timeout=0.3)
+    base = {"correct": True, "method": "strict", "fmt_ok": True, "reasoning_tokens": 3, "rep1": 0.0, "pred": "yes"}
+    recs = judge([dict(base, id=i, question=f"q{i} [s:{s}]", output="o")
+                  for i, s in enumerate(["judge", "garbled", "always500", "judge"])])
+    m = summarize(recs)
+    assert (m["judge"], m["judge_n"], m["judge_asked"], m["judge_failed"]) == (7.0, 2, 4, 1)
+    assert "Judge 7.00 (2/4 scored)" in format_metrics(m)
+    assert "7.00 (2/4 scored)" in capsys.readouterr().out
+    assert "judge" not in summarize([base])  # no judge: no judge columns
+
+
+def test_judge_falls_back_to_text_where_logprobs_are_refused(server, tmp_path, capsys):
+    from sert.openai_client import make_judge
+
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    judge = make_judge("openai:j", url, cache_path=tmp_path / "j.jsonl", max_retries=0, timeout=0.3)
+    out = judge([{"id": "a", "question": "q [s:nologprobs]", "output": "o"}])
+    assert out[0]["judge"] == 5.0 and out[0]["judge_status"] == "scored"
+    assert "refuses log-probabilities" in capsys.readouterr().out and server.hits["nologprobs"] == 2

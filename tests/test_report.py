@@ -40,7 +40,7 @@ def make_run(tmp_path, arms=("base", "finetune", "rd", "sert", "sert_rd"), model
              "split": "test", "max_new_tokens": 64, "model": model, "task": "strategyqa",
              "env": {"python": "3.11", "torch": "2.13.0", "sert": "0.1.0"}}
         if judge:
-            m["judge"] = 6.5
+            m.update(judge=6.5, judge_n=9, judge_asked=N, judge_failed=0)
         (d / "metrics.json").write_text(json.dumps(m))
     (run / "filter").mkdir()
     (run / "filter" / "funnel.json").write_text(json.dumps({"stages": [  # as sert.filters writes it
@@ -105,7 +105,7 @@ def test_missing_arms_and_judge_and_other_model(tmp_path):
     md = write_report(run)[0].read_text()
     rows = table_rows(md)
     assert list(rows) == ["Base (untrained)", "RD"]
-    assert "Judge (0-10)" in md and rows["RD"][5] == "6.50"
+    assert "Judge (0-10)" in md and rows["RD"][5] == f"6.50 (9/{N} scored)"  # the mean beside its coverage
     assert "GPT-2 (124M), for reference" in md and rows["RD"][-1] == "52.69"
     assert "Needs both arms of a pair" in md and "SERT+RD vs RD" not in md
 

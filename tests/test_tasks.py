@@ -81,3 +81,43 @@ def test_user_rows_know_their_file_and_line_for_messages_only(tmp_path):
     e = read_user_examples(j)[0]
     assert e == dataclasses.replace(e, source=None) and "source" not in e.to_dict() and "source" not in repr(e)
     assert load_examples("strategyqa", "train", 1)[0].source is None
+
+
+def test_hugging_face_datasets_as_tasks(tmp_path):
+    """A save_to_disk DatasetDict (its train/test keys are the splits) and a parquet file load like JSONL."""
+    from datasets import Dataset, DatasetDict
+
+    rows = {"question": ["Where is money kept?", "What barks?", "What meows?"], "answer": ["bank", "A", "cat"],
+            "choices": [["park", "bank", "zoo"], ["dog", "cat"], ["dog", "cat"]], "id": ["m", "b", "c"]}
+    dd = DatasetDict({"train": Dataset.from_dict({k: v[:2] for k, v in rows.items()}),
+                      "test": Dataset.from_dict({k: v[2:] for k, v in rows.items()})})
+    dd.save_to_disk(str(tmp_path / "dd"))
+    t = get_task(str(tmp_path / "dd"))
+    assert [(e.id, e.answer) for e in t.examples("train")] == [("m", "B"), ("b", "A")]
+    assert [(e.id, e.answer, e.kind) for e in t.examples("test")] == [("c", "B", "choice")]
+    Dataset.from_dict({"question": ["Is ice cold?", "Is fire cold?"], "answer": ["Yes", "no"]}).to_parquet(
+        str(tmp_path / "yn.parquet"))
+    pj = tmp_path / "yn.jsonl"
+    pj.write_text('{"question": "Is ice cold?", "answer": "Yes"}\n{"question": "Is fire cold?", "answer": "no"}\n')
+    got = load_examples(str(tmp_path / "yn.parquet"), "test")
+    assert [(e.question, e.answer, e.kind) for e in got] == [(e.question, e.answer, e.kind)
+                                                             for e in load_examples(str(pj), "test")]
+
+
+def test_hugging_face_dataset_errors_are_one_line(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    Dataset.from_dict({"question": ["q1", "q2"], "label": [0, 1]}).to_parquet(str(tmp_path / "nolabel.parquet"))
+    with pytest.raises(SertError, match=r"nolabel.parquet:1: missing field 'answer'"):
+        load_examples(str(tmp_path / "nolabel.parquet"))
+    DatasetDict({"validation": Dataset.from_dict({"question": ["q"], "answer": ["yes"]})}).save_to_disk(
+        str(tmp_path / "val"))
+    with pytest.raises(SertError, match=r"splits must be train and/or test, got 'validation'"):
+        load_examples(str(tmp_path / "val"))
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    with pytest.raises(SertError, match=r"junk.parquet: not a readable Hugging Face dataset") as e:
+        load_examples(str(tmp_path / "junk.parquet"))
+    assert "\n" not in str(e.value)
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(SertError, match=r"empty_dir: not a readable Hugging Face dataset"):
+        load_examples(str(tmp_path / "empty_dir"))

@@ -278,3 +278,23 @@ def test_weights_without_use_weights_warn_once(tiny, sqa_self_records, tmp_path,
         with pytest.raises(SertError, match="--device tpu"):
             run_train(str(tiny), recs, "self", cfg, tmp_path / "x", device="tpu")
         assert "warning" not in capsys.readouterr().err
+
+
+def test_report_to_tensorboard_writes_to_the_arm_directory(tiny, sqa_self_records, tmp_path, capsys):
+    from sert.cli import main
+
+    data = tmp_path / "selected.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in sqa_self_records[:4]))
+    argv = ["train", "--stage", "self", "--model", str(tiny), "--data", str(data), "--device", "cpu",
+            "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4", "--max-length", "64"]
+    assert main(argv + ["--report-to", "tensorbored"]) == 2
+    assert "did you mean 'tensorboard'" in capsys.readouterr().err
+    from transformers.integrations.integration_utils import is_tensorboard_available
+    if not is_tensorboard_available():
+        assert main(argv + ["--report-to", "tensorboard"]) == 2
+        assert "tensorboard is not installed" in capsys.readouterr().err
+        return
+    assert main(argv + ["--report-to", "tensorboard"]) == 0
+    events = list((tmp_path / "run" / "logs").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert not list((tmp_path / "run").glob("checkpoints/runs"))  # not the Trainer's default place

@@ -13,7 +13,7 @@ import sys
 from .errors import SertError
 
 # Modules that contribute sub-commands, in the order of the SERT stages.
-COMMAND_MODULES = ["mine", "filters", "teach", "train", "evaluate", "pipeline", "report", "bench"]
+COMMAND_MODULES = ["mine", "filters", "teach", "train", "evaluate", "judge", "pipeline", "report", "bench"]
 
 
 class OneLineParser(argparse.ArgumentParser):

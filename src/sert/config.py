@@ -111,6 +111,8 @@ class TrainConfig:
     group_by_length: bool = True       # (D) fewer padding tokens; same examples, same epochs
     save_total_limit: int = 1
     logging_steps: int = 10
+    report_to: str = "none"            # (D) Trainer loggers: none | tensorboard | wandb, mlflow, ... (comma-separated);
+                                       # TensorBoard writes to the arm's directory, OUT/logs
 
     def validate(self) -> list[str]:
         e = []
@@ -187,6 +189,27 @@ class EvalConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """The paper's Fig. 4 (SERT §III): an LLM judge scores the paths each filter set keeps
+    (``sert judge RUN``; an optional stage of ``sert run`` after filtering)."""
+    enabled: bool = False              # (D) off: it needs a judge endpoint
+    model: str | None = None           # "openai:MODEL"; the paper's judge: Llama-3-8B-Instruct (S)
+    base_url: str | None = None        # a local OpenAI-compatible server (vLLM, transformers serve)
+    sample: int = 50                   # (D) paths judged per filter set; the paper does not say
+    seed: int = 0
+
+    def validate(self) -> list[str]:
+        e = []
+        if self.sample < 1:
+            e.append(f"judge.sample: expected a positive integer, got {self.sample}")
+        if self.model is not None and not (self.model.startswith("openai:") and self.model[7:].strip()):
+            e.append(f"judge.model: expected openai:MODEL (any OpenAI-compatible endpoint), got {self.model!r}")
+        if self.enabled and self.model is None:
+            e.append("judge.enabled: needs judge.model (openai:MODEL)")
+        return e
+
+
+@dataclass
 class ArmConfig:
     """An arm beyond the paper's five, declared in the config (see sert/arms.py for the table)."""
     name: str = ""
@@ -214,6 +237,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     teach: TeachConfig = field(default_factory=TeachConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def validate(self) -> list[str]:
         from .arms import check_arms
@@ -227,7 +251,7 @@ class RunConfig:
                 e += errs or [f"arm_specs[{a.name}].{m}" for m in sub.validate()]
         if self.train_limit is not None and self.train_limit < 1:
             e.append(f"train_limit: expected a positive integer, got {self.train_limit}")
-        for sub in (self.mine, self.filter, self.train, self.teach, self.eval):
+        for sub in (self.mine, self.filter, self.train, self.teach, self.eval, self.judge):
             e += sub.validate()
         if self.filter.confidence_weight and not self.train.use_weights:
             e.append(f"filter.confidence_weight {self.filter.confidence_weight!r} has no effect unless "

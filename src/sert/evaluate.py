@@ -169,10 +169,9 @@ def summarize(records: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dic
         "cut_budget": sum(1 for c in cut if c == "budget") / n,  # ... still reasoning (the budget's)
         "max_output_tokens": max((r.get("n_tokens") or 0) for r in records),
     }
-    judged = [r["judge"] for r in records if r.get("judge") is not None]
-    if judged:
-        m["judge"] = sum(judged) / len(judged)
-        m["judge_n"] = len(judged)
+    if any("judge" in r for r in records):  # judge = mean of the scored only, beside its coverage
+        from .openai_client import coverage
+        m.update(coverage(records))
     return m
 
 
@@ -419,7 +418,8 @@ def format_metrics(m: dict) -> str:
     s = (f"accuracy {100 * m['acc']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}, n={m['n']}) | "
          f"Fmt {100 * m['fmt']:.1f}% | Len {m['len']:.1f} | Rep {m['rep']:.3f}")
     if "judge" in m:
-        s += f" | Judge {m['judge']:.2f}"
+        from .openai_client import format_judge
+        s += f" | Judge {format_judge(m)}"
     return s
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -46,6 +47,7 @@ class Reply:
     error: str | None = None
     cached: bool = False
     attempts: int = 0
+    logprobs: list | None = None  # per generated token: [[token, logprob], ...] (top_logprobs), if returned
 
 
 class _Malformed(Exception):
@@ -168,7 +170,8 @@ class LLMClient:
             hit = self._cache.get(key)
             if hit is not None:
                 self.cache_hits += 1
-                return Reply(key, True, hit.get("text"), hit.get("finish_reason"), cached=True)
+                return Reply(key, True, hit.get("text"), hit.get("finish_reason"), cached=True,
+                             logprobs=hit.get("logprobs"))
         try:
             reply = self._with_retries(kind, payload, params, key)
         except Exception as e:  # noqa: BLE001 - one bad request must not crash a batch
@@ -177,6 +180,8 @@ class LLMClient:
                "time": round(time.time(), 3)}
         if reply.ok:
             rec.update(text=reply.text, finish_reason=reply.finish_reason, request={"input": payload, **params})
+            if reply.logprobs:
+                rec["logprobs"] = reply.logprobs
         else:
             rec["error"] = reply.error
         with self._lock:
@@ -197,8 +202,8 @@ class LLMClient:
                 self.calls += 1
             wait = None
             try:
-                text, finish = self._request(kind, payload, params)
-                return Reply(key, True, text, finish, attempts=attempt + 1)
+                text, finish, logprobs = self._request(kind, payload, params)
+                return Reply(key, True, text, finish, attempts=attempt + 1, logprobs=logprobs)
             except openai.RateLimitError as e:
                 last = f"429 rate limited: {e.message}"
                 wait = _retry_after(getattr(e.response, "headers", None))
@@ -222,7 +227,7 @@ class LLMClient:
         return Reply(key, False, error=self._scrub(f"failed after {self.max_retries + 1} attempts; last: {last}"),
                      attempts=self.max_retries + 1)
 
-    def _request(self, kind: str, payload, params: dict) -> tuple[str, str | None]:
+    def _request(self, kind: str, payload, params: dict) -> tuple[str, str | None, list | None]:
         if kind == "chat":
             resp = self._client.chat.completions.create(model=self.model, messages=payload, **params)
         else:
@@ -234,13 +239,26 @@ class LLMClient:
             raise _Malformed(f"no completion in the response body ({str(resp)[:120]!r})") from None
         if not isinstance(text, str):
             raise _Malformed("the completion text is missing or not a string")
-        return text, getattr(choice, "finish_reason", None)
+        return text, getattr(choice, "finish_reason", None), _top_logprobs(choice) if kind == "chat" else None
 
     def _scrub(self, s: str) -> str:
         s = str(s)
         if self._key and len(self._key) >= 4:
             s = s.replace(self._key, "***")
         return s[:500]
+
+
+def _top_logprobs(choice) -> list | None:
+    """``[[token, logprob], ...]`` per generated token from a chat choice's ``logprobs.content``
+    (its ``top_logprobs``, else the sampled token alone); None when the server sent none."""
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None
+    out = []
+    for t in content:
+        top = getattr(t, "top_logprobs", None) or [t]
+        out.append([[c.token, c.logprob] for c in top if isinstance(getattr(c, "logprob", None), (int, float))])
+    return out
 
 
 # ---------------------------------------------------------------- the judge
@@ -285,46 +303,124 @@ def _judge_messages(question: str, output: str) -> list[dict]:
 
 
 JUDGE_PARAMS = {"temperature": 0.0, "max_tokens": 16}
+LOGPROB_PARAMS = {"logprobs": True, "top_logprobs": 20}  # 20: the OpenAI API's maximum
+FORMAT_REMINDER = 'No score found in your reply. Reply with exactly "Score: N", N an integer from 0 to 10.'
+SCORE_TOKENS = {str(k): k for k in range(11)}
 
 
-def judge_score(client: LLMClient, question: str, output: str) -> float | None:
+def logprob_score(logprobs: list | None) -> float | None:
+    """The probability-weighted mean score, sum_k p(k) * k over the tokens "0".."10" among the top
+    log-probabilities at the first generated token whose most likely candidate is a score
+    (p normalised over the score tokens found there); None when no token is a score."""
+    for top in logprobs or []:
+        if not top or max(top, key=lambda c: c[1])[0].strip() not in SCORE_TOKENS:
+            continue
+        p: dict[int, float] = {}
+        for tok, lp in top:
+            k = SCORE_TOKENS.get(tok.strip())
+            if k is not None:
+                p[k] = p.get(k, 0.0) + math.exp(lp)
+        return sum(k * v for k, v in p.items()) / sum(p.values())
+    return None
+
+
+def reply_score(r: Reply) -> float | None:
+    """A judge reply's score: from its token log-probabilities where the server returned them,
+    else parsed from its text (:func:`parse_score`)."""
+    if not r.ok:
+        return None
+    s = logprob_score(r.logprobs)
+    return s if s is not None else parse_score(r.text)
+
+
+def judge_many(client: LLMClient, items: Sequence[tuple[str, str]], logprobs: bool = False) -> list[dict]:
+    """Judge many (question, output) pairs, concurrently: per pair ``{"judge": score or None,
+    "judge_status": "scored" | "unscored" | "failed"}``.
+
+    A reply with no readable score is asked once more, with the reply and a format reminder
+    appended; still none: ``unscored`` (never averaged in as 0). ``failed``: the request failed
+    after its retries (not cached: a rerun asks again).
+    """
+    params = dict(JUDGE_PARAMS, **(LOGPROB_PARAMS if logprobs else {}))
+    msgs = [_judge_messages(q, o) for q, o in items]
+    replies = client.chat_many(msgs, **params)
+    scores = [reply_score(r) for r in replies]
+    again = [i for i, (r, s) in enumerate(zip(replies, scores)) if r.ok and s is None]
+    if again:
+        retry = client.chat_many([msgs[i] + [{"role": "assistant", "content": replies[i].text or ""},
+                                             {"role": "user", "content": FORMAT_REMINDER}] for i in again], **params)
+        for i, r in zip(again, retry):
+            replies[i], scores[i] = r, reply_score(r)
+    return [{"judge": s, "judge_status": "scored" if s is not None else "unscored" if r.ok else "failed"}
+            for r, s in zip(replies, scores)]
+
+
+def judge_scores(client: LLMClient, items: Sequence[tuple[str, str]], logprobs: bool = False) -> list[float | None]:
+    """The scores of :func:`judge_many` alone."""
+    return [j["judge"] for j in judge_many(client, items, logprobs)]
+
+
+def judge_score(client: LLMClient, question: str, output: str, logprobs: bool = False) -> float | None:
     """The paper's 0-10 judge score (coherence, relevance, logical consistency,
     completeness) for one model output; None when the call failed or no score was given."""
-    r = client.chat(_judge_messages(question, output), **JUDGE_PARAMS)
-    return parse_score(r.text) if r.ok else None
+    return judge_scores(client, [(question, output)], logprobs)[0]
 
 
-def judge_scores(client: LLMClient, items: Sequence[tuple[str, str]]) -> list[float | None]:
-    """:func:`judge_score` for many (question, output) pairs, concurrently."""
-    replies = client.chat_many([_judge_messages(q, o) for q, o in items], **JUDGE_PARAMS)
-    return [parse_score(r.text) if r.ok else None for r in replies]
+def coverage(records: Sequence[dict]) -> dict:
+    """Judge coverage of records that went through a :class:`Judge`: ``judge`` (mean of the scored,
+    None if none), ``judge_n`` (scored), ``judge_asked``, ``judge_failed`` (requests that failed)."""
+    asked = [r for r in records if "judge" in r]
+    scored = [r["judge"] for r in asked if r["judge"] is not None]
+    return {"judge": sum(scored) / len(scored) if scored else None, "judge_n": len(scored),
+            "judge_asked": len(asked), "judge_failed": sum(r.get("judge_status") == "failed" for r in asked)}
+
+
+def format_judge(m: dict, digits: int = 2) -> str:
+    """``6.20 (12/20 scored)``: the mean beside its coverage; ``– (0/20 scored)`` when none was."""
+    mean = "–" if m.get("judge") is None else f"{m['judge']:.{digits}f}"
+    asked = m.get("judge_asked")
+    return mean if asked is None else f"{mean} ({m.get('judge_n', 0)}/{asked} scored)"
 
 
 class Judge:
-    """``judge(records) -> records`` for :mod:`sert.evaluate`: adds ``judge`` (0-10 or None)
-    to each prediction record (fields ``question``, ``output``), calls made concurrently.
+    """``judge(records) -> records`` for :mod:`sert.evaluate`: adds ``judge`` (0-10 or None) and
+    ``judge_status`` (:func:`judge_many`) to each record (fields ``question``, ``output``).
 
     Built by :func:`make_judge`; the cache (default ``$SERT_CACHE/judge/cache.jsonl``) makes
-    a re-evaluation free, and failed calls leave ``judge: None`` (retried next time).
+    a re-evaluation free, and failed calls leave ``judge: None`` (retried next time). Token
+    log-probabilities are requested (``logprobs``); servers that do not return them are read
+    from the text, and one that refuses the parameter (HTTP 400) is asked again without it.
     """
 
     def __init__(self, model: str, base_url: str | None = None, cache_path: str | os.PathLike | None = None,
-                 concurrency: int = 8, max_retries: int = 6, timeout: float = 60.0):
+                 concurrency: int = 8, max_retries: int = 6, timeout: float = 60.0, logprobs: bool = True):
         if cache_path is None:
             from .models import cache_root
             cache_path = cache_root() / "judge" / "cache.jsonl"
         self.opts = dict(base_url=base_url, cache_path=cache_path, concurrency=concurrency,
                          max_retries=max_retries, timeout=timeout)
-        self.model = model
+        self.model, self.logprobs = model, logprobs
         LLMClient(model, **self.opts).close()  # fail now (no key, bad cache file), not after decoding
 
-    def __call__(self, records: Sequence[dict]) -> list[dict]:
+    def score(self, items: Sequence[tuple[str, str]], what: str = "judge") -> list[dict]:
+        """:func:`judge_many` on (question, output) pairs, with a line on failures and coverage."""
         with LLMClient(self.model, **self.opts) as client:
-            scores = judge_scores(client, [(r["question"], r.get("output") or "") for r in records])
+            res = judge_many(client, items, self.logprobs)
+            refused = [f for f in client.failed if f.error and f.error.startswith("HTTP 400") and "logprob" in f.error]
+            if self.logprobs and refused:
+                print(f"[sert] {what}: the server refuses log-probabilities; scoring from the reply text")
+                self.logprobs = False
+                client.failed.clear()
+                res = judge_many(client, items, False)
             if client.failed:
-                print(f"[sert] judge: {len(client.failed)} of {len(records)} requests failed; those records have "
-                      f"no score (rerun to retry). First error: {client.failed[0].error}")
-        return [dict(r, judge=s) for r, s in zip(records, scores)]
+                print(f"[sert] {what}: {len(client.failed)} of {len(items)} requests failed; those have no score "
+                      f"(rerun to retry). First error: {client.failed[0].error}")
+        print(f"[sert] {what}: {format_judge(coverage(res))}")
+        return res
+
+    def __call__(self, records: Sequence[dict]) -> list[dict]:
+        res = self.score([(r["question"], r.get("output") or "") for r in records])
+        return [dict(r, **j) for r, j in zip(records, res)]
 
 
 def make_judge(spec: str, base_url: str | None = None, **kw) -> Judge:

@@ -51,7 +51,9 @@ from .io import RunLock, atomic_write_json, atomic_write_text, read_json, read_j
 # or with arms added).
 OPERATIONAL_KEYS = {"out", "arms", "device", "mine.batch_questions", "eval.batch_size",
                     "train.logging_steps", "train.save_total_limit",
-                    "teach.concurrency", "teach.max_retries", "teach.timeout",
+                    "teach.concurrency", "teach.max_retries", "teach.timeout", "train.report_to",
+                    # the Fig. 4 judge stage reads the filter sets and changes nothing the arms compute
+                    "judge.enabled", "judge.model", "judge.base_url", "judge.sample", "judge.seed",
                     # Keys a run may change and still be the same run: the stages they affect record what
                     # they were built with (Stage.identity) and are redone when it differs.
                     "eval.max_new_tokens", "eval.budget_margin", "eval.default_budget", "train.seeds",
@@ -135,6 +137,8 @@ def _check_inputs(cfg: RunConfig) -> None:
         if not spec.startswith("openai:") or not spec[len("openai:"):].strip():
             raise SertError(f"eval.judge: expected openai:MODEL (any OpenAI-compatible endpoint), got {spec!r}")
         online.append(("eval.judge_base_url", cfg.eval.judge_base_url))
+    if cfg.judge.enabled and arms & {"sert", "sert_rd"}:
+        online.append(("judge.base_url", cfg.judge.base_url))
     for key, url in online:
         if url is None and not os.environ.get("OPENAI_API_KEY"):
             raise SertError(f"set OPENAI_API_KEY to call the OpenAI API, or set {key} for a local "
@@ -226,6 +230,8 @@ def build_stages(cfg: RunConfig, run_dir: Path, progress: bool = True) -> list[S
                                     f"--out {q(str(mine_dir))}{devflags}"))
         for src in sorted(x for x in sources if x == "filter" or x.startswith("selection:")):
             stages.append(filter_stage(cfg, src, selection_dir(src), mine_dir, conf, table))
+        if "filter" in sources and cfg.judge.enabled:
+            stages.append(_judge_stage(cfg, run_dir, conf))
     if "teach" in sources:
         def teach(resume: bool) -> dict:
             from .teach import run_teach
@@ -263,8 +269,9 @@ def build_stages(cfg: RunConfig, run_dir: Path, progress: bool = True) -> list[S
             m = run_eval(model, cfg.task, cfg.eval, out, device=dev, dtype=dt, progress=progress)
             info = {"accuracy": f"{100 * m['acc']:.1f}%", "n": m["n"], "max_new_tokens": m["max_new_tokens"],
                     "cut": f"{100 * m['cut']:.1f}%"}
-            if cfg.eval.judge and m.get("judge_n", 0) < m["n"]:
-                info["retry"] = f"{m['n'] - m.get('judge_n', 0)} judge scores missing"
+            failed = m.get("judge_failed", m["n"] - m.get("judge_n", 0))  # unscored replies are final
+            if cfg.eval.judge and failed:
+                info["retry"] = f"{failed} judge requests failed"
             return info
 
         model = q(cfg.model) if untrained else q(str(run_dir / "arms" / inst / "final"))
@@ -362,6 +369,23 @@ def instance_name(arm: str, seed: int, seeds: list[int]) -> str:
     """The directory name of ``arm`` trained with ``seed``: the arm's name for the first seed (a
     one-seed run looks as it always did), ``<arm>-s<seed>`` for the others."""
     return arm if seed == seeds[0] else f"{arm}-s{seed}"
+
+
+def _judge_stage(cfg: RunConfig, run_dir: Path, conf: str) -> Stage:
+    """The paper's Fig. 4 (``sert judge``): judge scores of the paths each filter set keeps."""
+    out = run_dir / "judge"
+
+    def judge(resume: bool) -> dict:
+        from .judge import run_judge
+        fig = run_judge(run_dir, cfg.judge, out)
+        info = {"judged": sum(r["asked"] for r in fig["sets"]), "scored": sum(r["scored"] for r in fig["sets"])}
+        failed = sum(r["failed"] for r in fig["sets"])
+        if failed:  # the next run retries them (the cache answers the rest)
+            info["retry"] = f"{failed} judge requests failed"
+        return info
+
+    return Stage("judge", out, ["fig4.json", "fig4.png"], judge, ["filter"],
+                 command=f"sert judge {shlex.quote(str(run_dir))} --config {conf}")
 
 
 def _checkpoint(run_dir: Path, arm: str) -> Path:

@@ -27,6 +27,7 @@ from typing import Callable
 from .arms import PAPER_ARMS, arm_table
 from .errors import SertError
 from .io import atomic_write_text, ensure_dir, read_json, read_jsonl
+from .openai_client import format_judge
 
 ARMS = list(PAPER_ARMS)
 
@@ -158,7 +159,7 @@ def results_table(run: dict) -> tuple[list[str], list[list[str]]]:
         pub = (paper or {}).get(arm)
         rows.append([run["labels"].get(arm, arm), f"{_pct(m.get('acc'))} [{_pct(lo)}, {_pct(hi)}]",
                      _pct(m.get("fmt"), 1), _num(m.get("len"), ".1f"), _num(m.get("rep"), ".3f"),
-                     *([_num(m.get("judge"), ".2f")] if judge else []), str(m.get("n", "–")),
+                     *([format_judge(m) if "judge" in m else "–"] if judge else []), str(m.get("n", "–")),
                      "–" if pub is None else f"{pub:.2f}"])
     return head, rows
 
@@ -417,6 +418,8 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
         if (run["dir"] / "filter" / "funnel.png").exists():
             d.append(("img", run["dir"] / "filter" / "funnel.png", "filter funnel"))
 
+    d += fig4_blocks(run["dir"])
+
     if run["train"]:
         d.append(("h2", "Training"))
         rows = []
@@ -458,6 +461,28 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
     if run.get("config_text"):
         d.append(("p", "Resolved config (`config.yaml`):"))
         d.append(("pre", run["config_text"].rstrip()))
+    return d
+
+
+def fig4_blocks(run_dir: Path) -> list[tuple]:
+    """The paper's Fig. 4 from ``RUN/judge/fig4.json`` (``sert judge``), if present: judge scores of
+    the selected paths per filter set, coverage beside each mean."""
+    f = Path(run_dir) / "judge" / "fig4.json"
+    if not f.exists():
+        return []
+    fig = read_json(f)
+    rows = [[r["set"], str(r["size"]), format_judge({"judge": r["mean"], "judge_n": r["scored"],
+                                                     "judge_asked": r["asked"]}),
+             "–" if r["median"] is None else f"{r['median']:.1f} [{r['q1']:.1f}, {r['q3']:.1f}]"]
+            for r in fig["sets"]]
+    d = [("h2", "Judge scores per filter set (the paper's Fig. 4)"),
+         ("table", ["filter set", "selected paths", "judge mean (scored/asked)", "median [q1, q3]"], rows),
+         ("p", f"Judge `{fig.get('judge')}`; up to {fig.get('sample')} selected paths per set (seed "
+               f"{fig.get('seed')}), scored 0-10 on coherence, relevance, logical consistency and completeness; "
+               "unscored replies are left out of the mean. The paper's judge: Llama-3-8B-Instruct.")]
+    png = f.with_name("fig4.png")
+    if png.exists():
+        d.append(("img", png, "judge scores per filter set"))
     return d
 
 

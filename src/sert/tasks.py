@@ -5,7 +5,9 @@ options for multiple choice), their normalised gold answer and their answer
 kind, which selects the shared extractor in :mod:`sert.answers`.
 
 Data are vendored under ``sert/data`` (origins and licences in
-``sert/data/SOURCES.md``). A user's own data set loads from JSONL or CSV with
+``sert/data/SOURCES.md``). A user's own data set loads from JSONL, CSV, or with
+Hugging Face ``datasets`` from a ``.parquet``/``.arrow`` file or a ``save_to_disk``
+directory (a ``DatasetDict``'s train/test keys give the split; errors name the row), with
 the schema ``question``, ``answer``, optional ``choices`` (list, or ``|``-separated
 in CSV), optional ``id``, optional ``split`` (``train``/``test``; a row without one is in
 both splits); pass its path as the task name.
@@ -202,10 +204,10 @@ def get_task(name: str) -> Task:
     if key in TASKS:
         return TASKS[key]
     p = Path(name)
-    if p.suffix.lower() in (".jsonl", ".csv", ".json"):
+    if p.suffix.lower() in (".jsonl", ".csv", ".json", *HF_SUFFIXES) or p.is_dir():
         return user_task(p)
     raise SertError(f"unknown task '{name}'{did_you_mean(key, TASKS)}; known: {', '.join(TASKS)}, "
-                    "or a path to a .jsonl/.csv file")
+                    "or a path to a .jsonl/.csv/.parquet/.arrow file or a dataset directory (save_to_disk)")
 
 
 def load_examples(task: str, split: str = "test", limit: int | None = None) -> list[Example]:
@@ -213,9 +215,44 @@ def load_examples(task: str, split: str = "test", limit: int | None = None) -> l
 
 
 # ------------------------------------------------------------- user data
+HF_SUFFIXES = (".parquet", ".arrow")
+
+
+def _hf_rows(path: Path) -> list[tuple[int, dict]]:
+    """(row number, row) of a Hugging Face dataset: a ``.parquet``/``.arrow`` file or a directory written
+    by ``save_to_disk``; a ``DatasetDict``'s ``train``/``test`` keys become the rows' ``split``."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        if path.is_dir():
+            ds = datasets.load_from_disk(str(path), keep_in_memory=True)
+        elif path.suffix.lower() == ".parquet":
+            ds = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
+        else:
+            ds = datasets.Dataset.from_file(str(path), in_memory=True)
+    except Exception as e:  # noqa: BLE001 - the library raises many kinds; the user needs one line
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise SertError(f"{path}: not a readable Hugging Face dataset ({type(e).__name__}: {first})") from None
+    parts = list(ds.items()) if isinstance(ds, datasets.DatasetDict) else [(None, ds)]
+    bad = [k for k, _ in parts if k not in (None, "train", "test")]
+    if bad:
+        raise SertError(f"{path}: dataset splits must be train and/or test, got {', '.join(map(repr, bad))}")
+    rows: list[tuple[int, dict]] = []
+    for split, d in parts:
+        for r in d:
+            r = {k: v for k, v in r.items() if v is not None}  # a null optional column is an absent field
+            if split:
+                r.setdefault("split", split)
+            rows.append((len(rows) + 1, r))
+    return rows
+
+
 def _user_rows(path: Path) -> list[tuple[int, dict]]:
     if not path.exists():
         raise SertError(f"{path}: file not found")
+    if path.is_dir() or path.suffix.lower() in HF_SUFFIXES:
+        return _hf_rows(path)
     rows: list[tuple[int, dict]] = []
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8") as f:

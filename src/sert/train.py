@@ -269,13 +269,36 @@ def _trainer_classes():
 # ------------------------------------------------------------------ running
 def _fingerprint(model_name: str, stage: str, pairs: list[dict], cfg: TrainConfig) -> str:
     h = hashlib.sha256()
-    skip = {"logging_steps", "save_total_limit"}  # do not change what is learned
+    skip = {"logging_steps", "save_total_limit", "report_to"}  # do not change what is learned
     h.update(json.dumps({"model": model_name, "stage": stage,
                          "cfg": {k: v for k, v in to_dict(cfg).items() if k not in skip}},
                         sort_keys=True, default=str).encode())
     for p in pairs:
         h.update(json.dumps(p, sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+def _reporting(report_to: str, log_dir: Path) -> tuple[list[str] | str, list]:
+    """``train.report_to`` for the Trainer: (integration names, callbacks). TensorBoard comes as a
+    callback writing to ``log_dir`` (the arm's directory: the Trainer's default lies under the
+    checkpoints, which a finished run deletes)."""
+    from transformers.integrations import integration_utils as iu
+
+    from .errors import did_you_mean
+
+    names = [n.strip() for n in str(report_to).split(",") if n.strip() not in ("", "none")]
+    unknown = [n for n in names if n not in iu.INTEGRATION_TO_CALLBACK]
+    if unknown:
+        raise SertError(f"train.report_to: unknown logger {unknown[0]!r}"
+                        f"{did_you_mean(unknown[0], iu.INTEGRATION_TO_CALLBACK)}; expected none, tensorboard "
+                        "or another Trainer integration")
+    if "tensorboard" not in names:
+        return names or "none", []
+    if not iu.is_tensorboard_available():
+        raise SertError("train.report_to: tensorboard is not installed (pip install tensorboard)")
+    cb = iu.TensorBoardCallback()
+    cb.logging_dir = str(log_dir)
+    return [n for n in names if n != "tensorboard"] or "none", [cb]
 
 
 def _precision(cfg: TrainConfig, device: str, dtype: str | None) -> str:
@@ -502,6 +525,7 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         version_kw["warmup_ratio"] = cfg.warmup_ratio
     else:
         version_kw["warmup_steps"] = cfg.warmup_ratio  # a float in [0, 1) is a ratio of total steps
+    report_to, report_cbs = _reporting(cfg.report_to, out / "logs")
     args = TrainingArguments(
         **version_kw,
         output_dir=str(ckpt_dir),
@@ -521,7 +545,7 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         save_total_limit=cfg.save_total_limit,
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
-        report_to="none",
+        report_to=report_to,
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=device != "cpu" and torch.cuda.is_available(),
@@ -551,7 +575,7 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
                       f"loss {float(logs['loss']):.4f}, lr {float(logs.get('learning_rate', 0)):.2e}", flush=True)
 
     trainer = cls(model=model, args=args, data_collator=collator, train_dataset=feats, processing_class=tok,
-                  callbacks=[LogAtSave(), StepLog()])
+                  callbacks=[LogAtSave(), StepLog(), *report_cbs])
     _quiet_trainer_logs(trainer)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last or None)
