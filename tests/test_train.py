@@ -250,7 +250,7 @@ def test_gradient_accumulation_matches_the_full_batch(tiny, sqa_self_records, tm
     """Weighted loss: 1 step of batch 4 == 1 step of 2 x 2 accumulated (the loss is not scaled twice)."""
     recs = [dict(r, weight=w) for r, w in zip(sqa_self_records[:4], (0.5, 1.0, 2.0, 3.0))]
     a = run_train(str(tiny), recs, "self", _cfg(use_weights=True, learning_rate=1e-2), tmp_path / "a", device="cpu")
-    b = run_train(str(tiny), recs, "self", _cfg(use_weights=True, learning_rate=1e-2, batch_size=2, grad_accum=2),
+    b = run_train(str(tiny), recs, "self", _cfg(use_weights=True, learning_rate=1e-2, batch_size=4, grad_accum=2),
                   tmp_path / "b", device="cpu")
     pa, pb, p0 = _params(a), _params(b), _params(tiny)
     assert all(torch.allclose(pa[k], pb[k], atol=1e-5) for k in pa)

@@ -85,16 +85,18 @@ class FilterConfig:
 @dataclass
 class TrainConfig:
     """Stages 2-3 and the Finetune arm (SERT §II-B/C, §III)."""
-    batch_size: int = 8                # (S) batch 8
+    batch_size: int = 8                # (S) batch 8: the effective (global) batch per optimizer step;
+                                       # (D) per process: batch_size / (processes x grad_accum), which must divide
     learning_rate: float = 3e-4        # (S) Adam, lr 3e-4
     epochs: float = 20                 # (S) 20 epochs
-    grad_accum: int = 1
+    grad_accum: int = 1                # (D) micro-batches accumulated per optimizer step (within batch_size)
     lr_scheduler: str = "constant"     # (D) paper silent; constant Adam as in Fine-tune-CoT
-    warmup_ratio: float = 0.0
+    warmup_ratio: float = 0.0          # (D) paper silent; no warm-up
+    max_grad_norm: float = 1.0         # (D) paper silent; the Trainer's default clipping (0 = no clipping)
     weight_decay: float = 0.0          # (S) plain Adam
     max_length: int = 512              # (D) tokens per example (prompt + target)
     seed: int = 42
-    bf16: str = "auto"                 # auto = bf16 where the hardware has it
+    bf16: str = "auto"                 # (D) true | false | auto (= the --dtype auto choice); an explicit --dtype wins
     lora: bool = False                 # (D) optional LoRA through peft
     lora_r: int = 16
     lora_alpha: int = 32
@@ -113,8 +115,15 @@ class TrainConfig:
             e.append(f"train.epochs: expected > 0, got {self.epochs}")
         if self.learning_rate <= 0:
             e.append(f"train.learning_rate: expected > 0, got {self.learning_rate}")
-        if self.bf16 not in ("auto", "true", "false", True, False):
+        if str(self.bf16).lower() not in ("auto", "true", "false"):
             e.append(f"train.bf16: expected auto, true or false, got {self.bf16!r}")
+        if self.max_grad_norm < 0:
+            e.append(f"train.max_grad_norm: expected >= 0 (0 = no clipping), got {self.max_grad_norm}")
+        if not 0 <= self.warmup_ratio < 1:
+            e.append(f"train.warmup_ratio: expected 0 <= warmup_ratio < 1, got {self.warmup_ratio}")
+        if self.grad_accum >= 1 and self.batch_size % self.grad_accum:
+            e.append(f"train.batch_size: the effective batch {self.batch_size} is not a multiple of "
+                     f"train.grad_accum {self.grad_accum}")
         return e
 
 
@@ -245,6 +254,8 @@ def _coerce(value: Any, tp: Any, where: str, errors: list[str]) -> Any:
             errors.append(f"{where}: expected a number, got {value!r}")
             return value
     if tp is str:
+        if isinstance(value, bool):  # YAML true/false in a string field (e.g. train.bf16)
+            return "true" if value else "false"
         if isinstance(value, (dict, list)):
             errors.append(f"{where}: expected a string, got {type(value).__name__}")
             return value

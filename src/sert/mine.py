@@ -514,6 +514,7 @@ def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str |
         wall_all = sum(h["wall_s"] for h in history)
         meta.update({
             "status": "done", "model_path": resolve_model(model_name), "device": place.device, "dtype": place.dtype,
+            "dtype_reason": place.reason,
             "torch": torch.__version__, "questions": len(examples), "paths": len(recs),
             "paths_per_question": paths_per_question(cfg), "finished_eos": n_eos, "finished_length": len(recs) - n_eos,
             "mean_tokens": round(sum(r["n_tokens"] for r in recs) / max(1, len(recs)), 2),

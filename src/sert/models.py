@@ -9,11 +9,13 @@ so later loads take seconds.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,10 +177,21 @@ def random_model(name: str, seed: int = 0):
 class Placement:
     device: str
     dtype: str  # "float32" | "bfloat16" | "float16"
+    reason: str = ""  # why this dtype (recorded in every artifact)
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+BF16_SPEEDUP_MIN = 1.2  # (D) bf16 on a CPU only when the probe measures at least this over fp32
+CPU_BF16_UNITS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}  # /proc/cpuinfo flag -> name
 
 
 def pick_placement(device: str | None = None, dtype: str | None = None) -> Placement:
-    """CUDA + bf16 where available, else CPU + fp32; either may be overridden."""
+    """The device (CUDA if available) and the compute dtype, with the reason for the dtype.
+
+    ``auto``: bf16 on a GPU that supports it; on a CPU bf16 only where the CPU has bf16 matrix
+    instructions and a short probe measures bf16 faster (:func:`cpu_auto_dtype`), else fp32.
+    float16 on a CPU is refused (no fp16 matrix path; use bfloat16)."""
     import torch
 
     if device in (None, "auto"):
@@ -186,10 +199,102 @@ def pick_placement(device: str | None = None, dtype: str | None = None) -> Place
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SertError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     if dtype in (None, "auto"):
-        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
+        if device.startswith("cuda"):
+            bf16 = torch.cuda.is_bf16_supported()
+            dtype, reason = ("bfloat16", "GPU with bf16") if bf16 else ("float32", "GPU without bf16")
+        else:
+            dtype, reason = cpu_auto_dtype()
+        _announce(f"[sert] dtype auto -> {dtype} ({reason})")
+        return Placement(device, dtype, reason)
+    dtype = DTYPE_ALIASES.get(dtype, dtype)
+    if dtype not in DTYPES:
         raise SertError(f"--dtype {dtype}: expected float32, bfloat16, float16 or auto")
-    return Placement(device, dtype)
+    if dtype == "float16" and not device.startswith("cuda"):
+        raise SertError("--dtype float16: needs CUDA; on a CPU use bfloat16 or float32 (or auto)")
+    return Placement(device, dtype, f"--dtype {dtype} given")
+
+
+_announced: set[str] = set()
+
+
+def _announce(line: str) -> None:
+    """Print the dtype choice once per process (several stages place a model)."""
+    if line not in _announced:
+        _announced.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
+def cpu_flags() -> tuple[str, set[str]]:
+    """The CPU's model name and flags from /proc/cpuinfo (empty where it cannot be read)."""
+    name, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() == "model name" and not name:
+                name = val.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(val.split())
+    except OSError:
+        pass
+    return name, flags
+
+
+def cpu_auto_dtype() -> tuple[str, str]:
+    """(dtype, reason) for ``--dtype auto`` on this CPU; the probe's verdict is cached under
+    :func:`cache_root` per CPU model, bf16 flags, torch version and thread count.
+    ``SERT_DTYPE_PROBE=0`` skips the probe: fp32 (deterministic tests)."""
+    import torch
+
+    if os.environ.get("SERT_DTYPE_PROBE", "1") == "0":
+        return "float32", "probe off (SERT_DTYPE_PROBE=0)"
+    name, flags = cpu_flags()
+    units = [v for k, v in CPU_BF16_UNITS.items() if k in flags]
+    if not units or not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "float32", "no bf16 matrix unit"
+    key = f"{name}|{','.join(units)}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    cache = cache_root() / "dtype_probe.json"
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        ratio = probe_bf16_speedup()
+        known[key] = {"ratio": round(ratio, 2), "units": units, "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        try:
+            from .io import atomic_write_json
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(cache, known)
+        except OSError:
+            pass  # a read-only cache only costs the probe again next time
+    ratio = known[key]["ratio"]
+    if ratio >= BF16_SPEEDUP_MIN:
+        return "bfloat16", f"{units[0]}, probe {ratio:.1f}x faster than fp32"
+    return "float32", f"{units[0]} present but probe bf16 only {ratio:.2f}x fp32 (< {BF16_SPEEDUP_MIN}x)"
+
+
+def probe_bf16_speedup(reps: int = 3) -> float:
+    """fp32 time / bf16 time of the layer shapes sert runs (a 1024-token training matmul and a
+    200-row decoding step's skinny one), best of ``reps`` each; well under 2 s on a 2-core CPU."""
+    import torch
+
+    shapes = ((1024, 1024, 1024), (200, 576, 1536))  # (rows, in, out)
+    g = torch.Generator().manual_seed(0)
+    t = {}
+    for dt in (torch.float32, torch.bfloat16):
+        total = 0.0
+        for rows, k, n in shapes:
+            x = torch.randn(rows, k, generator=g).to(dt)
+            w = torch.randn(n, k, generator=g).to(dt)
+            torch.nn.functional.linear(x, w)  # warm-up (kernel selection, packing)
+            best = float("inf")
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                for _ in range(3):
+                    torch.nn.functional.linear(x, w)
+                best = min(best, time.perf_counter() - t0)
+            total += best
+        t[dt] = total
+    return t[torch.float32] / t[torch.bfloat16]
 
 
 def load_tokenizer(name: str):
