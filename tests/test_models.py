@@ -86,3 +86,54 @@ def test_float16_on_cpu_is_refused_in_one_line():
     with pytest.raises(SertError, match="--dtype float16: needs CUDA"):
         pick_placement("cpu", "float16")
     assert pick_placement("cpu", "bf16").dtype == "bfloat16"  # short names accepted
+
+
+# ------------------------------------------------------------------ mining batch from free GPU memory
+def _cfg_small():
+    from transformers import LlamaConfig
+    # 2 layers, 2 KV heads of dim 16, vocab 1000
+    return LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2)
+
+
+def test_fit_rows_arithmetic():
+    from sert.models import decode_row_bytes, fit_rows
+
+    row = 2 * 2 * 2 * 16 * 100 * 2 + 4 * 1000 * 4        # layers x (K,V) x kv heads x head dim x tokens x bf16 + logits
+    assert decode_row_bytes(_cfg_small(), 100, 2) == row == 41_600
+    assert fit_rows(_cfg_small(), 100, 2, free_bytes=10 * row) == 5    # half the free memory by default
+    assert fit_rows(_cfg_small(), 100, 2, free_bytes=10 * row, safety=1.0) == 10
+    assert fit_rows(_cfg_small(), 100, 2, free_bytes=0) == 1
+
+
+def test_auto_batch_questions_from_free_gpu_memory(monkeypatch, tiny_model):
+    import torch
+
+    from sert.config import MineConfig
+    from sert.mine import _batch_questions
+    from sert.tasks import get_task
+    from sert.templates import mining_prompt
+
+    _, tok = tiny_model
+    exs = get_task("strategyqa").examples("train", 3)
+    cpu_model = type("M", (), {"device": torch.device("cpu"), "config": _cfg_small(), "dtype": torch.bfloat16})()
+    assert _batch_questions(MineConfig(), cpu_model, tok, exs) == 8          # auto on a CPU: the measured 8
+    assert _batch_questions(MineConfig(batch_questions=3), cpu_model, tok, exs) == 3
+    gpu_model = type("M", (), {"device": torch.device("cuda", 0), "config": _cfg_small(), "dtype": torch.bfloat16})()
+    longest = max(len(tok(mining_prompt(e.question))["input_ids"]) for e in exs)
+    row = 2 * 2 * 2 * 16 * (longest + 64) * 2 + 4 * 1000 * 4
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (2 * 25 * 7 * row + 5, 10**12))
+    assert _batch_questions(MineConfig(max_new_tokens=64), gpu_model, tok, exs) == 7   # 7 x 25 rows in half
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (10**15, 10**15))
+    assert _batch_questions(MineConfig(max_new_tokens=64), gpu_model, tok, exs) == 256  # capped
+
+
+def test_mine_batch_questions_accepts_auto_or_a_positive_integer():
+    from sert.config import MineConfig, from_dict
+
+    assert from_dict(MineConfig, {"batch_questions": "4"}).batch_questions == 4
+    assert from_dict(MineConfig, {}).batch_questions == "auto"
+    with pytest.raises(SertError, match="mine.batch_questions: expected a positive integer or auto, got 'x'"):
+        from_dict(MineConfig, {"batch_questions": "x"})
+    with pytest.raises(SertError, match="mine.batch_questions: expected a positive integer, got 0"):
+        from_dict(MineConfig, {"batch_questions": 0})

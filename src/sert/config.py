@@ -30,15 +30,18 @@ class MineConfig:
     top_p: float = 0.95                # (S) top-p = 0.95
     temperature: float = 1.0           # (D) paper silent; plain sampling
     max_new_tokens: int = 128          # (D) paper silent
-    batch_questions: int = 8           # questions decoded together (x25 rows)
+    batch_questions: int | str = "auto"  # questions decoded together (x25 rows); (D) auto: 8 on a CPU (measured
+                                         # best there), on a GPU as many as its free memory holds (models.fit_rows)
     seed: int = 0
 
     def validate(self) -> list[str]:
         e = []
         if self.mode not in ("sert", "cot-decoding"):
             e.append(f"mine.mode: expected 'sert' or 'cot-decoding', got {self.mode!r}")
+        if self.batch_questions != "auto" and not isinstance(self.batch_questions, int):
+            e.append(f"mine.batch_questions: expected a positive integer or auto, got {self.batch_questions!r}")
         for k in ("top_k_branches", "samples_per_branch", "top_k", "max_new_tokens", "batch_questions"):
-            if getattr(self, k) < 1:
+            if isinstance(getattr(self, k), int) and getattr(self, k) < 1:
                 e.append(f"mine.{k}: expected a positive integer, got {getattr(self, k)}")
         if not 0 < self.top_p <= 1:
             e.append(f"mine.top_p: expected 0 < top_p <= 1, got {self.top_p}")
@@ -217,7 +220,12 @@ def _coerce(value: Any, tp: Any, where: str, errors: list[str]) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where, errors)
+        for a in inner[:-1]:  # the first member type the value fits (int | str: "8" -> 8, "auto" stays)
+            trial: list[str] = []
+            v = _coerce(value, a, where, trial)
+            if not trial:
+                return v
+        return _coerce(value, inner[-1], where, errors)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             errors.append(f"{where}: expected a mapping, got {type(value).__name__}")

@@ -297,6 +297,22 @@ def probe_bf16_speedup(reps: int = 3) -> float:
     return t[torch.float32] / t[torch.bfloat16]
 
 
+def decode_row_bytes(config, tokens: int, dtype_bytes: int) -> int:
+    """Memory one decoding row needs: its KV cache over ``tokens`` positions (layers x 2 x KV
+    heads x head dim x tokens x bytes) plus its fp32 logits, sampling copies included (~4x vocab)."""
+    cfg = getattr(config, "text_config", None) or config
+    layers = cfg.num_hidden_layers
+    heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return layers * 2 * kv_heads * head_dim * tokens * dtype_bytes + 4 * cfg.vocab_size * 4
+
+
+def fit_rows(config, tokens: int, dtype_bytes: int, free_bytes: int, safety: float = 0.5) -> int:
+    """How many decoding rows of ``tokens`` positions fit in ``safety`` x ``free_bytes`` (>= 1)."""
+    return max(1, int(free_bytes * safety) // decode_row_bytes(config, tokens, dtype_bytes))
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
