@@ -210,3 +210,10 @@ def test_batch_sweep_covers_the_requested_size():
     assert bench.batch_sweep(1) == [1]
     assert bench.batch_sweep(8) == [1, 2, 4, 8]
     assert bench.batch_sweep(12) == [1, 2, 4, 8, 12]
+
+
+def test_shape_step_times_separates_first_seen_shapes():
+    seen: set = set()
+    r = bench.shape_step_times([1.0, 0.1, 0.9, 0.2, 0.1], [96, 96, 128, 96, 128], seen)
+    assert r == {"first_shape_steps": 2, "first_shape_step_s": 0.95, "seen_shape_step_s": 0.1333}
+    assert bench.shape_step_times([0.3], [96], seen)["first_shape_steps"] == 0   # remembered across arms

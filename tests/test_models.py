@@ -137,3 +137,17 @@ def test_mine_batch_questions_accepts_auto_or_a_positive_integer():
         from_dict(MineConfig, {"batch_questions": "x"})
     with pytest.raises(SertError, match="mine.batch_questions: expected a positive integer, got 0"):
         from_dict(MineConfig, {"batch_questions": 0})
+
+
+def test_cudnn_attention_is_taken_out_on_cuda_only(monkeypatch):
+    import torch
+
+    from sert.models import avoid_cudnn_attention
+
+    calls = []
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", lambda on: calls.append(on))
+    monkeypatch.delenv("SERT_CUDNN_SDPA", raising=False)
+    assert avoid_cudnn_attention("cpu") is False and calls == []
+    assert avoid_cudnn_attention("cuda:0") is True and calls == [False]
+    monkeypatch.setenv("SERT_CUDNN_SDPA", "1")               # kept on request (to measure it)
+    assert avoid_cudnn_attention("cuda") is False and calls == [False]

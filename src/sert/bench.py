@@ -650,7 +650,23 @@ def train_arm(model, tokenizer, feats, collator, steps: int, batch: int, grouped
     secs = ends[-1] - begins[0]
     return {"steps": steps, "seconds": round(secs, 3), "useful_tokens": real, "padded_tokens": padded,
             "useful_tokens_per_s": round(real / secs, 1), "padding_efficiency": round(real / padded, 3),
-            "peak_rss_mb": mem.peak_rss_mb, "peak_gpu_mb": mem.peak_gpu_mb, "rss_reset": mem.reset}
+            "peak_rss_mb": mem.peak_rss_mb, "peak_gpu_mb": mem.peak_gpu_mb, "rss_reset": mem.reset,
+            **shape_step_times([e - b for b, e in zip(begins, ends)], [p for _, p in collator.batches[:steps]])}
+
+
+_SEEN_SHAPES: set = set()  # batch shapes (padded token count at a fixed batch) any training arm of this process ran
+
+
+def shape_step_times(step_s: Sequence[float], shapes: Sequence, seen: set | None = None) -> dict:
+    """Mean step time of steps whose batch shape this process had not run before vs the others:
+    the signature of kernels that set up per input shape (notes/gpu_training.md)."""
+    seen = _SEEN_SHAPES if seen is None else seen
+    first, again = [], []
+    for t, shape in zip(step_s, shapes):
+        (again if shape in seen else first).append(t)
+        seen.add(shape)
+    mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
+    return {"first_shape_steps": len(first), "first_shape_step_s": mean(first), "seen_shape_step_s": mean(again)}
 
 
 def bench_training(model, tokenizer, device: str, sizes: BenchSizes, precision: str,
@@ -713,8 +729,8 @@ def bench_training(model, tokenizer, device: str, sizes: BenchSizes, precision: 
     for name, (make, grouped) in arms.items():
         if warm:
             model.load_state_dict(init)
-            train_arm(model, tokenizer, feats, make(), sizes.train_steps, sizes.train_batch, grouped,
-                      precision, device, seed)
+            res[name + "_untimed"] = train_arm(model, tokenizer, feats, make(), sizes.train_steps, sizes.train_batch,
+                                               grouped, precision, device, seed)
         model.load_state_dict(init)
         res[name] = train_arm(model, tokenizer, feats, make(), sizes.train_steps, sizes.train_batch, grouped,
                               precision, device, seed)
@@ -740,6 +756,12 @@ def bench_training(model, tokenizer, device: str, sizes: BenchSizes, precision: 
                        round(ep["ours"], 3), round(ep["naive"], 3), note=naive + "; sert's sampler as in sert train"))
     figs.append(figure("training", "padding efficiency, 1 epoch (computed, grouping alone)", round(ep["ours"], 3),
                        round(ep["dynamic"], 3), note="dynamic padding, random order"))
+    first = res.get("ours_untimed", o)  # where shapes were first seen
+    if first["first_shape_step_s"] and first["seen_shape_step_s"]:
+        figs.append(figure("training", f"step time, first-seen batch shape ({first['first_shape_steps']} steps) "
+                                       "vs seen before (ours)", round(1e3 * first["first_shape_step_s"], 1),
+                           round(1e3 * first["seen_shape_step_s"], 1), "ms", better="lower",
+                           note="steps whose shape ran before in this process"))
     figs.append(figure("training", "peak RSS", o["peak_rss_mb"], b["peak_rss_mb"], "MB", better="lower", note=naive))
     if o["peak_gpu_mb"] is not None:
         figs.append(figure("training", "peak GPU memory", o["peak_gpu_mb"], b["peak_gpu_mb"], "MB", better="lower",

@@ -297,6 +297,23 @@ def probe_bf16_speedup(reps: int = 3) -> float:
     return t[torch.float32] / t[torch.bfloat16]
 
 
+def avoid_cudnn_attention(device: str) -> bool:
+    """On CUDA, take cuDNN out of PyTorch's attention (SDPA) backends; returns whether it did.
+
+    cuDNN attention builds an execution plan for every new input shape (hundreds of ms each,
+    forward and backward apart) and recent torch releases try it first for masked attention on
+    recent GPUs. sert meets new shapes all the time: decoding grows the KV length by one per step,
+    and length-grouped training batches each have their own length. The flash / memory-efficient
+    kernels that remain have no per-shape set-up. ``SERT_CUDNN_SDPA=1`` keeps cuDNN (to measure
+    the difference; see notes/gpu_training.md)."""
+    if not str(device).startswith("cuda") or os.environ.get("SERT_CUDNN_SDPA", "0") == "1":
+        return False
+    import torch
+
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    return True
+
+
 def decode_row_bytes(config, tokens: int, dtype_bytes: int) -> int:
     """Memory one decoding row needs: its KV cache over ``tokens`` positions (layers x 2 x KV
     heads x head dim x tokens x bytes) plus its fp32 logits, sampling copies included (~4x vocab)."""
@@ -347,6 +364,7 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None):
         except (OSError, ValueError) as e:
             raise SertError(_not_found(name, e)) from None
     model.to(place.device)
+    avoid_cudnn_attention(place.device)
     model.eval()
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id

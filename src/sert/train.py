@@ -494,6 +494,9 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
 
     precision, precision_reason = prec
     cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        from .models import avoid_cudnn_attention
+        avoid_cudnn_attention("cuda")  # no per-shape attention plans for length-grouped batches
     world = int(os.environ.get("WORLD_SIZE", "1"))
     plan = batch_plan(cfg, world)
     steps_per_epoch = max(1, math.ceil(len(feats) / cfg.batch_size))
