@@ -9,8 +9,8 @@ mining    ``sert.mine.mine`` (one prefill per question shared by its k x n = 5 x
           questions, vs ``model.generate(do_sample=True, top_k=10, top_p=0.95,
           num_return_sequences=25)`` called once per question. Sampled tokens/s, and the
           model-FLOPs utilisation (MFU) of each: useful model FLOP/s / the FLOP/s of a plain
-          matmul measured in the same run (the ``matmul`` section: fp32 on CPU, the model's
-          dtype on GPU). Model FLOPs (the same for both; the baseline's 24 extra prefills per
+          matmul measured in the same run (the ``matmul`` section, in the dtype the model
+          runs in). Model FLOPs (the same for both; the baseline's 24 extra prefills per
           question are not counted as useful):
               per question:  F(p, 0) + 25 * sum_{t=1}^{T-1} F(1, p + t)
               F(n, c) = n * 2 * P + 4 * n_layer * d_attn * (attended positions of the n tokens)
@@ -997,7 +997,7 @@ def run_bench(model_name: str = "random:smollm2-135m", device: str | None = "aut
         f"{m['cpu_cores_usable']} cores, {m['torch_threads']} torch threads; load {result['load_start']}")
     mm = None
     if "matmul" in only or "mining" in only:
-        mm_dtype = "float32" if place.device == "cpu" else place.dtype
+        mm_dtype = place.dtype  # the dtype mining runs in (bf16 on a CPU where --dtype auto chose it)
         mm = bench_matmul(place.device, mm_dtype, sizes.matmul_n)
         result["reference"]["matmul"] = mm
         log(f"[bench] matmul {mm['n']}^3 {mm['dtype']}: {mm['gflops']} GFLOP/s")
