@@ -202,7 +202,8 @@ def test_dtype_section_compares_the_two_dtypes_on_the_same_data(tiny_model):
     res2, figs2 = bench.bench_dtype(other, "cpu", "bfloat16", sizes)
     assert res2["eval_compare"]["share_identical"] < 1.0
     acc = next(f for f in figs2 if f["figure"] == "eval accuracy")
-    assert acc["ours"] == round(res2["bfloat16"]["accuracy"], 4) and acc["baseline"] == round(res2["fp32"]["accuracy"], 4)
+    assert acc["ours"] == round(res2["bfloat16"]["accuracy"], 4)
+    assert acc["baseline"] == round(res2["fp32"]["accuracy"], 4)
     assert all(f["ratio"] is not None for f in figs2 if f["unit"] == "tok/s")
 
 

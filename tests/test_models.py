@@ -55,12 +55,15 @@ def probe_on(monkeypatch, tmp_path):
 
 
 def test_auto_dtype_picks_bf16_only_with_a_bf16_unit_and_a_faster_probe(probe_on, tmp_path, capsys):
-    from sert.models import pick_placement
+    from sert.models import announce, pick_placement
 
     calls = probe_on({"avx2", "amx_bf16", "avx512_bf16"}, 3.1)
     p = pick_placement("cpu", "auto")
-    assert (p.dtype, p.reason) == ("bfloat16", "AMX-BF16, probe 3.1x faster than fp32")
-    assert "[sert] dtype auto -> bfloat16 (AMX-BF16, probe 3.1x faster than fp32)" in capsys.readouterr().err
+    assert (p.dtype, p.reason) == ("bfloat16", "auto: AMX-BF16, probe 3.1x faster than fp32")
+    assert capsys.readouterr().err == ""          # said when a model is placed (announce), not before
+    announce(p)
+    announce(p)
+    assert capsys.readouterr().err == "[sert] dtype auto -> bfloat16 (AMX-BF16, probe 3.1x faster than fp32)\n"
     # the verdict is cached per CPU/flags/torch/threads: no second probe
     assert pick_placement("cpu", None).dtype == "bfloat16" and len(calls) == 1
     (entry,) = json.loads((tmp_path / "dtype_probe.json").read_text()).values()
@@ -73,7 +76,7 @@ def test_auto_dtype_stays_fp32_without_a_unit_or_a_gain(probe_on, tmp_path):
     from sert.models import pick_placement
 
     calls = probe_on({"avx2", "avx512f"}, 3.0)
-    assert (pick_placement("cpu").dtype, pick_placement("cpu").reason) == ("float32", "no bf16 matrix unit")
+    assert (pick_placement("cpu").dtype, pick_placement("cpu").reason) == ("float32", "auto: no bf16 matrix unit")
     assert calls == []                                   # no unit: nothing timed
     probe_on({"avx512_bf16"}, 1.05)
     p = pick_placement("cpu")

@@ -273,7 +273,7 @@ def test_every_dtype_trains_on_cpu(dtype, tiny, sqa_self_records, tmp_path, caps
                  "--dtype", dtype, "--epochs", "1", "--batch-size", "4", "--max-grad-norm", "0.5"]) == 0
     s = json.loads((out / "train_summary.json").read_text())
     want = {"float32": ("fp32", "--dtype float32 given"), "bfloat16": ("bf16", "--dtype bfloat16 given"),
-            "auto": ("fp32", "probe off (SERT_DTYPE_PROBE=0)")}[dtype]
+            "auto": ("fp32", "auto: probe off (SERT_DTYPE_PROBE=0)")}[dtype]
     assert (s["precision"], s["precision_reason"]) == want
     assert (s["lr_scheduler"], s["warmup_ratio"], s["max_grad_norm"]) == ("constant", 0.0, 0.5)
     assert (s["effective_batch"], s["per_device_batch"], s["grad_accum"], s["world_size"]) == (4, 4, 1, 1)
@@ -308,7 +308,7 @@ def test_yaml_bf16_boolean_folds_into_the_dtype_choice(tmp_path, monkeypatch):
     assert _precision(from_dict(TrainConfig, {"bf16": False}), "cpu", None) == ("fp32", "train.bf16: false")
     assert _precision(cfg, "cpu", "float32") == ("fp32", "--dtype float32 given")  # an explicit --dtype wins
     monkeypatch.setattr("sert.models.cpu_auto_dtype", lambda: ("bfloat16", "AMX-BF16, probe 3.0x faster than fp32"))
-    assert _precision(TrainConfig(), "cpu", "auto") == ("bf16", "AMX-BF16, probe 3.0x faster than fp32")
+    assert _precision(TrainConfig(), "cpu", "auto") == ("bf16", "auto: AMX-BF16, probe 3.0x faster than fp32")
     with pytest.raises(SertError, match="train.bf16: expected auto, true or false"):
         from_dict(TrainConfig, {"bf16": "maybe"})
 

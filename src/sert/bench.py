@@ -1064,16 +1064,17 @@ def dtype_section(model_name: str, place, sizes: BenchSizes, seed: int = 0) -> t
     res["matmul"] = mm
     figs.insert(0, figure("dtype", f"matmul {sizes.matmul_n}^3 GFLOP/s, {place.dtype} vs fp32",
                           mm[place.dtype]["gflops"], mm["float32"]["gflops"], "GFLOP/s",
-                          note=f"float32 (same run); auto: {place.reason}"))
+                          note=f"float32 (same run); {place.reason}"))
     return res, figs
 
 
 def report(result: dict) -> str:
     """The whole table with the machine line, as printed at the end and pasted into the README."""
     m = result["machine"]
-    where = m["gpu"] or m["cpu"]
-    lines = [f"`{result.get('command') or 'sert bench'}` — {result['model']}, {result['placement']['device']}/"
-             f"{result['placement']['dtype']}, {where}, {m['cpu_cores_usable']} cores / {m['torch_threads']} torch "
+    where = m["gpu"] or f"{m['cpu']} ({', '.join(m.get('cpu_simd') or ['no avx2'])})"
+    pl = result["placement"]
+    lines = [f"`{result.get('command') or 'sert bench'}` — {result['model']}, {pl['device']}/{pl['dtype']} "
+             f"({pl.get('reason', '')}), {where}, {m['cpu_cores_usable']} cores / {m['torch_threads']} torch "
              f"threads, torch {m['torch']}, transformers {m['transformers']}, {result['date']}, "
              f"load avg {result['load_start']} -> {result.get('load_end')}", ""]
     if "matmul" in result["reference"]:

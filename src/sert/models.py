@@ -204,8 +204,7 @@ def pick_placement(device: str | None = None, dtype: str | None = None) -> Place
             dtype, reason = ("bfloat16", "GPU with bf16") if bf16 else ("float32", "GPU without bf16")
         else:
             dtype, reason = cpu_auto_dtype()
-        _announce(f"[sert] dtype auto -> {dtype} ({reason})")
-        return Placement(device, dtype, reason)
+        return Placement(device, dtype, f"auto: {reason}")
     dtype = DTYPE_ALIASES.get(dtype, dtype)
     if dtype not in DTYPES:
         raise SertError(f"--dtype {dtype}: expected float32, bfloat16, float16 or auto")
@@ -217,11 +216,12 @@ def pick_placement(device: str | None = None, dtype: str | None = None) -> Place
 _announced: set[str] = set()
 
 
-def _announce(line: str) -> None:
-    """Print the dtype choice once per process (several stages place a model)."""
-    if line not in _announced:
-        _announced.add(line)
-        print(line, file=sys.stderr, flush=True)
+def announce(place: Placement) -> None:
+    """Print an automatic dtype choice and its reason, once per process (several stages load models),
+    when a model is placed: a command refused for a bad input still says one line only."""
+    if place.reason.startswith("auto: ") and place.reason not in _announced:
+        _announced.add(place.reason)
+        print(f"[sert] dtype auto -> {place.dtype} ({place.reason[6:]})", file=sys.stderr, flush=True)
 
 
 def cpu_flags() -> tuple[str, set[str]]:
@@ -365,6 +365,7 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None):
             raise SertError(_not_found(name, e)) from None
     model.to(place.device)
     avoid_cudnn_attention(place.device)
+    announce(place)
     model.eval()
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id

@@ -476,7 +476,8 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     ensure_dir(out)
     if _is_main():  # written once the model has loaded: a bad --model leaves nothing behind
         atomic_write_json(cfg_file, {"model": model_name, "stage": stage, "data": source, "n_examples": len(pairs),
-                                     "device": device, "dtype": dtype, "precision": prec[0], "precision_reason": prec[1],
+                                     "device": device, "dtype": dtype, "precision": prec[0],
+                                     "precision_reason": prec[1],
                                      "train": to_dict(cfg), "fingerprint": fp})
     model.config.use_cache = False
     gc = model.generation_config
@@ -541,7 +542,8 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         ddp_find_unused_parameters=False,  # every trainable weight gets a gradient: no extra graph walk per step
         disable_tqdm=not sys.stderr.isatty(),
     )
-    collator = PadCollator(tok.pad_token_id, use_weights=cfg.use_weights, multiple=pad_multiple("cuda" if cuda else "cpu"))
+    collator = PadCollator(tok.pad_token_id, use_weights=cfg.use_weights,
+                           multiple=pad_multiple("cuda" if cuda else "cpu"))
     Trainer, WeightedTrainer = _trainer_classes()
     cls = WeightedTrainer if cfg.use_weights else Trainer
 
