@@ -17,10 +17,13 @@ Outputs under ``--out DIR``:
   DIR/checkpoints/        Trainer checkpoints; a rerun resumes from the last one.
   DIR/train_config.json   what was asked (model, stage, data, settings) + a fingerprint;
                           resuming with a different fingerprint is refused.
-  DIR/train_summary.json  loss curve, tokens, wall time, throughput.
+  DIR/train_summary.json  loss curve, tokens (all processes), wall time, throughput; precision and
+                          why; world size, per-device batch, accumulation, effective batch, lr
+                          schedule, warm-up, max_grad_norm.
 
 The loop is transformers' Trainer, so ``accelerate launch`` / ``torchrun -m sert train``
-scale it over GPUs with no code of ours (only rank 0 writes DIR's own files).
+scale it over processes with no code of ours (only rank 0 writes DIR's own files);
+``train.batch_size`` stays the effective batch (see :func:`batch_plan`).
 """
 from __future__ import annotations
 
@@ -366,8 +369,8 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
     ``device``: auto | cpu | cuda (pick a GPU with CUDA_VISIBLE_DEVICES). ``dtype``:
     the mixed precision (see :func:`_precision`; auto = bf16 on a GPU and on a CPU where bf16
     is measured faster, else fp32); weights stay fp32. ``cfg.batch_size`` is the effective
-    batch over all processes (:func:`batch_plan`). A finished ``out_dir/final`` makes this a no-op; a checkpoint in
-    ``out_dir/checkpoints`` is resumed automatically.
+    batch over all processes (:func:`batch_plan`). A finished ``out_dir/final`` makes this a
+    no-op; a checkpoint in ``out_dir/checkpoints`` is resumed automatically.
     """
     errs = cfg.validate()
     if errs:
