@@ -48,8 +48,8 @@ else
   LARGE_SIZES=(--mine-questions 16 --mine-batch 16 --mine-tokens 128 --train-steps 16 --train-batch 16
                --matmul-n 8192)
   BEFORE_SIZES=(--train-steps 24 --train-batch 16)
-  SWEEP_SIZES=(--mine-questions 32 --mine-tokens 64)    # batch_questions 1, 2, 4, 8, 16, 32
-  CAP_SMALL=190; CAP_LARGE=150; CAP_BEFORE=80; CAP_SWEEP=90
+  SWEEP_SIZES=(--mine-questions 16 --mine-tokens 64)    # batch_questions 1, 2, 4, 8, 16
+  CAP_SMALL=190; CAP_LARGE=150; CAP_BEFORE=100; CAP_SWEEP=90
 fi
 
 say "[gpu_check] $(date -Is) host $(hostname) device=$DEVICE quick=${QUICK:-0}"
