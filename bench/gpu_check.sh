@@ -13,7 +13,13 @@
 #   OUT=DIR            results (default ./bench_out)
 #   DEVICE=cuda|cpu    (default cuda)
 #   QUICK=1            tiny sizes: a dry run of this script's logic (e.g. on a CPU box)
-#   LARGE=MODEL        the second model (default random:gpt2-large; LARGE=none: only smollm2, ~2.5 min)
+#   LARGE=MODEL        the second model (default random:gpt2-large; LARGE=none: skip it, ~6 min in all)
+#
+# Issue 11 (notes/gpu_training.md): sert now takes cuDNN out of attention on CUDA (it builds a plan per new
+# input shape). The smollm2 run measures the fix; the "before" run repeats its training section with
+# SERT_CUDNN_SDPA=1 (cuDNN kept, as in the 0.45x run); both print the step time of first-seen batch shapes
+# vs shapes seen before. The "mining_batch" run gives mining tok/s against batch_questions and what
+# batch_questions: auto picks from free memory.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_out}
@@ -29,7 +35,9 @@ say() { echo "$@" | tee -a "$LOG"; }
 if [ "${QUICK:-0}" = 1 ]; then
   SMALL_SIZES=(--quick)
   LARGE_SIZES=(--quick)
-  CAP_SMALL=900; CAP_LARGE=900
+  BEFORE_SIZES=(--quick)
+  SWEEP_SIZES=(--quick --mine-questions 4)
+  CAP_SMALL=900; CAP_LARGE=900; CAP_BEFORE=900; CAP_SWEEP=900
 else
   # mining: 16 questions x 25 rows x 128 new tokens (ours: one batch of 400 rows; baseline: 16 generate calls)
   # training: 24 (gpt2-large: 16) steps x batch 16 of real StrategyQA distillation targets, 3 arms,
@@ -39,7 +47,9 @@ else
                --eval-questions 16 --eval-batch 16 --eval-tokens 64 --matmul-n 8192)
   LARGE_SIZES=(--mine-questions 16 --mine-batch 16 --mine-tokens 128 --train-steps 16 --train-batch 16
                --matmul-n 8192)
-  CAP_SMALL=190; CAP_LARGE=150
+  BEFORE_SIZES=(--train-steps 24 --train-batch 16)
+  SWEEP_SIZES=(--mine-questions 16 --mine-tokens 64)    # batch_questions 1, 2, 4, 8, 16
+  CAP_SMALL=190; CAP_LARGE=150; CAP_BEFORE=100; CAP_SWEEP=90
 fi
 
 say "[gpu_check] $(date -Is) host $(hostname) device=$DEVICE quick=${QUICK:-0}"
@@ -64,6 +74,9 @@ run() {  # name cap args...
 }
 
 run smollm2-135m "$CAP_SMALL" --model random:smollm2-135m "${SMALL_SIZES[@]}"
+SERT_CUDNN_SDPA=1 run smollm2-135m_cudnn_before "$CAP_BEFORE" --model random:smollm2-135m --only training \
+  "${BEFORE_SIZES[@]}"
+run smollm2-135m_mining_batch "$CAP_SWEEP" --model random:smollm2-135m --only mining_batch "${SWEEP_SIZES[@]}"
 if [ "$LARGE" != none ]; then
   run "${LARGE#random:}" "$CAP_LARGE" --model "$LARGE" --only matmul,mining,training "${LARGE_SIZES[@]}"
 fi

@@ -7,7 +7,13 @@ that asks for it: do not train or patch it in place; ``copy.deepcopy(model)`` fi
 """
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# --dtype auto on a CPU times bf16 against fp32 (sert.models.cpu_auto_dtype); tests stay fp32 and
+# deterministic unless a test turns the probe on itself.
+os.environ.setdefault("SERT_DTYPE_PROBE", "0")
 
 
 @pytest.fixture(scope="session")

@@ -179,3 +179,42 @@ def test_bad_section_and_sizes_are_one_line_errors(capsys):
     assert "unknown section" in capsys.readouterr().err
     assert main(["bench", "--device", "cpu", "--train-steps", "1"]) == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+def test_dtype_section_compares_the_two_dtypes_on_the_same_data(tiny_model):
+    """Identical models give identical predictions and losses; a changed "bf16" model does not."""
+    model, tok = tiny_model
+    sizes = tiny_sizes(mine_questions=2, mine_batch=2, mine_tokens=3, train_steps=2, train_batch=2,
+                       train_max_length=160, eval_questions=3, eval_batch=3, eval_tokens=3, dtype_eval_tokens=5)
+    same = lambda dt: (copy.deepcopy(model), tok)                       # noqa: E731 - both "dtypes" fp32
+    res, figs = bench.bench_dtype(same, "cpu", "bfloat16", sizes)
+    by = {f["figure"].split(",")[0]: f for f in figs}
+    assert by["eval predictions identical to fp32"]["ours"] == 1.0
+    # same weights, data and steps; bf16 autocast rounds the matmuls, so the losses are close, not equal
+    lb, lf = res["bfloat16"]["train_losses"], res["fp32"]["train_losses"]
+    assert len(lb) == len(lf) == 2 and lb != lf and lb == pytest.approx(lf, rel=1e-2)
+
+    def other(dt):
+        m = copy.deepcopy(model)
+        if dt == "bfloat16":  # another argmax at every step: greedy picks what fp32 ranks last
+            m.lm_head.register_forward_hook(lambda _m, _i, out: -out)
+        return m, tok
+    res2, figs2 = bench.bench_dtype(other, "cpu", "bfloat16", sizes)
+    assert res2["eval_compare"]["share_identical"] < 1.0
+    acc = next(f for f in figs2 if f["figure"] == "eval accuracy")
+    assert acc["ours"] == round(res2["bfloat16"]["accuracy"], 4)
+    assert acc["baseline"] == round(res2["fp32"]["accuracy"], 4)
+    assert all(f["ratio"] is not None for f in figs2 if f["unit"] == "tok/s")
+
+
+def test_batch_sweep_covers_the_requested_size():
+    assert bench.batch_sweep(1) == [1]
+    assert bench.batch_sweep(8) == [1, 2, 4, 8]
+    assert bench.batch_sweep(12) == [1, 2, 4, 8, 12]
+
+
+def test_shape_step_times_separates_first_seen_shapes():
+    seen: set = set()
+    r = bench.shape_step_times([1.0, 0.1, 0.9, 0.2, 0.1], [96, 96, 128, 96, 128], seen)
+    assert r == {"first_shape_steps": 2, "first_shape_step_s": 0.95, "seen_shape_step_s": 0.1333}
+    assert bench.shape_step_times([0.3], [96], seen)["first_shape_steps"] == 0   # remembered across arms

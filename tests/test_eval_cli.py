@@ -43,6 +43,7 @@ def test_eval_cli_on_real_strategyqa(tiny_gpt2, tmp_path):
     assert sorted(p["id"] for p in preds) == sorted(want)
     assert all(p["gold"] in ("yes", "no") and 0 < p["n_tokens"] <= 8 for p in preds)
     assert m["n"] == 12 and m["acc"] == sum(p["correct"] for p in preds) / 12
+    assert (m["dtype"], m["dtype_reason"]) == ("float32", "auto: probe off (SERT_DTYPE_PROBE=0)")  # the choice and why
     assert m["acc_ci"][0] <= m["acc"] <= m["acc_ci"][1]
     assert m["generated_tokens"] == sum(p["n_tokens"] for p in preds)
 

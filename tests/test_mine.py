@@ -348,6 +348,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_model, tiny_dir, 
     assert meta["status"] == "done" and 0 < meta["this_run"]["questions_mined"] < n_q
     assert meta["this_run"]["sampled_tokens_per_s"] > 0 and len(meta["history"]) == 1
     assert meta["paths"] == n_q * k * n
+    assert (meta["dtype"], meta["dtype_reason"]) == ("float32", "auto: probe off (SERT_DTYPE_PROBE=0)")
 
     # uninterrupted reference, in process, same weights, same settings
     ref = mine(model, tok, load_examples("strategyqa", "train", n_q),

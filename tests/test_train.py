@@ -250,7 +250,7 @@ def test_gradient_accumulation_matches_the_full_batch(tiny, sqa_self_records, tm
     """Weighted loss: 1 step of batch 4 == 1 step of 2 x 2 accumulated (the loss is not scaled twice)."""
     recs = [dict(r, weight=w) for r, w in zip(sqa_self_records[:4], (0.5, 1.0, 2.0, 3.0))]
     a = run_train(str(tiny), recs, "self", _cfg(use_weights=True, learning_rate=1e-2), tmp_path / "a", device="cpu")
-    b = run_train(str(tiny), recs, "self", _cfg(use_weights=True, learning_rate=1e-2, batch_size=2, grad_accum=2),
+    b = run_train(str(tiny), recs, "self", _cfg(use_weights=True, learning_rate=1e-2, batch_size=4, grad_accum=2),
                   tmp_path / "b", device="cpu")
     pa, pb, p0 = _params(a), _params(b), _params(tiny)
     assert all(torch.allclose(pa[k], pb[k], atol=1e-5) for k in pa)
@@ -298,3 +298,87 @@ def test_report_to_tensorboard_writes_to_the_arm_directory(tiny, sqa_self_record
     events = list((tmp_path / "run" / "logs").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert not list((tmp_path / "run").glob("checkpoints/runs"))  # not the Trainer's default place
+
+
+# ------------------------------------------------------------------ precision and batch semantics
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "auto"])
+def test_every_dtype_trains_on_cpu(dtype, tiny, sqa_self_records, tmp_path, capsys):
+    """Each dtype the help offers trains on a CPU (bf16 = the Trainer's CPU autocast, fp32 weights)."""
+    data = tmp_path / "rationales.jsonl"
+    data.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"], "rationale": r["path"]})
+                            + "\n" for r in sqa_self_records[:4]))
+    out = tmp_path / dtype
+    assert _cli(["train", "--model", str(tiny), "--data", str(data), "--stage", "distill", "--out", str(out),
+                 "--dtype", dtype, "--epochs", "1", "--batch-size", "4", "--max-grad-norm", "0.5"]) == 0
+    s = json.loads((out / "train_summary.json").read_text())
+    want = {"float32": ("fp32", "--dtype float32 given"), "bfloat16": ("bf16", "--dtype bfloat16 given"),
+            "auto": ("fp32", "auto: probe off (SERT_DTYPE_PROBE=0)")}[dtype]
+    assert (s["precision"], s["precision_reason"]) == want
+    assert (s["lr_scheduler"], s["warmup_ratio"], s["max_grad_norm"]) == ("constant", 0.0, 0.5)
+    assert (s["effective_batch"], s["per_device_batch"], s["grad_accum"], s["world_size"]) == (4, 4, 1, 1)
+    assert f"| precision | {want[0]} |" in (out / "final/README.md").read_text()
+    from safetensors.torch import load_file
+    assert {t.dtype for t in load_file(out / "final/model.safetensors").values()} == {torch.float32}
+    if dtype == "bfloat16":  # autocast really ran: bf16 matmuls give another loss than fp32's
+        fp32 = run_train(str(tiny), data, "distill", _cfg(max_grad_norm=0.5), tmp_path / "ref", device="cpu",
+                         dtype="float32")
+        ref = json.loads((fp32.parent / "train_summary.json").read_text())["loss_curve"][0]["loss"]
+        assert s["loss_curve"][0]["loss"] != ref and s["loss_curve"][0]["loss"] == pytest.approx(ref, rel=0.02)
+
+
+def test_float16_on_cpu_is_refused_before_anything_is_written(tiny, sqa_self_records, tmp_path, capsys):
+    out = tmp_path / "fp16"
+    assert _cli(["train", "--model", str(tiny), "--data", "strategyqa", "--stage", "finetune", "--out", str(out),
+                 "--device", "cpu", "--dtype", "float16", "--limit", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--dtype float16: needs CUDA" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_yaml_bf16_boolean_folds_into_the_dtype_choice(tmp_path, monkeypatch):
+    from sert.config import from_dict, load_run_config
+    from sert.train import _precision
+
+    y = tmp_path / "run.yaml"
+    y.write_text("train:\n  bf16: true\n")
+    cfg = load_run_config(y).train            # a YAML boolean, not a string: accepted
+    assert cfg.bf16 == "true"
+    assert _precision(cfg, "cpu", "auto") == ("bf16", "train.bf16: true")
+    assert _precision(from_dict(TrainConfig, {"bf16": False}), "cpu", None) == ("fp32", "train.bf16: false")
+    assert _precision(cfg, "cpu", "float32") == ("fp32", "--dtype float32 given")  # an explicit --dtype wins
+    monkeypatch.setattr("sert.models.cpu_auto_dtype", lambda: ("bfloat16", "AMX-BF16, probe 3.0x faster than fp32"))
+    assert _precision(TrainConfig(), "cpu", "auto") == ("bf16", "auto: AMX-BF16, probe 3.0x faster than fp32")
+    with pytest.raises(SertError, match="train.bf16: expected auto, true or false"):
+        from_dict(TrainConfig, {"bf16": "maybe"})
+
+
+def test_batch_size_is_the_effective_batch():
+    from sert.config import from_dict
+    from sert.train import batch_plan
+
+    assert batch_plan(TrainConfig(batch_size=8), 2) == {"effective_batch": 8, "per_device_batch": 4,
+                                                        "grad_accum": 1, "world_size": 2}
+    assert batch_plan(TrainConfig(batch_size=8, grad_accum=2), 2)["per_device_batch"] == 2
+    with pytest.raises(SertError, match=r"train.batch_size 6 \(the effective batch\) is not divisible by 4 "):
+        batch_plan(TrainConfig(batch_size=6), 4)
+    with pytest.raises(SertError, match="not a multiple of train.grad_accum 4"):
+        from_dict(TrainConfig, {"batch_size": 6, "grad_accum": 4})
+    with pytest.raises(SertError, match="train.max_grad_norm: expected >= 0"):
+        from_dict(TrainConfig, {"max_grad_norm": -1})
+
+
+def test_max_grad_norm_reaches_the_clipping(tiny, sqa_self_records, tmp_path, monkeypatch):
+    import accelerate
+
+    seen = []
+    orig = accelerate.Accelerator.clip_grad_norm_
+
+    def spy(self, parameters, max_norm, *a, **kw):
+        seen.append(max_norm)
+        return orig(self, parameters, max_norm, *a, **kw)
+
+    monkeypatch.setattr(accelerate.Accelerator, "clip_grad_norm_", spy)
+    run_train(str(tiny), sqa_self_records[:4], "self", _cfg(max_grad_norm=0.25), tmp_path / "a", device="cpu")
+    assert seen == [0.25]
+    run_train(str(tiny), sqa_self_records[:4], "self", _cfg(max_grad_norm=0.0), tmp_path / "b", device="cpu")
+    assert seen == [0.25, float("inf")]        # 0 = no clipping (the norm is still computed, for the log)

@@ -9,8 +9,8 @@ mining    ``sert.mine.mine`` (one prefill per question shared by its k x n = 5 x
           questions, vs ``model.generate(do_sample=True, top_k=10, top_p=0.95,
           num_return_sequences=25)`` called once per question. Sampled tokens/s, and the
           model-FLOPs utilisation (MFU) of each: useful model FLOP/s / the FLOP/s of a plain
-          matmul measured in the same run (the ``matmul`` section: fp32 on CPU, the model's
-          dtype on GPU). Model FLOPs (the same for both; the baseline's 24 extra prefills per
+          matmul measured in the same run (the ``matmul`` section, in the dtype the model
+          runs in). Model FLOPs (the same for both; the baseline's 24 extra prefills per
           question are not counted as useful):
               per question:  F(p, 0) + 25 * sum_{t=1}^{T-1} F(1, p + t)
               F(n, c) = n * 2 * P + 4 * n_layer * d_attn * (attended positions of the n tokens)
@@ -35,6 +35,14 @@ eval      ``sert.evaluate.generate_greedy`` at ``--eval-batch`` vs the same at b
           on real StrategyQA test prompts; tokens/s, and the share of predictions
           (generated token ids) identical between the two.
 matmul    the reference for MFU.
+dtype     (on request) fp32 against the ``--dtype`` choice (auto: see ``sert.models.pick_placement``),
+          same run: matmul, mining and greedy tok/s with the weights in each dtype, training
+          useful tok/s from the same fp32 weights in fp32 vs autocast; and the quality of the
+          choice: the share of greedy predictions (EOS on, ``--dtype-eval-tokens``) identical to
+          fp32's on the same checkpoint, the accuracy of each, and the training loss (final and
+          mean) of each over the same steps and data. Ratios: chosen dtype / fp32.
+mining_batch (on request) mining tok/s at batch_questions 1, 2, 4, ... ``--mine-questions``, and
+          what ``batch_questions: auto`` picks on this device.
 
 Throughput figures use a fixed output length: the EOS logit is set to -inf by a forward
 hook on the output layer, for ours and the baseline alike, so both generate exactly the
@@ -67,6 +75,7 @@ from typing import Callable, Sequence
 from .errors import SertError
 
 SECTIONS = ("matmul", "mining", "training", "eval")
+EXTRA_SECTIONS = ("dtype", "mining_batch")  # on request (--only): fp32 vs the dtype choice; mining vs batch size
 TARGETS = {"mining": 2.5, "training": 1.5, "eval": 3.0}  # issue 5: ours / baseline at least this
 
 
@@ -84,6 +93,7 @@ class BenchSizes:
     matmul_n: int
     train_max_length: int = 512   # the naive baseline pads every batch to this (TrainConfig.max_length)
     mine_real: int = 1            # also time both mining arms with EOS allowed (real path lengths); 0: skip
+    dtype_eval_tokens: int = 128  # dtype section: new tokens per answer of the untimed quality decode (EOS on)
 
 
 PRESETS = {
@@ -523,7 +533,8 @@ class CountingCollator:
         return b
 
 
-def _training_args(out_dir: str, steps: int, batch: int, grouped: bool, precision: str, device: str, seed: int):
+def _training_args(out_dir: str, steps: int, batch: int, grouped: bool, precision: str, device: str, seed: int,
+                   log_loss: bool = False):
     import torch
     from transformers import TrainingArguments
 
@@ -537,7 +548,8 @@ def _training_args(out_dir: str, steps: int, batch: int, grouped: bool, precisio
         **kw, output_dir=out_dir, per_device_train_batch_size=batch, max_steps=steps, learning_rate=3e-4,
         weight_decay=0.0, lr_scheduler_type="constant", seed=seed, data_seed=seed, bf16=precision == "bf16",
         fp16=precision == "fp16", use_cpu=not device.startswith("cuda"), save_strategy="no", report_to="none",
-        logging_strategy="no", remove_unused_columns=False, dataloader_num_workers=0,
+        logging_strategy="steps" if log_loss else "no", logging_steps=1, remove_unused_columns=False,
+        dataloader_num_workers=0,
         dataloader_pin_memory=device.startswith("cuda") and torch.cuda.is_available(), disable_tqdm=True)
 
 
@@ -590,9 +602,10 @@ def _grouped_trainer(Trainer, seed: int, mega_batch_mult: int):
 
 
 def train_arm(model, tokenizer, feats, collator, steps: int, batch: int, grouped: int | bool, precision: str,
-              device: str, seed: int = 0) -> dict:
+              device: str, seed: int = 0, losses: list | None = None) -> dict:
     """Run ``steps`` optimizer steps with the Trainer; time them from the first step's start to
-    the last step's end (callbacks), so Trainer set-up and the final save/log are not counted."""
+    the last step's end (callbacks), so Trainer set-up and the final save/log are not counted.
+    ``losses``: a list that receives every step's training loss (logged each step)."""
     from transformers import PrinterCallback, Trainer, TrainerCallback
 
     begins: list[float] = []
@@ -607,8 +620,13 @@ def train_arm(model, tokenizer, feats, collator, steps: int, batch: int, grouped
             _sync(device)
             ends.append(time.perf_counter())
 
+        def on_log(self, args, state, control, logs=None, **kw):
+            if losses is not None and logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    own_attrs = set(model.__dict__)
     with tempfile.TemporaryDirectory() as tmp:
-        args = _training_args(tmp, steps, batch, grouped, precision, device, seed)
+        args = _training_args(tmp, steps, batch, grouped, precision, device, seed, log_loss=losses is not None)
         # grouped: an int = the megabatch multiplier of sert train's sampler on the whole data set
         cls = _grouped_trainer(Trainer, seed, int(grouped)) if grouped else Trainer
         tr = cls(model=model, args=args, data_collator=collator, train_dataset=feats,
@@ -616,6 +634,11 @@ def train_arm(model, tokenizer, feats, collator, steps: int, batch: int, grouped
         tr.remove_callback(PrinterCallback)  # it prints the run's summary dict to stdout
         with PeakMemory(device) as mem:
             tr.train()
+        # accelerate leaves the model marked prepared (``_is_accelerate_prepared``) and, for mixed precision,
+        # its forward wrapped in autocast: drop what it added, or the next arm would reuse the first arm's
+        # precision (a prepared model is not prepared again)
+        for k in set(model.__dict__) - own_attrs:
+            del model.__dict__[k]
         del tr  # the optimizer state goes with it, before the next arm measures its peak
         import gc
         gc.collect()
@@ -627,7 +650,23 @@ def train_arm(model, tokenizer, feats, collator, steps: int, batch: int, grouped
     secs = ends[-1] - begins[0]
     return {"steps": steps, "seconds": round(secs, 3), "useful_tokens": real, "padded_tokens": padded,
             "useful_tokens_per_s": round(real / secs, 1), "padding_efficiency": round(real / padded, 3),
-            "peak_rss_mb": mem.peak_rss_mb, "peak_gpu_mb": mem.peak_gpu_mb, "rss_reset": mem.reset}
+            "peak_rss_mb": mem.peak_rss_mb, "peak_gpu_mb": mem.peak_gpu_mb, "rss_reset": mem.reset,
+            **shape_step_times([e - b for b, e in zip(begins, ends)], [p for _, p in collator.batches[:steps]])}
+
+
+_SEEN_SHAPES: set = set()  # batch shapes (padded token count at a fixed batch) any training arm of this process ran
+
+
+def shape_step_times(step_s: Sequence[float], shapes: Sequence, seen: set | None = None) -> dict:
+    """Mean step time of steps whose batch shape this process had not run before vs the others:
+    the signature of kernels that set up per input shape (notes/gpu_training.md)."""
+    seen = _SEEN_SHAPES if seen is None else seen
+    first, again = [], []
+    for t, shape in zip(step_s, shapes):
+        (again if shape in seen else first).append(t)
+        seen.add(shape)
+    mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
+    return {"first_shape_steps": len(first), "first_shape_step_s": mean(first), "seen_shape_step_s": mean(again)}
 
 
 def bench_training(model, tokenizer, device: str, sizes: BenchSizes, precision: str,
@@ -690,8 +729,8 @@ def bench_training(model, tokenizer, device: str, sizes: BenchSizes, precision: 
     for name, (make, grouped) in arms.items():
         if warm:
             model.load_state_dict(init)
-            train_arm(model, tokenizer, feats, make(), sizes.train_steps, sizes.train_batch, grouped,
-                      precision, device, seed)
+            res[name + "_untimed"] = train_arm(model, tokenizer, feats, make(), sizes.train_steps, sizes.train_batch,
+                                               grouped, precision, device, seed)
         model.load_state_dict(init)
         res[name] = train_arm(model, tokenizer, feats, make(), sizes.train_steps, sizes.train_batch, grouped,
                               precision, device, seed)
@@ -717,6 +756,12 @@ def bench_training(model, tokenizer, device: str, sizes: BenchSizes, precision: 
                        round(ep["ours"], 3), round(ep["naive"], 3), note=naive + "; sert's sampler as in sert train"))
     figs.append(figure("training", "padding efficiency, 1 epoch (computed, grouping alone)", round(ep["ours"], 3),
                        round(ep["dynamic"], 3), note="dynamic padding, random order"))
+    first = res.get("ours_untimed", o)  # where shapes were first seen
+    if first["first_shape_step_s"] and first["seen_shape_step_s"]:
+        figs.append(figure("training", f"step time, first-seen batch shape ({first['first_shape_steps']} steps) "
+                                       "vs seen before (ours)", round(1e3 * first["first_shape_step_s"], 1),
+                           round(1e3 * first["seen_shape_step_s"], 1), "ms", better="lower",
+                           note="steps whose shape ran before in this process"))
     figs.append(figure("training", "peak RSS", o["peak_rss_mb"], b["peak_rss_mb"], "MB", better="lower", note=naive))
     if o["peak_gpu_mb"] is not None:
         figs.append(figure("training", "peak GPU memory", o["peak_gpu_mb"], b["peak_gpu_mb"], "MB", better="lower",
@@ -769,6 +814,132 @@ def bench_eval(model, tokenizer, device: str, sizes: BenchSizes, generate: Calla
     return res, figs
 
 
+# ------------------------------------------------------------------ mining vs batch size
+def batch_sweep(n_questions: int) -> list[int]:
+    """1, 2, 4, ... up to ``n_questions`` (which is always included)."""
+    out, b = [], 1
+    while b < n_questions:
+        out.append(b)
+        b *= 2
+    return out + [n_questions]
+
+
+def bench_mining_batch(load: Callable[[], tuple], device: str, sizes: BenchSizes) -> tuple[dict, list[dict]]:
+    """Mining tokens/s (fixed length, EOS masked) of ``sert.mine.mine`` at batch_questions 1, 2, 4, ...
+    ``--mine-questions`` on the same questions; also what ``batch_questions: auto`` picks here."""
+    from .config import MineConfig
+    from .mine import _batch_questions
+
+    model, tok, _ = load()
+    exs = mining_examples(sizes.mine_questions)
+    T = sizes.mine_tokens
+    res: dict = {"questions": len(exs), "new_tokens": T, "load_before": load_avg(), "tokens_per_s": {},
+                 "auto": _batch_questions(MineConfig(max_new_tokens=T), model, tok, exs)}
+    with no_eos(model, eos_ids(model, tok)):
+        sert_mining(model, tok, exs[:1], min(T, 4), 1)                            # warm-up
+        for b in batch_sweep(len(exs)):
+            with Timer(device) as t:
+                n = sert_mining(model, tok, exs, T, b)
+            res["tokens_per_s"][b] = round(n / t.s, 1)
+    res["load_after"] = load_avg()
+    one = res["tokens_per_s"][1]
+    figs = [figure("mining_batch", f"sampled tok/s at batch_questions {b} ({25 * b} rows), {len(exs)} q x {T} tok",
+                   v, one, "tok/s", note=f"batch_questions 1 (same run); auto picks {res['auto']} here")
+            for b, v in res["tokens_per_s"].items()]
+    del model
+    return res, figs
+
+
+# ------------------------------------------------------------------ dtype: fp32 vs the choice
+PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def bench_dtype(load: Callable[[str], tuple], device: str, dtype: str, sizes: BenchSizes, seed: int = 0
+                ) -> tuple[dict, list[dict]]:
+    """fp32 against ``dtype`` (the ``--dtype auto`` choice) in one run: mining and greedy decoding
+    with the model's weights in each dtype; training from the same fp32 weights, in fp32 and under
+    autocast (as ``sert train``). Also their quality: the share of greedy predictions identical and
+    the accuracy of each (same checkpoint, EOS on, untimed), and the training loss of each over
+    the same steps and data. ``load(dtype)`` returns ``(model, tokenizer)`` with that weight dtype."""
+    from .evaluate import generate_greedy, score
+    from .templates import train_prompt
+
+    res: dict = {"dtype": dtype, "load_before": load_avg(), "fp32": {}, dtype: {}}
+    mexs, eexs = mining_examples(sizes.mine_questions), eval_examples(sizes.eval_questions)
+    prompts = [train_prompt(e.question) for e in eexs]
+    T, E = sizes.mine_tokens, sizes.eval_tokens
+    for dt in ("float32", dtype):
+        model, tok = load(dt)
+        r = res["fp32" if dt == "float32" else dt]
+        with no_eos(model, eos_ids(model, tok)):
+            sert_mining(model, tok, mexs[:1], min(T, 4), 1)                    # warm-up
+            with Timer(device) as t:
+                n = sert_mining(model, tok, mexs, T, sizes.mine_batch)
+            r["mining_tokens_per_s"] = round(n / t.s, 1)
+            generate_greedy(model, tok, prompts[:2], batch_size=2, max_new_tokens=min(E, 4), progress=False,
+                            stop_strings=None)
+            with Timer(device) as t:
+                out = generate_greedy(model, tok, prompts, batch_size=sizes.eval_batch, max_new_tokens=E,
+                                      progress=False, stop_strings=None)
+            r["eval_tokens_per_s"] = round(sum(len(o["token_ids"]) for o in out) / t.s, 1)
+        preds = generate_greedy(model, tok, prompts, batch_size=sizes.eval_batch,
+                                max_new_tokens=sizes.dtype_eval_tokens, progress=False)   # as sert eval decodes
+        r["predictions"] = preds
+        r["accuracy"] = sum(score(e, p["text"], p["token_ids"])["correct"] for e, p in zip(eexs, preds)) / len(eexs)
+        del model
+    cmp = compare_predictions(res[dtype].pop("predictions"), res["fp32"].pop("predictions"))
+    res["eval_compare"] = cmp
+    _dtype_training(load, device, dtype, sizes, seed, res)
+    res["load_after"] = load_avg()
+    o, b = res[dtype], res["fp32"]
+    vs = f"float32 (same run){'; ' + res.get('reason', '') if res.get('reason') else ''}"
+    d_acc = o["accuracy"] - b["accuracy"]
+    figs = [figure("dtype", f"mining tok/s, {dtype} vs fp32", o["mining_tokens_per_s"], b["mining_tokens_per_s"],
+                   "tok/s", note=vs),
+            figure("dtype", f"training useful tok/s, {PRECISION[dtype]} autocast vs fp32",
+                   o["train_useful_tokens_per_s"], b["train_useful_tokens_per_s"], "tok/s", note=vs),
+            figure("dtype", f"eval greedy tok/s, {dtype} vs fp32", o["eval_tokens_per_s"], b["eval_tokens_per_s"],
+                   "tok/s", note=vs),
+            figure("dtype", f"eval predictions identical to fp32, {cmp['n']} q x <= {sizes.dtype_eval_tokens} tok",
+                   round(cmp["share_identical"], 4), 1.0, note="fp32 predictions of the same checkpoint"),
+            figure("dtype", "eval accuracy", round(o["accuracy"], 4), round(b["accuracy"], 4),
+                   note=f"fp32; difference {d_acc:+.4f} ({cmp['n']} questions)"),
+            figure("dtype", f"training final loss ({sizes.train_steps} steps)", o["train_final_loss"],
+                   b["train_final_loss"], better="lower", note="fp32 training, same steps and data"),
+            figure("dtype", "training mean loss", o["train_mean_loss"], b["train_mean_loss"], better="lower",
+                   note="fp32 training, same steps and data")]
+    return res, figs
+
+
+def _dtype_training(load, device: str, dtype: str, sizes: BenchSizes, seed: int, res: dict) -> None:
+    """The training rows of :func:`bench_dtype`: same fp32 initial weights, same examples and order."""
+    import random
+
+    from .train import pad_multiple, tokenize_pairs
+
+    model, tok = load("float32")
+    model.train()
+    model.config.use_cache = False
+    n, B = sizes.train_steps * sizes.train_batch, sizes.train_batch
+    feats, _ = tokenize_pairs(distill_pairs(), tok, sizes.train_max_length)
+    feats = [{k: v for k, v in f.items() if k != "weight"} for f in feats]
+    feats = [feats[i] for i in sorted(random.Random(seed).sample(range(len(feats)), n))]
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    pad, pm = tok.pad_token_id, pad_multiple(device)
+    mult = default_mega_batch_mult(len(distill_pairs()), B)
+    train_arm(model, tok, feats[:B], CountingCollator(pad, pm), 1, B, False, PRECISION[dtype], device, seed)  # warm-up
+    for dt in ("float32", dtype):
+        model.load_state_dict(init)
+        losses: list[float] = []
+        a = train_arm(model, tok, feats, CountingCollator(pad, pm), sizes.train_steps, B, mult, PRECISION[dt],
+                      device, seed, losses=losses)
+        r = res["fp32" if dt == "float32" else dt]
+        r.update({"train_useful_tokens_per_s": a["useful_tokens_per_s"], "train_losses": [round(x, 4) for x in losses],
+                  "train_final_loss": round(losses[-1], 4), "train_mean_loss": round(sum(losses) / len(losses), 4)})
+    model.load_state_dict(init)
+    del model
+
+
 # ------------------------------------------------------------------ driver
 def targets_met(figs: Sequence[dict]) -> dict:
     out = {}
@@ -798,9 +969,10 @@ def run_bench(model_name: str = "random:smollm2-135m", device: str | None = "aut
     from .train import _precision
     from .config import TrainConfig
 
-    bad = [s for s in only if s not in SECTIONS]
+    bad = [s for s in only if s not in SECTIONS + EXTRA_SECTIONS]
     if bad:
-        raise SertError(f"--only: unknown section(s) {', '.join(bad)}; expected some of {', '.join(SECTIONS)}")
+        raise SertError(f"--only: unknown section(s) {', '.join(bad)}; "
+                        f"expected some of {', '.join(SECTIONS + EXTRA_SECTIONS)}")
     if threads:
         torch.set_num_threads(threads)
     place = pick_placement(device, dtype)
@@ -825,7 +997,7 @@ def run_bench(model_name: str = "random:smollm2-135m", device: str | None = "aut
         f"{m['cpu_cores_usable']} cores, {m['torch_threads']} torch threads; load {result['load_start']}")
     mm = None
     if "matmul" in only or "mining" in only:
-        mm_dtype = "float32" if place.device == "cpu" else place.dtype
+        mm_dtype = place.dtype  # the dtype mining runs in (bf16 on a CPU where --dtype auto chose it)
         mm = bench_matmul(place.device, mm_dtype, sizes.matmul_n)
         result["reference"]["matmul"] = mm
         log(f"[bench] matmul {mm['n']}^3 {mm['dtype']}: {mm['gflops']} GFLOP/s")
@@ -856,7 +1028,7 @@ def run_bench(model_name: str = "random:smollm2-135m", device: str | None = "aut
     if "training" in only:
         model, tok, _ = load_model(model_name, place.device, "float32")  # fp32 master weights, as sert train
         model.train()
-        precision = _precision(TrainConfig(), place.device, place.dtype)
+        precision = _precision(TrainConfig(), place.device, place.dtype)[0]
         section("training", lambda: bench_training(model, tok, place.device, sizes, precision, seed=seed))
         del model
         release()
@@ -865,18 +1037,44 @@ def run_bench(model_name: str = "random:smollm2-135m", device: str | None = "aut
         section("eval", lambda: bench_eval(model, tok, place.device, sizes))
         del model
         release()
+    if "dtype" in only:
+        section("dtype", lambda: dtype_section(model_name, place, sizes, seed))
+        release()
+    if "mining_batch" in only:
+        section("mining_batch", lambda: bench_mining_batch(lambda: load_model(model_name, place.device, place.dtype),
+                                                           place.device, sizes))
+        release()
     result["wall_s"] = round(time.perf_counter() - t_all, 1)
     result["load_end"] = load_avg()
     save()
     return result
 
 
+def dtype_section(model_name: str, place, sizes: BenchSizes, seed: int = 0) -> tuple[dict, list[dict]]:
+    """:func:`bench_dtype` for the chosen dtype, with the matmul of each dtype; nothing to compare
+    where the choice is fp32."""
+    from .models import load_model
+
+    if place.dtype == "float32":
+        return {"dtype": "float32", "reason": place.reason, "skipped": "the dtype is float32: nothing to compare"}, []
+    res, figs = bench_dtype(lambda dt: load_model(model_name, place.device, dt)[:2], place.device, place.dtype,
+                            sizes, seed)
+    res["reason"] = place.reason
+    mm = {dt: bench_matmul(place.device, dt, sizes.matmul_n, min_s=0.5) for dt in ("float32", place.dtype)}
+    res["matmul"] = mm
+    figs.insert(0, figure("dtype", f"matmul {sizes.matmul_n}^3 GFLOP/s, {place.dtype} vs fp32",
+                          mm[place.dtype]["gflops"], mm["float32"]["gflops"], "GFLOP/s",
+                          note=f"float32 (same run); {place.reason}"))
+    return res, figs
+
+
 def report(result: dict) -> str:
     """The whole table with the machine line, as printed at the end and pasted into the README."""
     m = result["machine"]
-    where = m["gpu"] or m["cpu"]
-    lines = [f"`{result.get('command') or 'sert bench'}` — {result['model']}, {result['placement']['device']}/"
-             f"{result['placement']['dtype']}, {where}, {m['cpu_cores_usable']} cores / {m['torch_threads']} torch "
+    where = m["gpu"] or f"{m['cpu']} ({', '.join(m.get('cpu_simd') or ['no avx2'])})"
+    pl = result["placement"]
+    lines = [f"`{result.get('command') or 'sert bench'}` — {result['model']}, {pl['device']}/{pl['dtype']} "
+             f"({pl.get('reason', '')}), {where}, {m['cpu_cores_usable']} cores / {m['torch_threads']} torch "
              f"threads, torch {m['torch']}, transformers {m['transformers']}, {result['date']}, "
              f"load avg {result['load_start']} -> {result.get('load_end')}", ""]
     if "matmul" in result["reference"]:
@@ -900,8 +1098,10 @@ def add_parser(sub) -> None:
                    help="model to benchmark (default random:smollm2-135m: SmolLM2's architecture, random weights; "
                         "also random:gpt2[-medium|-large], smollm2-135m, an HF id or path)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA)")
-    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections ({','.join(SECTIONS)})")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA; on a CPU "
+                   "bf16 where it has bf16 matrix units and a probe measures bf16 faster, else fp32)")
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help=f"comma-separated sections (default {','.join(SECTIONS)}; also {','.join(EXTRA_SECTIONS)})")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the machinery, not the speed")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

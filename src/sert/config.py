@@ -32,15 +32,18 @@ class MineConfig:
     max_new_tokens: int = 128          # (D) paper silent
     skip_eos_branch: bool = False      # (D) branch on the top-k first tokens other than EOS; off = paper
     #   (an EOS branch is an empty path, dropped by the filters' eos_branch rule)
-    batch_questions: int = 8           # questions decoded together (x25 rows)
+    batch_questions: int | str = "auto"  # questions decoded together (x25 rows); (D) auto: 8 on a CPU (measured
+                                         # best there), on a GPU as many as its free memory holds (models.fit_rows)
     seed: int = 0
 
     def validate(self) -> list[str]:
         e = []
         if self.mode not in ("sert", "cot-decoding"):
             e.append(f"mine.mode: expected 'sert' or 'cot-decoding', got {self.mode!r}")
+        if self.batch_questions != "auto" and not isinstance(self.batch_questions, int):
+            e.append(f"mine.batch_questions: expected a positive integer or auto, got {self.batch_questions!r}")
         for k in ("top_k_branches", "samples_per_branch", "top_k", "max_new_tokens", "batch_questions"):
-            if getattr(self, k) < 1:
+            if isinstance(getattr(self, k), int) and getattr(self, k) < 1:
                 e.append(f"mine.{k}: expected a positive integer, got {getattr(self, k)}")
         if not 0 < self.top_p <= 1:
             e.append(f"mine.top_p: expected 0 < top_p <= 1, got {self.top_p}")
@@ -91,18 +94,20 @@ class FilterConfig:
 @dataclass
 class TrainConfig:
     """Stages 2-3 and the Finetune arm (SERT §II-B/C, §III)."""
-    batch_size: int = 8                # (S) batch 8
+    batch_size: int = 8                # (S) batch 8: the effective (global) batch per optimizer step;
+                                       # (D) per process: batch_size / (processes x grad_accum), which must divide
     learning_rate: float = 3e-4        # (S) Adam, lr 3e-4
     epochs: float = 20                 # (S) 20 epochs
-    grad_accum: int = 1
+    grad_accum: int = 1                # (D) micro-batches accumulated per optimizer step (within batch_size)
     lr_scheduler: str = "constant"     # (D) paper silent; constant Adam as in Fine-tune-CoT
-    warmup_ratio: float = 0.0
+    warmup_ratio: float = 0.0          # (D) paper silent; no warm-up
+    max_grad_norm: float = 1.0         # (D) paper silent; the Trainer's default clipping (0 = no clipping)
     weight_decay: float = 0.0          # (S) plain Adam
     max_length: int = 512              # (D) tokens per example (prompt + target)
     seed: int = 42
     seeds: list[int] | None = None     # (D) repeat every training arm once per seed (None = [seed]); the paper
     #                                    reports one run. The first seed's arms keep the plain names (rd, sert, ...)
-    bf16: str = "auto"                 # auto = bf16 where the hardware has it
+    bf16: str = "auto"                 # (D) true | false | auto (= the --dtype auto choice); an explicit --dtype wins
     lora: bool = False                 # (D) optional LoRA through peft
     lora_r: int = 16
     lora_alpha: int = 32
@@ -125,8 +130,15 @@ class TrainConfig:
             e.append(f"train.learning_rate: expected > 0, got {self.learning_rate}")
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             e.append(f"train.seeds: expected a non-empty list of distinct integers, got {self.seeds}")
-        if self.bf16 not in ("auto", "true", "false", True, False):
+        if str(self.bf16).lower() not in ("auto", "true", "false"):
             e.append(f"train.bf16: expected auto, true or false, got {self.bf16!r}")
+        if self.max_grad_norm < 0:
+            e.append(f"train.max_grad_norm: expected >= 0 (0 = no clipping), got {self.max_grad_norm}")
+        if not 0 <= self.warmup_ratio < 1:
+            e.append(f"train.warmup_ratio: expected 0 <= warmup_ratio < 1, got {self.warmup_ratio}")
+        if self.grad_accum >= 1 and self.batch_size % self.grad_accum:
+            e.append(f"train.batch_size: the effective batch {self.batch_size} is not a multiple of "
+                     f"train.grad_accum {self.grad_accum}")
         return e
 
 
@@ -276,7 +288,12 @@ def _coerce(value: Any, tp: Any, where: str, errors: list[str]) -> Any:
         if type(None) in args and not inner_str and isinstance(value, str) and value.strip().lower() == "auto":
             return None  # "auto" names the None of an optional number (e.g. eval.max_new_tokens)
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where, errors)
+        for a in inner[:-1]:  # the first member type the value fits (int | str: "8" -> 8, "auto" stays)
+            trial: list[str] = []
+            v = _coerce(value, a, where, trial)
+            if not trial:
+                return v
+        return _coerce(value, inner[-1], where, errors)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             errors.append(f"{where}: expected a mapping, got {type(value).__name__}")
@@ -313,6 +330,8 @@ def _coerce(value: Any, tp: Any, where: str, errors: list[str]) -> Any:
             errors.append(f"{where}: expected a number, got {value!r}")
             return value
     if tp is str:
+        if isinstance(value, bool):  # YAML true/false in a string field (e.g. train.bf16)
+            return "true" if value else "false"
         if isinstance(value, (dict, list)):
             errors.append(f"{where}: expected a string, got {type(value).__name__}")
             return value

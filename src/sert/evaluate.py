@@ -395,7 +395,7 @@ def run_eval(model_name: str, task: str, cfg: EvalConfig, out_dir: str | Path | 
         m = evaluate(model, tok, examples, cfg, out_dir, progress=progress, label=model_name, judge=judge,
                      budget=budget)
         m.update({"model": model_name, "task": task, "device": place.device, "dtype": place.dtype,
-                  "load_s": round(load_s, 2)})
+                  "dtype_reason": place.reason, "load_s": round(load_s, 2)})
         if out_dir is not None:
             atomic_write_json(Path(out_dir) / "metrics.json", m)
         return m

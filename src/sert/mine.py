@@ -479,7 +479,7 @@ def _mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool 
     was_training = model.training
     model.eval()  # dropout off: paths come from the model's own distribution
     with JsonlLog(out_path) as log, torch.inference_mode():
-        B = cfg.batch_questions
+        B = _batch_questions(cfg, model, tokenizer, examples)
         for c in range(0, len(examples), B):
             todo = [e for e in examples[c:c + B] if e.id not in have]
             if not todo:
@@ -499,6 +499,26 @@ def _mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool 
     if bar:
         bar.close()
     return [r for e in examples for r in have[e.id]], stats
+
+
+def _batch_questions(cfg: MineConfig, model, tokenizer, examples) -> int:
+    """``batch_questions``, or for ``auto``: 8 on a CPU (or vLLM); on a GPU as many questions as half
+    its free memory holds (KV cache of the longest prompt + max_new_tokens, logits), at most 256."""
+    if cfg.batch_questions != "auto":
+        return int(cfg.batch_questions)
+    import torch
+
+    dev = getattr(model, "device", None)
+    if dev is None or getattr(dev, "type", "cpu") != "cuda":
+        return 8
+    from .models import fit_rows
+
+    longest = max(len(tokenizer(mining_prompt(e.question))["input_ids"]) for e in examples)
+    free, _ = torch.cuda.mem_get_info(dev)
+    rows = fit_rows(model.config, longest + cfg.max_new_tokens, model.dtype.itemsize, free)
+    B = max(1, min(256, rows // paths_per_question(cfg)))
+    print(f"[sert] mine: batch_questions auto -> {B} ({free / 2**30:.1f} GiB free on {dev})", file=sys.stderr)
+    return B
 
 
 def mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool = True) -> list[dict]:
@@ -559,6 +579,7 @@ def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str |
         wall_all = sum(h["wall_s"] for h in history)
         meta.update({
             "status": "done", "model_path": resolve_model(model_name), "device": place.device, "dtype": place.dtype,
+            "dtype_reason": place.reason,
             "torch": torch.__version__, "questions": len(examples), "paths": len(recs),
             "paths_per_question": paths_per_question(cfg), "finished_eos": n_eos, "finished_length": len(recs) - n_eos,
             "mean_tokens": round(sum(r["n_tokens"] for r in recs) / max(1, len(recs)), 2),

@@ -9,11 +9,13 @@ so later loads take seconds.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,10 +177,21 @@ def random_model(name: str, seed: int = 0):
 class Placement:
     device: str
     dtype: str  # "float32" | "bfloat16" | "float16"
+    reason: str = ""  # why this dtype (recorded in every artifact)
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+BF16_SPEEDUP_MIN = 1.2  # (D) bf16 on a CPU only when the probe measures at least this over fp32
+CPU_BF16_UNITS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}  # /proc/cpuinfo flag -> name
 
 
 def pick_placement(device: str | None = None, dtype: str | None = None) -> Placement:
-    """CUDA + bf16 where available, else CPU + fp32; either may be overridden."""
+    """The device (CUDA if available) and the compute dtype, with the reason for the dtype.
+
+    ``auto``: bf16 on a GPU that supports it; on a CPU bf16 only where the CPU has bf16 matrix
+    instructions and a short probe measures bf16 faster (:func:`cpu_auto_dtype`), else fp32.
+    float16 on a CPU is refused (no fp16 matrix path; use bfloat16)."""
     import torch
 
     if device in (None, "auto"):
@@ -186,10 +199,135 @@ def pick_placement(device: str | None = None, dtype: str | None = None) -> Place
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SertError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     if dtype in (None, "auto"):
-        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
+        if device.startswith("cuda"):
+            bf16 = torch.cuda.is_bf16_supported()
+            dtype, reason = ("bfloat16", "GPU with bf16") if bf16 else ("float32", "GPU without bf16")
+        else:
+            dtype, reason = cpu_auto_dtype()
+        return Placement(device, dtype, f"auto: {reason}")
+    dtype = DTYPE_ALIASES.get(dtype, dtype)
+    if dtype not in DTYPES:
         raise SertError(f"--dtype {dtype}: expected float32, bfloat16, float16 or auto")
-    return Placement(device, dtype)
+    if dtype == "float16" and not device.startswith("cuda"):
+        raise SertError("--dtype float16: needs CUDA; on a CPU use bfloat16 or float32 (or auto)")
+    return Placement(device, dtype, f"--dtype {dtype} given")
+
+
+_announced: set[str] = set()
+
+
+def announce(place: Placement) -> None:
+    """Print an automatic dtype choice and its reason, once per process (several stages load models),
+    when a model is placed: a command refused for a bad input still says one line only."""
+    if place.reason.startswith("auto: ") and place.reason not in _announced:
+        _announced.add(place.reason)
+        print(f"[sert] dtype auto -> {place.dtype} ({place.reason[6:]})", file=sys.stderr, flush=True)
+
+
+def cpu_flags() -> tuple[str, set[str]]:
+    """The CPU's model name and flags from /proc/cpuinfo (empty where it cannot be read)."""
+    name, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() == "model name" and not name:
+                name = val.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(val.split())
+    except OSError:
+        pass
+    return name, flags
+
+
+def cpu_auto_dtype() -> tuple[str, str]:
+    """(dtype, reason) for ``--dtype auto`` on this CPU; the probe's verdict is cached under
+    :func:`cache_root` per CPU model, bf16 flags, torch version and thread count.
+    ``SERT_DTYPE_PROBE=0`` skips the probe: fp32 (deterministic tests)."""
+    import torch
+
+    if os.environ.get("SERT_DTYPE_PROBE", "1") == "0":
+        return "float32", "probe off (SERT_DTYPE_PROBE=0)"
+    name, flags = cpu_flags()
+    units = [v for k, v in CPU_BF16_UNITS.items() if k in flags]
+    if not units or not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "float32", "no bf16 matrix unit"
+    key = f"{name}|{','.join(units)}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    cache = cache_root() / "dtype_probe.json"
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        ratio = probe_bf16_speedup()
+        known[key] = {"ratio": round(ratio, 2), "units": units, "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        try:
+            from .io import atomic_write_json
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(cache, known)
+        except OSError:
+            pass  # a read-only cache only costs the probe again next time
+    ratio = known[key]["ratio"]
+    if ratio >= BF16_SPEEDUP_MIN:
+        return "bfloat16", f"{units[0]}, probe {ratio:.1f}x faster than fp32"
+    return "float32", f"{units[0]} present but probe bf16 only {ratio:.2f}x fp32 (< {BF16_SPEEDUP_MIN}x)"
+
+
+def probe_bf16_speedup(reps: int = 3) -> float:
+    """fp32 time / bf16 time of the layer shapes sert runs (a 1024-token training matmul and a
+    200-row decoding step's skinny one), best of ``reps`` each; well under 2 s on a 2-core CPU."""
+    import torch
+
+    shapes = ((1024, 1024, 1024), (200, 576, 1536))  # (rows, in, out)
+    g = torch.Generator().manual_seed(0)
+    t = {}
+    for dt in (torch.float32, torch.bfloat16):
+        total = 0.0
+        for rows, k, n in shapes:
+            x = torch.randn(rows, k, generator=g).to(dt)
+            w = torch.randn(n, k, generator=g).to(dt)
+            torch.nn.functional.linear(x, w)  # warm-up (kernel selection, packing)
+            best = float("inf")
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                for _ in range(3):
+                    torch.nn.functional.linear(x, w)
+                best = min(best, time.perf_counter() - t0)
+            total += best
+        t[dt] = total
+    return t[torch.float32] / t[torch.bfloat16]
+
+
+def avoid_cudnn_attention(device: str) -> bool:
+    """On CUDA, take cuDNN out of PyTorch's attention (SDPA) backends; returns whether it did.
+
+    cuDNN attention builds an execution plan for every new input shape (hundreds of ms each,
+    forward and backward apart) and recent torch releases try it first for masked attention on
+    recent GPUs. sert meets new shapes all the time: decoding grows the KV length by one per step,
+    and length-grouped training batches each have their own length. The flash / memory-efficient
+    kernels that remain have no per-shape set-up. ``SERT_CUDNN_SDPA=1`` keeps cuDNN (to measure
+    the difference; see notes/gpu_training.md)."""
+    if not str(device).startswith("cuda") or os.environ.get("SERT_CUDNN_SDPA", "0") == "1":
+        return False
+    import torch
+
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    return True
+
+
+def decode_row_bytes(config, tokens: int, dtype_bytes: int) -> int:
+    """Memory one decoding row needs: its KV cache over ``tokens`` positions (layers x 2 x KV
+    heads x head dim x tokens x bytes) plus its fp32 logits, sampling copies included (~4x vocab)."""
+    cfg = getattr(config, "text_config", None) or config
+    layers = cfg.num_hidden_layers
+    heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return layers * 2 * kv_heads * head_dim * tokens * dtype_bytes + 4 * cfg.vocab_size * 4
+
+
+def fit_rows(config, tokens: int, dtype_bytes: int, free_bytes: int, safety: float = 0.5) -> int:
+    """How many decoding rows of ``tokens`` positions fit in ``safety`` x ``free_bytes`` (>= 1)."""
+    return max(1, int(free_bytes * safety) // decode_row_bytes(config, tokens, dtype_bytes))
 
 
 def load_tokenizer(name: str):
@@ -226,6 +364,8 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None):
         except (OSError, ValueError) as e:
             raise SertError(_not_found(name, e)) from None
     model.to(place.device)
+    avoid_cudnn_attention(place.device)
+    announce(place)
     model.eval()
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id

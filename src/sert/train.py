@@ -17,10 +17,13 @@ Outputs under ``--out DIR``:
   DIR/checkpoints/        Trainer checkpoints; a rerun resumes from the last one.
   DIR/train_config.json   what was asked (model, stage, data, settings) + a fingerprint;
                           resuming with a different fingerprint is refused.
-  DIR/train_summary.json  loss curve, tokens, wall time, throughput.
+  DIR/train_summary.json  loss curve, tokens (all processes), wall time, throughput; precision and
+                          why; world size, per-device batch, accumulation, effective batch, lr
+                          schedule, warm-up, max_grad_norm.
 
 The loop is transformers' Trainer, so ``accelerate launch`` / ``torchrun -m sert train``
-scale it over GPUs with no code of ours (only rank 0 writes DIR's own files).
+scale it over processes with no code of ours (only rank 0 writes DIR's own files);
+``train.batch_size`` stays the effective batch (see :func:`batch_plan`).
 """
 from __future__ import annotations
 
@@ -270,6 +273,10 @@ def _trainer_classes():
 def _fingerprint(model_name: str, stage: str, pairs: list[dict], cfg: TrainConfig) -> str:
     h = hashlib.sha256()
     skip = {"logging_steps", "save_total_limit", "report_to"}  # do not change what is learned
+    if cfg.max_grad_norm == 1.0:  # made explicit later at the value it always had: old runs keep their fingerprint
+        skip.add("max_grad_norm")
+    if cfg.seeds is None:  # added later; one training run has one seed (train.seed)
+        skip.add("seeds")
     h.update(json.dumps({"model": model_name, "stage": stage,
                          "cfg": {k: v for k, v in to_dict(cfg).items() if k not in skip}},
                         sort_keys=True, default=str).encode())
@@ -301,27 +308,42 @@ def _reporting(report_to: str, log_dir: Path) -> tuple[list[str] | str, list]:
     return [n for n in names if n != "tensorboard"] or "none", [cb]
 
 
-def _precision(cfg: TrainConfig, device: str, dtype: str | None) -> str:
-    """Mixed precision for training (master weights stay fp32): 'bf16', 'fp16' or 'fp32'."""
+def _precision(cfg: TrainConfig, device: str, dtype: str | None) -> tuple[str, str]:
+    """Mixed precision for training (master weights stay fp32: bf16/fp16 are autocast) and why:
+    ('bf16' | 'fp16' | 'fp32', reason). An explicit ``--dtype`` wins; under ``--dtype auto``,
+    ``train.bf16`` true/false decides, and its ``auto`` takes the ``--dtype auto`` choice
+    (:func:`sert.models.pick_placement`: bf16 on a GPU, on a CPU where bf16 is measured faster)."""
+    from .models import pick_placement
+
+    short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+    b = str(cfg.bf16).lower()
+    if dtype in (None, "auto") and b in ("true", "false"):
+        pick_placement(device)  # CUDA asked for and missing: one line
+        return ("bf16", "train.bf16: true") if b == "true" else ("fp32", "train.bf16: false")
+    place = pick_placement(device, dtype)  # refuses unknown dtypes and float16 on a CPU
+    return short[place.dtype], place.reason
+
+
+def batch_plan(cfg: TrainConfig, world: int) -> dict:
+    """``train.batch_size`` is the effective (global) batch: split over ``world`` processes and
+    ``grad_accum`` micro-batches; refused when it does not divide."""
+    per_step = world * cfg.grad_accum
+    if cfg.batch_size % per_step:
+        raise SertError(f"train.batch_size {cfg.batch_size} (the effective batch) is not divisible by "
+                        f"{world} process(es) x grad_accum {cfg.grad_accum}; choose a multiple of {per_step}")
+    return {"effective_batch": cfg.batch_size, "per_device_batch": cfg.batch_size // per_step,
+            "grad_accum": cfg.grad_accum, "world_size": world}
+
+
+def _token_counts(trainer, collator) -> tuple[int, int, int]:
+    """(useful, padded, supervised) tokens over all processes: each one collates only its shard."""
     import torch
 
-    cuda = device != "cpu" and torch.cuda.is_available()
-    if dtype in ("bfloat16", "bf16"):
-        return "bf16"
-    if dtype in ("float16", "fp16"):
-        if not cuda:
-            raise SertError("--dtype float16 needs CUDA; use float32 or bfloat16 on CPU")
-        return "fp16"
-    if dtype in ("float32", "fp32"):
-        return "fp32"
-    if dtype not in (None, "auto"):
-        raise SertError(f"--dtype {dtype}: expected auto, float32, bfloat16 or float16")
-    b = str(cfg.bf16).lower()
-    if b == "true":
-        return "bf16"
-    if b == "auto" and cuda and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
+    counts = torch.tensor([collator.real_tokens, collator.padded_tokens, collator.loss_tokens],
+                          dtype=torch.long, device=trainer.args.device)
+    if trainer.args.world_size > 1:
+        counts = trainer.accelerator.reduce(counts, reduction="sum")
+    return tuple(int(c) for c in counts.tolist())
 
 
 def _is_main() -> bool:
@@ -381,9 +403,10 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
     """Train ``model_name`` on ``data`` for ``stage``; return the final checkpoint directory.
 
     ``device``: auto | cpu | cuda (pick a GPU with CUDA_VISIBLE_DEVICES). ``dtype``:
-    the mixed precision (auto = bf16 where the hardware has it, else fp32); weights
-    stay fp32. A finished ``out_dir/final`` makes this a no-op; a checkpoint in
-    ``out_dir/checkpoints`` is resumed automatically.
+    the mixed precision (see :func:`_precision`; auto = bf16 on a GPU and on a CPU where bf16
+    is measured faster, else fp32); weights stay fp32. ``cfg.batch_size`` is the effective
+    batch over all processes (:func:`batch_plan`). A finished ``out_dir/final`` makes this a
+    no-op; a checkpoint in ``out_dir/checkpoints`` is resumed automatically.
     """
     errs = cfg.validate()
     if errs:
@@ -402,8 +425,8 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
     if device not in (None, "auto", "cpu", "cuda"):
         raise SertError(f"--device {device}: training takes auto, cpu or cuda; "
                         "choose GPUs with CUDA_VISIBLE_DEVICES (or accelerate launch / torchrun)")
-    from .models import pick_placement
-    pick_placement(device)  # clear error if CUDA was asked for and is missing
+    prec = _precision(cfg, device or "auto", dtype)  # one-line refusals before anything is written
+    batch_plan(cfg, int(os.environ.get("WORLD_SIZE", "1")))
 
     lock = RunLock(out) if _is_main() else None
     if lock:
@@ -413,7 +436,7 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
             _check_fingerprint(out, _fingerprint(model_name, stage, pairs, cfg))
             print(f"[sert] train: {final} exists; skipped (delete it to retrain)")
             return final
-        return _train(model_name, pairs, source, stage, cfg, out, resume, device, dtype)
+        return _train(model_name, pairs, source, stage, cfg, out, resume, device, dtype, prec)
     finally:
         if lock:
             lock.__exit__(*sys.exc_info())  # a failure before any output removes the directory it made
@@ -449,7 +472,8 @@ def _last_checkpoint(ckpt_dir: Path) -> str | None:
     return None
 
 
-def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume, device, dtype) -> Path:
+def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume, device, dtype,
+           prec: tuple[str, str]) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArguments
 
@@ -496,7 +520,9 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     ensure_dir(out)
     if _is_main():  # written once the model has loaded: a bad --model leaves nothing behind
         atomic_write_json(cfg_file, {"model": model_name, "stage": stage, "data": source, "n_examples": len(pairs),
-                                     "device": device, "dtype": dtype, "train": to_dict(cfg), "fingerprint": fp})
+                                     "device": device, "dtype": dtype, "precision": prec[0],
+                                     "precision_reason": prec[1],
+                                     "train": to_dict(cfg), "fingerprint": fp})
     model.config.use_cache = False
     gc = model.generation_config
     if gc.pad_token_id is None:
@@ -511,9 +537,17 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
                                                  lora_dropout=cfg.lora_dropout, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
 
-    precision = _precision(cfg, device or "auto", dtype)
+    precision, precision_reason = prec
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        from .models import avoid_cudnn_attention
+        avoid_cudnn_attention("cuda")  # no per-shape attention plans for length-grouped batches
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    steps_per_epoch = max(1, math.ceil(len(feats) / (cfg.batch_size * world * cfg.grad_accum)))
+    plan = batch_plan(cfg, world)
+    steps_per_epoch = max(1, math.ceil(len(feats) / cfg.batch_size))
+    if _is_main():
+        print(f"[sert] train: {precision} ({precision_reason}); batch {plan['effective_batch']} = {world} "
+              f"process(es) x {plan['per_device_batch']} x {cfg.grad_accum} accumulated")
     # names that moved between transformers releases (>= 4.57 supported)
     known = {f.name for f in dataclasses.fields(TrainingArguments)}
     version_kw = {}
@@ -529,8 +563,9 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     args = TrainingArguments(
         **version_kw,
         output_dir=str(ckpt_dir),
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=plan["per_device_batch"],
         gradient_accumulation_steps=cfg.grad_accum,
+        max_grad_norm=cfg.max_grad_norm,
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay,  # 0 -> AdamW is Adam, as the paper says
@@ -539,7 +574,7 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         data_seed=cfg.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=device == "cpu",
+        use_cpu=not cuda,  # bf16 on a CPU is the Trainer's CPU autocast, which it only enables with use_cpu
         save_strategy="steps",
         save_steps=min(steps_per_epoch, 200),  # at least once per epoch; a kill loses <= 200 steps
         save_total_limit=cfg.save_total_limit,
@@ -548,11 +583,12 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         report_to=report_to,
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        dataloader_pin_memory=device != "cpu" and torch.cuda.is_available(),
+        dataloader_pin_memory=cuda,
+        ddp_find_unused_parameters=False,  # every trainable weight gets a gradient: no extra graph walk per step
         disable_tqdm=not sys.stderr.isatty(),
     )
     collator = PadCollator(tok.pad_token_id, use_weights=cfg.use_weights,
-                          multiple=pad_multiple("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"))
+                           multiple=pad_multiple("cuda" if cuda else "cpu"))
     Trainer, WeightedTrainer = _trainer_classes()
     cls = WeightedTrainer if cfg.use_weights else Trainer
 
@@ -580,6 +616,7 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last or None)
     wall = time.time() - t0
+    useful, padded, supervised = _token_counts(trainer, collator)
     if not trainer.is_world_process_zero():
         return final
 
@@ -589,7 +626,6 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     trained.config.use_cache = True
     curve = [{"step": h["step"], "epoch": h.get("epoch"), "loss": h["loss"], "grad_norm": h.get("grad_norm")}
              for h in trainer.state.log_history if "loss" in h]
-    useful = collator.real_tokens
     # Mean over all steps from the logged windows (each log averages the steps since the last
     # one): unlike result.training_loss, it also covers the steps before a resume.
     prev, total = 0, 0.0
@@ -601,18 +637,20 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         "steps": trainer.state.global_step,
         "train_time_s": round(wall, 1),
         "useful_tokens_per_s": round(useful / wall, 1) if wall > 0 and useful else None,
-        "padding_efficiency": round(useful / collator.padded_tokens, 3) if collator.padded_tokens else None,
+        "padding_efficiency": round(useful / padded, 3) if padded else None,
     }
     settings = {"stage": stage, "data": source, "examples": len(feats), "truncated": truncated,
-                "precision": precision, "world_size": world,
+                "precision": precision, "precision_reason": precision_reason, **plan,
                 **{k: v for k, v in to_dict(cfg).items() if k not in ("logging_steps", "save_total_limit")}}
     summary = {
         "stage": stage, "model": model_name, "data": source, "n_examples": len(feats), "n_truncated": truncated,
         "loss_curve": curve, **metrics,
-        "tokens": {"useful": useful, "padded": collator.padded_tokens, "supervised": collator.loss_tokens,
-                   "note": "counted in this session (after a resume: since the resume)"},
+        "tokens": {"useful": useful, "padded": padded, "supervised": supervised,
+                   "note": "all processes, counted in this session (after a resume: since the resume)"},
+        "resumed_from": last, "device": str(trainer.args.device), "precision": precision,
+        "precision_reason": precision_reason, **plan, "lr_scheduler": cfg.lr_scheduler,
+        "warmup_ratio": cfg.warmup_ratio, "max_grad_norm": cfg.max_grad_norm,
         "max_completion_tokens": longest, "own_max_completion_tokens": own_longest,
-        "resumed_from": last, "device": str(trainer.args.device), "precision": precision, "world_size": world,
         "config": to_dict(cfg), "fingerprint": fp, "versions": _versions(),
     }
     tmp = Path(tempfile.mkdtemp(prefix=".final-tmp-", dir=out))
