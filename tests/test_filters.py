@@ -200,6 +200,9 @@ def test_answer_consistency_is_off_by_default():
     assert _rule(wrong, on) == "answer_consistency"
     assert _rule(right, on) is None
     assert _rule(silent, on) is None  # states no answer: does not contradict
+    strict = FilterConfig(answer_consistency=True, answer_consistency_strict=True)  # STaR: must reach gold
+    assert _rule(silent, strict) == "answer_consistency"
+    assert _rule(right, strict) is None and _rule(wrong, strict) == "answer_consistency"
 
 
 def test_confidence_weights():

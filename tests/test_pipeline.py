@@ -158,7 +158,7 @@ def test_shipped_configs_by_name_and_from_the_checkout():
 
     root = Path(__file__).resolve().parents[1]
     shipped = shipped_configs()
-    assert {"demo", "cpu/strategyqa_smollm2_small"} | {f"paper/{t}_gpt2{s}" for t in ("strategyqa", "commonsense_qa")
+    assert {"demo", "cpu/strategyqa_smollm2_small", "cpu/strategyqa_smollm2_full"} | {f"paper/{t}_gpt2{s}" for t in ("strategyqa", "commonsense_qa")
                                                        for s in ("", "-medium", "-large")} == set(shipped)
     assert (root / "configs").resolve() == (root / "src" / "sert" / "configs").resolve()
     assert packaged_config("demo") == shipped["demo"] == packaged_config("demo.yaml")
@@ -203,3 +203,17 @@ def test_demo_end_to_end_under_20_minutes(tmp_path):
     assert r.stdout.splitlines()[0].startswith(f"report: {tmp_path / 'demo' / 'report.md'}")
     assert "| SERT+RD |" in r.stdout and (tmp_path / "demo" / "report.html").exists()
     assert wall < 20 * 60, f"demo took {wall / 60:.1f} min"
+
+
+def test_a_run_without_epochs_in_its_yaml_resumes_as_the_same_config(tmp_path):
+    """The default epochs (20) and the 20.0 that config.yaml gives back are one config, not two."""
+    from sert.config import load_run_config
+    from sert.pipeline import _check_run_dir, _write_config
+
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"task": "strategyqa", "model": "x", "arms": ["base"]}))
+    d = tmp_path / "run"
+    d.mkdir()
+    cfg = load_run_config(p)
+    _write_config(d, cfg)
+    _check_run_dir(d, cfg)  # no "made by a different config"

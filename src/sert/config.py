@@ -65,6 +65,8 @@ class FilterConfig:
     select: str = "auto"               # (S) lowest rep-2 per question; auto = that, or the highest CoT-decoding
     #                                    confidence in cot-decoding mode; (D) "ppl": the lowest perplexity
     answer_consistency: bool = False   # (D) STaR-style: drop paths whose stated answer contradicts gold; off = paper
+    answer_consistency_strict: bool = False  # (D) with answer_consistency: also drop paths that state no answer,
+    #                                    keeping only those that reach the gold answer (STaR's rule)
     confidence_weight: str | None = None  # (D) None | "ppl" | "delta": per-example loss weight for training
     direct_answer_min_words: int = 5   # (D) pattern "direct_answer": fewer reasoning words than this = no reasoning
     option_listing_min: int = 3        # (D) pattern "option_listing": this many option markers/items = a listing
@@ -97,7 +99,7 @@ class TrainConfig:
     batch_size: int = 8                # (S) batch 8: the effective (global) batch per optimizer step;
                                        # (D) per process: batch_size / (processes x grad_accum), which must divide
     learning_rate: float = 3e-4        # (S) Adam, lr 3e-4
-    epochs: float = 20                 # (S) 20 epochs
+    epochs: float = 20.0               # (S) 20 epochs
     grad_accum: int = 1                # (D) micro-batches accumulated per optimizer step (within batch_size)
     lr_scheduler: str = "constant"     # (D) paper silent; constant Adam as in Fine-tune-CoT
     warmup_ratio: float = 0.0          # (D) paper silent; no warm-up

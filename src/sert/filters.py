@@ -151,7 +151,9 @@ def _consistency(p: dict, cfg: FilterConfig) -> bool:
     if not kind:
         raise SertError(f"answer consistency needs the answer kind; path {p.get('id')!r} has none")
     pred = extract_answer(p["text"], kind, p.get("choices")).answer
-    return pred is not None and not is_correct(pred, p["answer"], kind)
+    if pred is None:
+        return cfg.answer_consistency_strict  # strict (STaR): a path must reach the gold answer to stay
+    return not is_correct(pred, p["answer"], kind)
 
 
 RULES: list[Rule] = [

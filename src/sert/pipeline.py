@@ -75,8 +75,10 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def config_identity(cfg: RunConfig) -> dict:
-    """The resolved config without operational keys: what defines the experiment."""
-    return {k: v for k, v in _flatten(to_dict(cfg)).items() if k not in OPERATIONAL_KEYS}
+    """The resolved config without operational keys: what defines the experiment. Integral floats
+    are written as integers (a default ``20`` and the ``20.0`` read back from config.yaml are one value)."""
+    return {k: int(v) if isinstance(v, float) and v.is_integer() else v
+            for k, v in _flatten(to_dict(cfg)).items() if k not in OPERATIONAL_KEYS}
 
 
 def config_hash(cfg: RunConfig) -> str:
