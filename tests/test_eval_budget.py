@@ -160,24 +160,42 @@ def test_teacher_named_and_flagged_when_not_the_papers(tmp_path):
 
 
 # ------------------------------------------------------------------ over-long input
-def test_eval_fits_an_overlong_question_and_loses_nothing(tmp_path):
+@pytest.fixture(scope="module")
+def short_context(tmp_path_factory):
+    """A tiny GPT-2 with 64 positions (past them its position embedding has no row) and a user file
+    whose second line holds a question of ~300,000 characters."""
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from sert.models import embedded_model_dir
 
+    d = tmp_path_factory.mktemp("short-ctx")
     tok = AutoTokenizer.from_pretrained(embedded_model_dir())
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=16, n_layer=1, n_head=2,
                                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
-    mdir = tmp_path / "m"
-    model.save_pretrained(mdir)
-    tok.save_pretrained(mdir)
-    data = tmp_path / "long.jsonl"
+    model.save_pretrained(d / "m")
+    tok.save_pretrained(d / "m")
     rows = [{"question": "Is water wet?", "answer": "yes"},
             {"question": "Is fire cold? " + "very " * 60000, "answer": "no"},   # ~300,000 characters
             {"question": "Do fish swim?", "answer": "yes"}]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d / "m", d / "long.jsonl"
+
+
+def test_train_cuts_examples_to_the_model_context_instead_of_crashing(short_context, tmp_path):
+    mdir, data = short_context
+    r = subprocess.run([sys.executable, "-m", "sert", "train", "--model", str(mdir), "--data", str(data),
+                        "--stage", "finetune", "--out", str(tmp_path / "tr"), "--epochs", "1", "--batch-size", "3",
+                        "--device", "cpu", "--dtype", "float32"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-1500:]
+    assert "train.max_length 512 exceeds the model's context (64 positions)" in r.stderr
+    assert "1 of 3 examples exceed max_length=64" in r.stdout
+    assert (tmp_path / "tr" / "final" / "config.json").exists()
+
+
+def test_eval_fits_an_overlong_question_and_loses_nothing(short_context, tmp_path):
+    mdir, data = short_context
     out = tmp_path / "ev"
     r = subprocess.run([sys.executable, "-m", "sert", "eval", "--model", str(mdir), "--task", str(data),
                         "--out", str(out), "--max-new-tokens", "6", "--quiet"],

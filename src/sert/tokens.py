@@ -33,8 +33,8 @@ def eos_token_ids(model, tokenizer) -> list[int]:
 
 
 def context_length(model) -> int | None:
-    """Positions the model can attend over (None when its config does not say)."""
-    cfg = getattr(model, "config", None)
+    """Positions the model (or its config) can attend over (None when its config does not say)."""
+    cfg = getattr(model, "config", model)
     for k in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
         v = getattr(cfg, k, None)
         if isinstance(v, int) and v > 0:

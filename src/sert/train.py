@@ -472,6 +472,25 @@ def _last_checkpoint(ckpt_dir: Path) -> str | None:
     return None
 
 
+def _fit_max_length(model_name: str, max_length: int) -> int:
+    """``train.max_length``, or the model's context when that is shorter (positions beyond it do not
+    exist: an over-long example would end in an IndexError inside the model), with a warning."""
+    from transformers import AutoConfig
+
+    from .models import resolve_model
+    from .tokens import context_length
+
+    try:
+        ctx = context_length(AutoConfig.from_pretrained(resolve_model(model_name)))
+    except (OSError, ValueError):
+        return max_length  # the model load reports it in one line
+    if ctx is not None and max_length > ctx:
+        print(f"sert: warning: train.max_length {max_length} exceeds the model's context ({ctx} positions); "
+              f"examples are cut to {ctx} tokens", file=sys.stderr, flush=True)
+        return ctx
+    return max_length
+
+
 def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume, device, dtype,
            prec: tuple[str, str]) -> Path:
     import torch
@@ -496,9 +515,10 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         print(f"[sert] train: --resume given but {ckpt_dir} has no checkpoint; starting from the base model")
 
     tok = load_tokenizer(model_name)
-    feats, truncated = tokenize_pairs(pairs, tok, cfg.max_length)
+    max_length = _fit_max_length(model_name, cfg.max_length)
+    feats, truncated = tokenize_pairs(pairs, tok, max_length)
     if truncated:
-        print(f"[sert] train: {truncated} of {len(feats)} examples exceed max_length={cfg.max_length} "
+        print(f"[sert] train: {truncated} of {len(feats)} examples exceed max_length={max_length} "
               "tokens and were truncated (start of the prompt first)")
     if cfg.use_weights:
         mean_w = sum(f["weight"] for f in feats) / len(feats)
