@@ -4,7 +4,7 @@ import json
 import pytest
 import yaml
 
-from sert.arms import arm_table, check_arms, training_order
+from sert.arms import arm_table, training_order
 from sert.config import RunConfig, from_dict, load_run_config
 from sert.errors import SertError
 

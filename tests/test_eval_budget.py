@@ -72,15 +72,6 @@ def test_minimum_detectable_effect():
 
 
 # ------------------------------------------------------------------ a run with two seeds and the auto budget
-@pytest.fixture(scope="module")
-def tiny_dir(tiny_model, tmp_path_factory):
-    model, tok = tiny_model
-    d = tmp_path_factory.mktemp("tiny-llama-budget")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
 def _config(tmp_path: Path, model: Path, **eval_kw) -> Path:
     cfg = {
         "task": "strategyqa", "model": str(model), "out": str(tmp_path / "run"), "device": "cpu",

@@ -120,3 +120,17 @@ def test_judge_stage_of_sert_run(server, tmp_path):
     assert info == {"judged": 6, "scored": sum(r["scored"] for r in rows)}
     with pytest.raises(SertError, match="judge.enabled: needs judge.model"):
         from_dict(RunConfig, {"judge": {"enabled": True}})
+
+
+def test_a_run_with_the_judge_stage_needs_an_endpoint(tiny_dir, tmp_path, monkeypatch):
+    """`sert run` checks the judge stage's endpoint before it creates anything (no key, no base_url)."""
+    from sert.config import RunConfig, from_dict
+    from sert.errors import SertError
+    from sert.pipeline import run_experiment
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cfg = from_dict(RunConfig, {"task": "strategyqa", "model": str(tiny_dir), "arms": ["sert"],
+                                "judge": {"enabled": True, "model": "openai:judge"}})
+    with pytest.raises(SertError, match="set judge.base_url for a local"):
+        run_experiment(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -276,7 +276,7 @@ def resolve_budget(cfg: EvalConfig, longest: int | None, label: str | None = Non
     if cfg.max_new_tokens is None:
         if longest is None:
             return {"max_new_tokens": cfg.default_budget, "longest_training_completion": None,
-                    "rule": f"auto: default_budget (no sert training record)"}
+                    "rule": "auto: default_budget (no sert training record)"}
         return {"max_new_tokens": longest + cfg.budget_margin, "longest_training_completion": longest,
                 "rule": f"auto: longest training completion {longest} + budget_margin {cfg.budget_margin}"}
     if longest is not None and cfg.max_new_tokens < longest:

@@ -41,7 +41,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ from .answers import extract_answer, is_correct
 from .config import FilterConfig
 from .metrics import rep_n as _metrics_rep_n
 from .errors import SertError
-from .io import RunLock, atomic_write_json, atomic_write_jsonl, ensure_dir, remove_stale_temps
+from .io import RunLock, atomic_save_figure, atomic_write_json, atomic_write_jsonl, ensure_dir, remove_stale_temps
 
 # ------------------------------------------------------------------ measures
 
@@ -468,12 +467,7 @@ def plot_funnel(f: dict, png) -> Path:
     ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower left")
     ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
-    png = Path(png)
-    tmp = png.with_name(f".{png.name}.sert-{os.getpid()}.tmp")  # atomic: a kill never leaves half a PNG
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, png)
-    return png
+    return atomic_save_figure(fig, png)
 
 
 def run_filter(paths_file, out_dir, cfg: FilterConfig) -> dict:

@@ -66,6 +66,21 @@ def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
+def atomic_save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG atomically (a kill never leaves half a picture) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    ensure_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.sert-{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def read_json(path: str | os.PathLike) -> Any:
     p = Path(path)
     try:

@@ -17,14 +17,13 @@ request and retries only the failed ones).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 from pathlib import Path
 
 from .config import JudgeConfig, load_yaml
 from .errors import SertError
-from .io import RunLock, atomic_write_json, read_jsonl
+from .io import RunLock, atomic_save_figure, atomic_write_json, read_jsonl
 from .openai_client import coverage, format_judge, make_judge
 
 
@@ -110,12 +109,7 @@ def plot_fig4(fig: dict, png: str | Path) -> Path:
     ax.set_ylabel("judge score (0-10)")
     ax.set_title(f"Judge scores of the selected paths per filter set ({fig.get('judge')})", fontsize=9)
     f.tight_layout()
-    png = Path(png)
-    tmp = png.with_name(f".{png.name}.sert-{os.getpid()}.tmp")  # atomic: a kill never leaves half a PNG
-    f.savefig(tmp, dpi=110, format="png")
-    plt.close(f)
-    os.replace(tmp, png)
-    return png
+    return atomic_save_figure(f, png)
 
 
 def format_fig4(fig: dict) -> str:

@@ -139,7 +139,7 @@ def _check_inputs(cfg: RunConfig) -> None:
         if not spec.startswith("openai:") or not spec[len("openai:"):].strip():
             raise SertError(f"eval.judge: expected openai:MODEL (any OpenAI-compatible endpoint), got {spec!r}")
         online.append(("eval.judge_base_url", cfg.eval.judge_base_url))
-    if cfg.judge.enabled and arms & {"sert", "sert_rd"}:
+    if cfg.judge.enabled and "filter" in sources:
         online.append(("judge.base_url", cfg.judge.base_url))
     for key, url in online:
         if url is None and not os.environ.get("OPENAI_API_KEY"):

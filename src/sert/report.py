@@ -26,7 +26,7 @@ from typing import Callable
 
 from .arms import PAPER_ARMS, arm_table
 from .errors import SertError
-from .io import atomic_write_text, ensure_dir, read_json, read_jsonl
+from .io import atomic_save_figure, atomic_write_text, read_json, read_jsonl
 from .openai_client import format_judge
 
 ARMS = list(PAPER_ARMS)
@@ -313,12 +313,7 @@ def accuracy_plot(run: dict, path: Path) -> Path | None:
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    ensure_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_save_figure(fig, path)
 
 
 # ------------------------------------------------------------------ document
