@@ -43,7 +43,9 @@ def test_budget_rules_and_warning(capsys):
     auto = EvalConfig()
     assert auto.max_new_tokens is None
     b = resolve_budget(auto, 157)
-    assert b["max_new_tokens"] == 157 + auto.budget_margin and b["longest_training_completion"] == 157
+    assert auto.budget_factor == 2.0 and auto.budget_margin == 64
+    assert b["max_new_tokens"] == 2 * 157 + 64 and b["longest_training_completion"] == 157
+    assert resolve_budget(EvalConfig(budget_factor=1.5, budget_margin=0), 157)["max_new_tokens"] == 236  # ceil
     assert resolve_budget(auto, None)["max_new_tokens"] == auto.default_budget
     assert capsys.readouterr().err == ""
     b = resolve_budget(EvalConfig(max_new_tokens=128), 157, label="arm rd")
@@ -79,7 +81,7 @@ def _config(tmp_path: Path, model: Path, **eval_kw) -> Path:
         "mine": {"limit": 3, "top_k_branches": 2, "samples_per_branch": 2, "max_new_tokens": 8},
         "filter": {"min_tokens": 3, "max_rep2": 1.0, "min_ppl": 1.0},
         "train": {"epochs": 1, "batch_size": 4, "max_length": 256, "logging_steps": 1, "seeds": [1, 2]},
-        "eval": {"limit": 4, "batch_size": 4, "n_bootstrap": 20, "budget_margin": 2, **eval_kw},
+        "eval": {"limit": 4, "batch_size": 4, "n_bootstrap": 20, "budget_margin": 2, "budget_factor": 1.0, **eval_kw},
     }
     p = tmp_path / "tiny.yaml"
     p.write_text(yaml.safe_dump(cfg))

@@ -178,10 +178,12 @@ class EvalConfig:
     split: str = "test"
     limit: int | None = None
     batch_size: int = 32
-    max_new_tokens: int | None = None  # (D) paper silent. None/"auto": the longest completion the checkpoint was
-    #                                    trained on + budget_margin (default_budget for an untrained model), so a
-    #                                    trained arm is never cut short; an int below that longest warns
-    budget_margin: int = 64            # (D) tokens beyond the longest training completion
+    max_new_tokens: int | None = None  # (D) paper silent. None/"auto": budget_factor x the longest completion the
+    #                                    checkpoint was trained on + budget_margin (default_budget for an untrained
+    #                                    model), so a trained arm is never cut short; an int below that longest warns
+    budget_factor: float = 2.0         # (D) the demo's SERT+RD wrote answers at up to 353 tokens after training
+    #                                    completions of at most 149: a trained model may ramble past its targets
+    budget_margin: int = 64            # (D) tokens on top of budget_factor x the longest training completion
     default_budget: int = 256          # (D) auto budget of a model sert did not train (covers every shipped config)
     n_bootstrap: int = 1000            # 95% bootstrap CI of accuracy
     seed: int = 0
@@ -195,6 +197,9 @@ class EvalConfig:
                 e.append(f"eval.{k}: expected a positive integer, got {getattr(self, k)}")
         if self.budget_margin < 0:
             e.append(f"eval.budget_margin: expected >= 0, got {self.budget_margin}")
+        if self.budget_factor < 1:
+            e.append(f"eval.budget_factor: expected >= 1 (the budget must cover the longest completion), "
+                     f"got {self.budget_factor}")
         if self.limit is not None and self.limit < 1:
             e.append(f"eval.limit: expected a positive integer, got {self.limit}")
         if self.split not in ("train", "test"):

@@ -15,6 +15,7 @@ extractor :func:`sert.answers.extract_answer`.
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import sys
 import time
@@ -271,14 +272,16 @@ def longest_training_completion(model_name: str) -> int | None:
 
 def resolve_budget(cfg: EvalConfig, longest: int | None, label: str | None = None) -> dict:
     """The generation budget of one evaluation and why: ``{"max_new_tokens", "longest_training_completion",
-    "rule"}``. Auto (``max_new_tokens`` None): ``longest + budget_margin``, or ``default_budget`` for a
+    "rule"}``. Auto (``max_new_tokens`` None): ``ceil(budget_factor x longest) + budget_margin``, or ``default_budget`` for a
     model sert did not train. A set budget below ``longest`` is kept, with a warning naming the model."""
     if cfg.max_new_tokens is None:
         if longest is None:
             return {"max_new_tokens": cfg.default_budget, "longest_training_completion": None,
                     "rule": "auto: default_budget (no sert training record)"}
-        return {"max_new_tokens": longest + cfg.budget_margin, "longest_training_completion": longest,
-                "rule": f"auto: longest training completion {longest} + budget_margin {cfg.budget_margin}"}
+        n = math.ceil(cfg.budget_factor * longest) + cfg.budget_margin
+        return {"max_new_tokens": n, "longest_training_completion": longest,
+                "rule": f"auto: budget_factor {cfg.budget_factor:g} x longest training completion {longest} "
+                        f"+ budget_margin {cfg.budget_margin}"}
     if longest is not None and cfg.max_new_tokens < longest:
         print(f"sert: warning: eval.max_new_tokens {cfg.max_new_tokens} is below the longest completion "
               f"{label or 'this model'} was trained on ({longest} tokens): outputs can be cut before their answer; "

@@ -56,7 +56,7 @@ OPERATIONAL_KEYS = {"out", "arms", "device", "mine.batch_questions", "eval.batch
                     "judge.enabled", "judge.model", "judge.base_url", "judge.sample", "judge.seed",
                     # Keys a run may change and still be the same run: the stages they affect record what
                     # they were built with (Stage.identity) and are redone when it differs.
-                    "eval.max_new_tokens", "eval.budget_margin", "eval.default_budget", "train.seeds",
+                    "eval.max_new_tokens", "eval.budget_margin", "eval.budget_factor", "eval.default_budget", "train.seeds",
                     "arm_specs"}
 MARKER = ".done.json"
 VERB = {"ran": "running", "resumed": "resuming (torn earlier)",
