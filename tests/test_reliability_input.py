@@ -233,8 +233,8 @@ def test_directory_of_another_config_is_refused_and_left_alone(bad, tiny, tmp_pa
     from sert.pipeline import _write_config
     argv = run_cmd(bad, tmp_path, d)
     d.mkdir()
-    _write_config(d, load_run_config(argv[1], {"eval.max_new_tokens": 5}))
-    cases.append((argv, d, "was made by a different config (eval.max_new_tokens: 5 -> 2)"))
+    _write_config(d, load_run_config(argv[1], {"mine.top_k": 3}))
+    cases.append((argv, d, "was made by a different config (mine.top_k: 3 -> 10)"))
     for argv, d, msg in cases:
         before = tree(d)
         rc, so, se = sert(argv, capsys)
