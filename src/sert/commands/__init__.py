@@ -53,7 +53,8 @@ def add_config_flags(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()
         if f.name in skip:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        shown = "none" if default is None else " ".join(map(str, default)) if isinstance(default, list) else default
+        shown = ("none" if default is None else str(default).lower() if isinstance(default, bool)
+                 else " ".join(map(str, default)) if isinstance(default, list) else default)
         text = f"{f.metadata.get('help', '')}  [default: {shown}]".strip().replace("%", "%%")
         nargs = "+" if isinstance(default, list) else None
         p.add_argument("--" + f.name.replace("_", "-"), dest=f"cfg_{f.name}", nargs=nargs, default=None,
