@@ -1,5 +1,7 @@
 """Shared test fixtures.
 
+``tiny_llama``: the one builder of the tests' tiny random Llama models (every fixture below and
+in other test modules that needs one calls it with its own sizes), as the ``make_tiny_llama`` fixture.
 ``tiny_model``: a tiny random LlamaForCausalLM (hidden 64, 2 layers, 4 heads) with the
 embedded model's real tokenizer, built once per session. It is shared by every test
 that asks for it: do not train or patch it in place; ``copy.deepcopy(model)`` first.
@@ -16,6 +18,29 @@ import pytest
 os.environ.setdefault("SERT_DTYPE_PROBE", "0")
 
 
+def tiny_llama(tok, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 4, positions: int = 1024,
+               tie: bool = True, seed: int = 0):
+    """A tiny random LlamaForCausalLM over ``tok``'s vocabulary and special tokens (fp32, CPU,
+    weights drawn after ``torch.manual_seed(seed)``; MLP width 2 x hidden)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=positions,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=tie,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_llama():
+    """:func:`tiny_llama`, for test modules' own fixtures."""
+    return tiny_llama
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """``(model, tokenizer)``: random tiny Llama in eval mode (fp32, CPU), seeded, no downloads.
@@ -23,8 +48,7 @@ def tiny_model():
     The tokenizer is the embedded SmolLM2 one (``sert.models.embedded_model_dir()``, converted
     from the GGUF on first use), left-padded, pad = EOS.
     """
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     from sert.models import embedded_model_dir
 
@@ -32,14 +56,7 @@ def tiny_model():
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).eval()
+    model = tiny_llama(tok).eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     return model, tok

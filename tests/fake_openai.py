@@ -1,7 +1,8 @@
 """A chat-completions stand-in for the tests (OpenAI wire format on 127.0.0.1).
 
-Shared by tests/test_openai_client.py, test_teach.py, test_reliability.py and test_judge.py: each
-subclasses :class:`ChatHandler` and writes only its ``do_POST`` (which scenario answers what).
+Shared by tests/test_openai_client.py, test_teach.py, test_judge.py and the reliability tests
+(tests/reliability.py): each subclasses :class:`ChatHandler` and writes only its ``do_POST`` (which
+scenario answers what).
 """
 from __future__ import annotations
 

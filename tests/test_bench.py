@@ -13,6 +13,7 @@ import torch
 from sert import bench
 from sert.bench import BenchSizes
 from sert.errors import SertError
+from sert.tokens import eos_token_ids
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -48,7 +49,7 @@ def test_mining_ours_and_baseline_generate_the_same_number_of_tokens(tiny_model)
     assert res["tokens"] == 2 * 25 * 5
     # the counts are measured independently: ours from the mined records, the baseline from generate's output
     exs = bench.mining_examples(2)
-    with bench.no_eos(m, bench.eos_ids(m, tok)):
+    with bench.no_eos(m, eos_token_ids(m, tok)):
         assert bench.sert_mining(m, tok, exs, 5, 2) == bench.hf_generate_mining(m, tok, exs, 5) == 250
     # without the hook the model stops at once: the fixed length is the hook's doing
     assert bench.hf_generate_mining(m, tok, exs[:1], 5) < 25 * 5

@@ -16,10 +16,11 @@ from collections import Counter
 import pytest
 import torch
 
+from sert.answers import answer_char_span
 from sert.config import MineConfig
 from sert.errors import SertError
-from sert.mine import (_forward_kw, answer_char_span, mine, path_delta, question_seed, sample_top_k_top_p,
-                       settings_key, top_k_top_p_dist)
+from sert.mine import _forward_kw, mine
+from sert.sampling import path_delta, question_seed, sample_top_k_top_p, settings_key, top_k_top_p_dist
 from sert.tasks import Example, load_examples
 from sert.templates import mining_prompt
 

@@ -113,22 +113,22 @@ def test_auto_batch_questions_from_free_gpu_memory(monkeypatch, tiny_model):
     import torch
 
     from sert.config import MineConfig
-    from sert.mine import _batch_questions
+    from sert.mine import questions_per_batch
     from sert.tasks import get_task
     from sert.templates import mining_prompt
 
     _, tok = tiny_model
     exs = get_task("strategyqa").examples("train", 3)
     cpu_model = type("M", (), {"device": torch.device("cpu"), "config": _cfg_small(), "dtype": torch.bfloat16})()
-    assert _batch_questions(MineConfig(), cpu_model, tok, exs) == 8          # auto on a CPU: the measured 8
-    assert _batch_questions(MineConfig(batch_questions=3), cpu_model, tok, exs) == 3
+    assert questions_per_batch(MineConfig(), cpu_model, tok, exs) == 8          # auto on a CPU: the measured 8
+    assert questions_per_batch(MineConfig(batch_questions=3), cpu_model, tok, exs) == 3
     gpu_model = type("M", (), {"device": torch.device("cuda", 0), "config": _cfg_small(), "dtype": torch.bfloat16})()
     longest = max(len(tok(mining_prompt(e.question))["input_ids"]) for e in exs)
     row = 2 * 2 * 2 * 16 * (longest + 64) * 2 + 4 * 1000 * 4
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (2 * 25 * 7 * row + 5, 10**12))
-    assert _batch_questions(MineConfig(max_new_tokens=64), gpu_model, tok, exs) == 7   # 7 x 25 rows in half
+    assert questions_per_batch(MineConfig(max_new_tokens=64), gpu_model, tok, exs) == 7   # 7 x 25 rows in half
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (10**15, 10**15))
-    assert _batch_questions(MineConfig(max_new_tokens=64), gpu_model, tok, exs) == 256  # capped
+    assert questions_per_batch(MineConfig(max_new_tokens=64), gpu_model, tok, exs) == 256  # capped
 
 
 def test_mine_batch_questions_accepts_auto_or_a_positive_integer():

@@ -18,20 +18,15 @@ import torch
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
+def tiny_dir(tmp_path_factory, make_tiny_llama):
     """A tiny random Llama with the embedded tokenizer, saved; and 32 distillation records."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from sert.models import embedded_model_dir, load_tokenizer
     from sert.tasks import get_task
 
     d = tmp_path_factory.mktemp("scale")
     tok = load_tokenizer(str(embedded_model_dir()))
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(d / "tiny")
+    model = make_tiny_llama(tok, hidden=32, layers=1, heads=2, kv_heads=2, positions=256, tie=False)
+    model.save_pretrained(d / "tiny")
     tok.save_pretrained(d / "tiny")
     with open(d / "data.jsonl", "w", encoding="utf-8") as f:
         for e in get_task("strategyqa").examples("train", 32):

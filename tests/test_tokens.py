@@ -32,16 +32,10 @@ def bos_tokenizer():
 
 
 @pytest.fixture(scope="module")
-def bos_model():
+def bos_model(make_tiny_llama):
     """``(model, tokenizer)``: a tiny random Llama over :func:`bos_tokenizer` (reusable by other tests)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tok = bos_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).eval()
+    model = make_tiny_llama(tok, hidden=32, layers=1, heads=2, kv_heads=2, positions=256, tie=False).eval()
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok

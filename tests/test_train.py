@@ -28,15 +28,9 @@ def tok():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, tok):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+def tiny(tmp_path_factory, tok, make_tiny_llama):
     path = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(cfg).save_pretrained(path)
+    make_tiny_llama(tok, kv_heads=2, positions=512, tie=False).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
@@ -197,8 +191,7 @@ def _cli(argv: list[str]) -> int:
     so the test does not depend on the other stages' modules)."""
     import sys
 
-    from sert import train
-    from sert.cli import OneLineParser
+    from sert.commands import OneLineParser, train
 
     p = OneLineParser(prog="sert")
     train.add_parser(p.add_subparsers(dest="command", parser_class=OneLineParser))
@@ -337,17 +330,17 @@ def test_float16_on_cpu_is_refused_before_anything_is_written(tiny, sqa_self_rec
 
 def test_yaml_bf16_boolean_folds_into_the_dtype_choice(tmp_path, monkeypatch):
     from sert.config import from_dict, load_run_config
-    from sert.train import _precision
+    from sert.train import training_precision
 
     y = tmp_path / "run.yaml"
     y.write_text("train:\n  bf16: true\n")
     cfg = load_run_config(y).train            # a YAML boolean, not a string: accepted
     assert cfg.bf16 == "true"
-    assert _precision(cfg, "cpu", "auto") == ("bf16", "train.bf16: true")
-    assert _precision(from_dict(TrainConfig, {"bf16": False}), "cpu", None) == ("fp32", "train.bf16: false")
-    assert _precision(cfg, "cpu", "float32") == ("fp32", "--dtype float32 given")  # an explicit --dtype wins
+    assert training_precision(cfg, "cpu", "auto") == ("bf16", "train.bf16: true")
+    assert training_precision(from_dict(TrainConfig, {"bf16": False}), "cpu", None) == ("fp32", "train.bf16: false")
+    assert training_precision(cfg, "cpu", "float32") == ("fp32", "--dtype float32 given")  # an explicit --dtype wins
     monkeypatch.setattr("sert.models.cpu_auto_dtype", lambda: ("bfloat16", "AMX-BF16, probe 3.0x faster than fp32"))
-    assert _precision(TrainConfig(), "cpu", "auto") == ("bf16", "auto: AMX-BF16, probe 3.0x faster than fp32")
+    assert training_precision(TrainConfig(), "cpu", "auto") == ("bf16", "auto: AMX-BF16, probe 3.0x faster than fp32")
     with pytest.raises(SertError, match="train.bf16: expected auto, true or false"):
         from_dict(TrainConfig, {"bf16": "maybe"})
 

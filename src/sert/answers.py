@@ -46,6 +46,13 @@ def truncate_continuation(text: str) -> str:
     return text[: m.start()] if m else text
 
 
+def has_continuation(text: str) -> bool:
+    """True if the output starts a new example (hallucinated ``Question:``/``Q:``): a format issue.
+    (Broader at the start of a text and after ``.``/``!``/``?`` than :func:`truncate_continuation`'s cut;
+    kept as the metric was defined.)"""
+    return re.search(r"(^|\n|[.!?]\s*)(Question|Q)\s*:", text) is not None
+
+
 def normalize_number(s: str) -> str | None:
     s = s.replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
     try:
@@ -164,3 +171,68 @@ def is_correct(pred: str | None, gold: str, kind: str) -> bool:
         except ValueError:
             return False
     return pred == gold
+
+
+# ---------------------------------------------------------------- where the answer is
+_YESNO_WORD = re.compile(r"\b(yes|no|true|false|correct|incorrect)\b", re.IGNORECASE)
+
+
+def answer_char_span(text: str, kind: str, choices: Sequence[str] | None = None) -> tuple[int, int] | None:
+    """Character span in ``text`` of the answer :func:`extract_answer` reads, or None.
+
+    After ``the answer is`` up to the end of that sentence (strict), else the first yes/no
+    word, option, or the last number that normalises to the extracted answer (flexible).
+    Mining's CoT-decoding confidence averages the margins of the tokens in this span.
+    """
+    span = _answer_span(text, kind, choices)
+    if span is None:
+        return None
+    a, b = span
+    while a < b and text[a].isspace():
+        a += 1
+    while b > a and text[b - 1].isspace():
+        b -= 1
+    return (a, b) if b > a else None
+
+
+def _answer_span(text: str, kind: str, choices: Sequence[str] | None) -> tuple[int, int] | None:
+    ext = extract_answer(text, kind, choices)
+    if ext.answer is None:
+        return None
+    body = truncate_continuation(text)
+    m = _ANSWER_IS.search(body)
+    if ext.method == "strict" and m:
+        stop = re.search(r"\n" if kind == "number" else r"[.\n]", body[m.end():])
+        end = m.end() + stop.start() if stop else len(body)
+        return _locate(body, m.end(), end, kind, ext.answer, choices, last=False) or (m.end(), end)
+    return _locate(body, 0, len(body), kind, ext.answer, choices, last=True)
+
+
+def _locate(body, a, b, kind, ans, choices, last) -> tuple[int, int] | None:
+    """Span of ``ans`` inside ``body[a:b]``: yes/no word, number (last or first), option, or first sentence."""
+    seg = body[a:b]
+    if kind == "yesno":
+        for w in _YESNO_WORD.finditer(seg):
+            if normalize_answer(w.group(1), "yesno") == ans:
+                return a + w.start(1), a + w.end(1)
+        return None
+    if kind == "number":
+        nums = list(_NUMBER.finditer(seg))
+        for n in (reversed(nums) if last else nums):
+            if normalize_number(n.group(0)) == ans:
+                return a + n.start(), a + n.end()
+        return None
+    if kind == "choice":
+        m2 = re.search(rf"\(\s*{ans}\s*\)|\b{ans}\s*[).:,]|\b{ans}\b", seg)
+        if m2:
+            return a + m2.start(), a + m2.end()
+        i = ord(ans) - ord("A")
+        if choices and i < len(choices):
+            j = seg.lower().find(choices[i].lower())
+            if j >= 0:
+                return a + j, a + j + len(choices[i])
+        return None
+    s = seg.lstrip()  # text: the first sentence
+    start = a + len(seg) - len(s)
+    stop = re.search(r"[.\n]", s)
+    return start, start + (stop.start() if stop else len(s))

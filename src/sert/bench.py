@@ -57,7 +57,6 @@ rewritten after each section so a run cut short keeps what it measured.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import dataclasses
@@ -73,6 +72,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import SertError
+from .tokens import eos_token_ids
 
 SECTIONS = ("matmul", "mining", "training", "eval")
 EXTRA_SECTIONS = ("dtype", "mining_batch")  # on request (--only): fp32 vs the dtype choice; mining vs batch size
@@ -241,13 +241,6 @@ class Timer:
 
 
 # ------------------------------------------------------------------ fixed-length generation
-def eos_ids(model, tokenizer) -> list[int]:
-    """The ids that end a path: the miner's own set, so both arms stop (or are kept from stopping) alike."""
-    from .mine import _eos_ids
-
-    return _eos_ids(model, tokenizer)
-
-
 @contextlib.contextmanager
 def no_eos(model, ids: Sequence[int]):
     """Set the EOS logits to -inf (a forward hook on the output layer): nothing stops early,
@@ -402,7 +395,7 @@ def hf_generate_mining(model, tokenizer, examples, new_tokens: int, top_k: int =
 
     from .templates import mining_prompt
 
-    eos = set(eos_ids(model, tokenizer))
+    eos = set(eos_token_ids(model, tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     torch.manual_seed(seed)
     n = 0
@@ -436,7 +429,7 @@ def bench_mining(model, tokenizer, device: str, sizes: BenchSizes, matmul_flops:
     expect = len(exs) * rows * T
     res: dict = {"questions": len(exs), "rows_per_question": rows, "new_tokens": T,
                  "batch_questions": sizes.mine_batch, "load_before": load_avg()}
-    with no_eos(model, eos_ids(model, tokenizer)):
+    with no_eos(model, eos_token_ids(model, tokenizer)):
         ours_fn(model, tokenizer, exs[:1], min(T, 4), 1)                  # warm-up, same code
         base_fn(model, tokenizer, exs[:1], min(T, 4))
         with PeakMemory(device) as mo, Timer(device) as to:
@@ -790,7 +783,7 @@ def bench_eval(model, tokenizer, device: str, sizes: BenchSizes, generate: Calla
     T = sizes.eval_tokens
     kw = dict(max_new_tokens=T, progress=False, stop_strings=None)
     res: dict = {"questions": len(prompts), "batch": sizes.eval_batch, "new_tokens": T, "load_before": load_avg()}
-    with no_eos(model, eos_ids(model, tokenizer)):
+    with no_eos(model, eos_token_ids(model, tokenizer)):
         generate(model, tokenizer, prompts[:2], batch_size=2, **dict(kw, max_new_tokens=min(T, 4)))  # warm-up
         generate(model, tokenizer, prompts[:1], batch_size=1, **dict(kw, max_new_tokens=min(T, 4)))
         with PeakMemory(device) as mo, Timer(device) as to:
@@ -828,14 +821,14 @@ def bench_mining_batch(load: Callable[[], tuple], device: str, sizes: BenchSizes
     """Mining tokens/s (fixed length, EOS masked) of ``sert.mine.mine`` at batch_questions 1, 2, 4, ...
     ``--mine-questions`` on the same questions; also what ``batch_questions: auto`` picks here."""
     from .config import MineConfig
-    from .mine import _batch_questions
+    from .mine import questions_per_batch
 
     model, tok, _ = load()
     exs = mining_examples(sizes.mine_questions)
     T = sizes.mine_tokens
     res: dict = {"questions": len(exs), "new_tokens": T, "load_before": load_avg(), "tokens_per_s": {},
-                 "auto": _batch_questions(MineConfig(max_new_tokens=T), model, tok, exs)}
-    with no_eos(model, eos_ids(model, tok)):
+                 "auto": questions_per_batch(MineConfig(max_new_tokens=T), model, tok, exs)}
+    with no_eos(model, eos_token_ids(model, tok)):
         sert_mining(model, tok, exs[:1], min(T, 4), 1)                            # warm-up
         for b in batch_sweep(len(exs)):
             with Timer(device) as t:
@@ -871,7 +864,7 @@ def bench_dtype(load: Callable[[str], tuple], device: str, dtype: str, sizes: Be
     for dt in ("float32", dtype):
         model, tok = load(dt)
         r = res["fp32" if dt == "float32" else dt]
-        with no_eos(model, eos_ids(model, tok)):
+        with no_eos(model, eos_token_ids(model, tok)):
             sert_mining(model, tok, mexs[:1], min(T, 4), 1)                    # warm-up
             with Timer(device) as t:
                 n = sert_mining(model, tok, mexs, T, sizes.mine_batch)
@@ -966,7 +959,7 @@ def run_bench(model_name: str = "random:smollm2-135m", device: str | None = "aut
     import torch
 
     from .models import load_model, pick_placement
-    from .train import _precision
+    from .train import training_precision
     from .config import TrainConfig
 
     bad = [s for s in only if s not in SECTIONS + EXTRA_SECTIONS]
@@ -1028,7 +1021,7 @@ def run_bench(model_name: str = "random:smollm2-135m", device: str | None = "aut
     if "training" in only:
         model, tok, _ = load_model(model_name, place.device, "float32")  # fp32 master weights, as sert train
         model.train()
-        precision = _precision(TrainConfig(), place.device, place.dtype)[0]
+        precision = training_precision(TrainConfig(), place.device, place.dtype)[0]
         section("training", lambda: bench_training(model, tok, place.device, sizes, precision, seed=seed))
         del model
         release()
@@ -1088,36 +1081,3 @@ def report(result: dict) -> str:
         lines.append("Targets: " + "; ".join(f"{k} {v['ratio']}x vs {v['target_ratio']}x: "
                                             f"{'met' if v['met'] else 'NOT met'}" for k, v in t.items()))
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------ CLI
-def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmark mining, training and evaluation against their baselines",
-                       description=__doc__.split("\n\n")[0] + " See the module doc (sert/bench.py) for the method.")
-    p.add_argument("--model", default="random:smollm2-135m",
-                   help="model to benchmark (default random:smollm2-135m: SmolLM2's architecture, random weights; "
-                        "also random:gpt2[-medium|-large], smollm2-135m, an HF id or path)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA; on a CPU "
-                   "bf16 where it has bf16 matrix units and a probe measures bf16 faster, else fp32)")
-    p.add_argument("--only", default=",".join(SECTIONS),
-                   help=f"comma-separated sections (default {','.join(SECTIONS)}; also {','.join(EXTRA_SECTIONS)})")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the machinery, not the speed")
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    for f in dataclasses.fields(BenchSizes):
-        p.add_argument("--" + f.name.replace("_", "-"), type=int, default=None, dest=f"size_{f.name}",
-                       help="override the preset (cpu: %s; cuda: %s)" % (getattr(PRESETS[("cpu", False)], f.name),
-                                                                         getattr(PRESETS[("cuda", False)], f.name)))
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    only = [s.strip() for s in args.only.split(",") if s.strip()]
-    overrides = {k[5:]: v for k, v in vars(args).items() if k.startswith("size_")}
-    res = run_bench(args.model, args.device, args.dtype, only, args.quick, args.out, overrides, args.threads)
-    print()
-    print(report(res))
-    if args.out:
-        print(f"\nresults: {args.out}")
-    return 0

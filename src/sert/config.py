@@ -2,39 +2,54 @@
 
 Precedence: dataclass defaults < YAML file < command-line flags. Unknown or
 ill-typed keys fail at once, all reported together, with "did you mean".
-(S) = stated in the SERT paper (Zhang et al., ICASSP 2025); (D) = our decision
-where the paper is silent (see docs/SERT.md in the shared folder).
+Each field's help (its metadata, shown by ``sert <command> --help``) says what it
+means and where its value comes from: (S) = stated in the SERT paper (Zhang et al.,
+ICASSP 2025), with the paper's value; (D) = our decision where the paper is silent
+(docs/METHOD.md gives the method and every decision).
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import SertError
+from .errors import SertError, did_you_mean
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory=None):
+    """A config field whose ``help`` (meaning, then (S) the paper's value or (D) our decision)
+    is its documentation and its command-line help."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def field_help(f: dataclasses.Field) -> str:
+    """The help text of a config field ('' when it has none)."""
+    return f.metadata.get("help", "")
 
 
 @dataclass
 class MineConfig:
     """Stage 1: latent-path mining (SERT §II-A)."""
-    split: str = "train"               # (D) mine the train split only
-    limit: int | None = None           # questions to mine (None = whole split)
-    mode: str = "sert"                 # "sert" (branch + sample) or "cot-decoding" (branch + greedy, Wang & Zhou 2024)
-    top_k_branches: int = 5            # (S) top-5 first tokens
-    samples_per_branch: int = 5        # (S) 5 samples per branch -> 25 paths per question
-    top_k: int = 10                    # (S) top-k = 10
-    top_p: float = 0.95                # (S) top-p = 0.95
-    temperature: float = 1.0           # (D) paper silent; plain sampling
-    max_new_tokens: int = 128          # (D) paper silent
-    skip_eos_branch: bool = False      # (D) branch on the top-k first tokens other than EOS; off = paper
-    #   (an EOS branch is an empty path, dropped by the filters' eos_branch rule)
-    batch_questions: int | str = "auto"  # questions decoded together (x25 rows); (D) auto: 8 on a CPU (measured
-                                         # best there), on a GPU as many as its free memory holds (models.fit_rows)
-    seed: int = 0
+    split: str = opt("train", "task split to mine; (D) the train split only")
+    limit: int | None = opt(None, "questions to mine, none = the whole split; (D)")
+    mode: str = opt("sert", "sert (branch + sample) or cot-decoding (branch + greedy, Wang & Zhou 2024); "
+                            "(S) paper: sert")
+    top_k_branches: int = opt(5, "first tokens to branch on; (S) paper: 5")
+    samples_per_branch: int = opt(5, "samples per branch, 25 paths per question with 5 branches; (S) paper: 5")
+    top_k: int = opt(10, "top-k of the sampler; (S) paper: 10")
+    top_p: float = opt(0.95, "top-p of the sampler; (S) paper: 0.95")
+    temperature: float = opt(1.0, "sampling temperature; (D) paper silent: plain sampling, 1.0")
+    max_new_tokens: int = opt(128, "tokens per path at most; (D) paper silent: 128")
+    skip_eos_branch: bool = opt(False, "branch on the top-k first tokens other than EOS (an EOS branch is an "
+                                       "empty path, dropped by the filters' eos_branch rule); (D) off = paper")
+    batch_questions: int | str = opt("auto", "questions decoded together (x25 rows); (D) auto: 8 on a CPU "
+                                             "(measured best there), on a GPU as many as half its free memory holds")
+    seed: int = opt(0, "sampling seed (each question's draws come from (seed, question id)); (D)")
 
     def validate(self) -> list[str]:
         e = []
@@ -57,26 +72,31 @@ class MineConfig:
 @dataclass
 class FilterConfig:
     """Stage 1b: quality filters, applied in the paper's order (SERT §II-A)."""
-    patterns: list[str] = field(default_factory=lambda: ["prompt_imitation", "direct_answer", "option_listing"])
-    # (S) pattern filter; (D) its three named rules
-    min_tokens: int = 25               # (S) drop paths shorter than 25 tokens
-    max_rep2: float = 0.20             # (S) drop rep-2 > 0.20
-    min_ppl: float = 5.0               # (S) drop PPL < 5 (under the sampling model, (D))
-    select: str = "auto"               # (S) lowest rep-2 per question; auto = that, or the highest CoT-decoding
-    #                                    confidence in cot-decoding mode; (D) "ppl": the lowest perplexity
-    answer_consistency: bool = False   # (D) STaR-style: drop paths whose stated answer contradicts gold; off = paper
-    answer_consistency_strict: bool = False  # (D) with answer_consistency: also drop paths that state no answer,
-    #                                    keeping only those that reach the gold answer (STaR's rule)
-    confidence_weight: str | None = None  # (D) None | "ppl" | "delta": per-example loss weight for training
-    direct_answer_min_words: int = 5   # (D) pattern "direct_answer": fewer reasoning words than this = no reasoning
-    option_listing_min: int = 3        # (D) pattern "option_listing": this many option markers/items = a listing
+    patterns: list[str] = opt(help="pattern rules: prompt_imitation, direct_answer, option_listing; "
+                                   "(S) paper: a pattern filter; (D) its three named rules",
+                              factory=lambda: ["prompt_imitation", "direct_answer", "option_listing"])
+    min_tokens: int = opt(25, "drop paths shorter than this many tokens; (S) paper: 25")
+    max_rep2: float = opt(0.20, "drop paths whose bigram repetition rep-2 exceeds this; (S) paper: 0.20")
+    min_ppl: float = opt(5.0, "drop paths whose perplexity (under the sampling model, (D)) is below this; "
+                              "(S) paper: 5")
+    select: str = opt("auto", "the path kept per question: rep2 (lowest rep-2), confidence (highest CoT-decoding "
+                              "confidence), ppl (lowest perplexity, (D)); auto = rep2, or confidence in "
+                              "cot-decoding mode; (S) paper: lowest rep-2")
+    answer_consistency: bool = opt(False, "drop paths whose stated answer contradicts the gold one (STaR-style); "
+                                          "(D) off = paper")
+    answer_consistency_strict: bool = opt(False, "with answer_consistency: also drop paths that state no answer, "
+                                                 "keeping only those that reach the gold answer (STaR's rule); (D)")
+    confidence_weight: str | None = opt(None, "none, ppl or delta: a per-example loss weight for training; (D)")
+    direct_answer_min_words: int = opt(5, "pattern direct_answer: fewer reasoning words than this = no "
+                                          "reasoning; (D)")
+    option_listing_min: int = opt(3, "pattern option_listing: this many option markers/items = a listing; (D)")
 
     def validate(self) -> list[str]:
         e = []
         known = ("prompt_imitation", "direct_answer", "option_listing")
         for p in self.patterns:
             if p not in known:
-                e.append(f"filter.patterns: unknown rule {p!r}" + _dym(p, known))
+                e.append(f"filter.patterns: unknown rule {p!r}" + did_you_mean(p, known))
         if self.select not in ("auto", "rep2", "confidence", "ppl"):
             e.append(f"filter.select: expected auto, rep2, confidence or ppl, got {self.select!r}")
         if self.min_tokens < 0:
@@ -96,30 +116,32 @@ class FilterConfig:
 @dataclass
 class TrainConfig:
     """Stages 2-3 and the Finetune arm (SERT §II-B/C, §III)."""
-    batch_size: int = 8                # (S) batch 8: the effective (global) batch per optimizer step;
-                                       # (D) per process: batch_size / (processes x grad_accum), which must divide
-    learning_rate: float = 3e-4        # (S) Adam, lr 3e-4
-    epochs: float = 20.0               # (S) 20 epochs
-    grad_accum: int = 1                # (D) micro-batches accumulated per optimizer step (within batch_size)
-    lr_scheduler: str = "constant"     # (D) paper silent; constant Adam as in Fine-tune-CoT
-    warmup_ratio: float = 0.0          # (D) paper silent; no warm-up
-    max_grad_norm: float = 1.0         # (D) paper silent; the Trainer's default clipping (0 = no clipping)
-    weight_decay: float = 0.0          # (S) plain Adam
-    max_length: int = 512              # (D) tokens per example (prompt + target)
-    seed: int = 42
-    seeds: list[int] | None = None     # (D) repeat every training arm once per seed (None = [seed]); the paper
-    #                                    reports one run. The first seed's arms keep the plain names (rd, sert, ...)
-    bf16: str = "auto"                 # (D) true | false | auto (= the --dtype auto choice); an explicit --dtype wins
-    lora: bool = False                 # (D) optional LoRA through peft
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    use_weights: bool = False          # (D) per-example loss weights from the filter stage
-    group_by_length: bool = True       # (D) fewer padding tokens; same examples, same epochs
-    save_total_limit: int = 1
-    logging_steps: int = 10
-    report_to: str = "none"            # (D) Trainer loggers: none | tensorboard | wandb, mlflow, ... (comma-separated);
-                                       # TensorBoard writes to the arm's directory, OUT/logs
+    batch_size: int = opt(8, "effective (global) batch per optimizer step; (S) paper: 8; (D) per process: "
+                             "batch_size / (processes x grad_accum), which must divide")
+    learning_rate: float = opt(3e-4, "Adam learning rate; (S) paper: 3e-4")
+    epochs: float = opt(20.0, "training epochs; (S) paper: 20")
+    grad_accum: int = opt(1, "micro-batches accumulated per optimizer step (within batch_size); (D)")
+    lr_scheduler: str = opt("constant", "learning-rate schedule; (D) paper silent: constant Adam as in "
+                                        "Fine-tune-CoT")
+    warmup_ratio: float = opt(0.0, "share of the steps spent warming up; (D) paper silent: none")
+    max_grad_norm: float = opt(1.0, "gradient-norm clipping, 0 = none; (D) paper silent: the Trainer's default")
+    weight_decay: float = opt(0.0, "weight decay; (S) paper: plain Adam, 0")
+    max_length: int = opt(512, "tokens per example (prompt + target) at most; (D)")
+    seed: int = opt(42, "training seed; (D)")
+    seeds: list[int] | None = opt(None, "repeat every training arm once per seed (none = [seed]); the first seed's "
+                                        "arms keep the plain names; (D) the paper reports one run")
+    bf16: str = opt("auto", "true | false | auto (= the --dtype auto choice); an explicit --dtype wins; (D)")
+    lora: bool = opt(False, "train LoRA adapters through peft instead of all weights; (D) paper: full fine-tuning")
+    lora_r: int = opt(16, "LoRA rank; (D)")
+    lora_alpha: int = opt(32, "LoRA alpha; (D)")
+    lora_dropout: float = opt(0.05, "LoRA dropout; (D)")
+    use_weights: bool = opt(False, "per-example loss weights from the filter stage (filter.confidence_weight); (D)")
+    group_by_length: bool = opt(True, "batch examples of similar length (less padding; same examples, same "
+                                      "epochs); (D)")
+    save_total_limit: int = opt(1, "checkpoints kept while training; (D)")
+    logging_steps: int = opt(10, "optimizer steps between loss log lines; (D)")
+    report_to: str = opt("none", "Trainer loggers: none | tensorboard | wandb, mlflow, ... (comma-separated); "
+                                 "TensorBoard writes to OUT/logs; (D)")
 
     def validate(self) -> list[str]:
         e = []
@@ -152,15 +174,16 @@ class TrainConfig:
 @dataclass
 class TeachConfig:
     """Stage 3 data: teacher rationales (SERT §II-C; Fine-tune-CoT teacher)."""
-    teacher: str = "auto"              # auto = the task's shipped teacher (text-davinci-002; PaLM-540B for CSQA)
-    keep_correct_only: bool = True     # (D) Fine-tune-CoT default: keep rationales whose answer is correct
-    base_url: str | None = None        # OpenAI-compatible endpoint for --teacher openai:MODEL
-    concurrency: int = 8
-    max_retries: int = 6
-    timeout: float = 60.0
-    temperature: float = 0.0           # Fine-tune-CoT teacher: greedy
-    max_tokens: int = 128              # Fine-tune-CoT teacher: 128 reasoning tokens
-    limit: int | None = None
+    teacher: str = opt("auto", "auto (the task's shipped rationales), a shipped teacher's name, or openai:MODEL; "
+                               "(S) paper: text-davinci-002 Zero-shot-CoT (PaLM-540B for CSQA, shipped)")
+    keep_correct_only: bool = opt(True, "keep only rationales whose answer is correct; (D) Fine-tune-CoT's default")
+    base_url: str | None = opt(None, "OpenAI-compatible endpoint for --teacher openai:MODEL; (D)")
+    concurrency: int = opt(8, "teacher requests in flight; (D)")
+    max_retries: int = opt(6, "retries of a failed teacher request; (D)")
+    timeout: float = opt(60.0, "seconds per teacher request; (D)")
+    temperature: float = opt(0.0, "teacher sampling temperature; (S) Fine-tune-CoT teacher: greedy, 0")
+    max_tokens: int = opt(128, "teacher reasoning tokens at most; (S) Fine-tune-CoT teacher: 128")
+    limit: int | None = opt(None, "questions to teach, none = the whole split; (D)")
 
     def validate(self) -> list[str]:
         e = []
@@ -175,20 +198,23 @@ class TeachConfig:
 @dataclass
 class EvalConfig:
     """Evaluation (SERT §III): greedy decoding, answer after 'So the answer is'."""
-    split: str = "test"
-    limit: int | None = None
-    batch_size: int = 32
-    max_new_tokens: int | None = None  # (D) paper silent. None/"auto": budget_factor x the longest completion the
-    #                                    checkpoint was trained on + budget_margin (default_budget for an untrained
-    #                                    model), so a trained arm is never cut short; an int below that longest warns
-    budget_factor: float = 2.0         # (D) the demo's SERT+RD wrote answers at up to 353 tokens after training
-    #                                    completions of at most 149: a trained model may ramble past its targets
-    budget_margin: int = 64            # (D) tokens on top of budget_factor x the longest training completion
-    default_budget: int = 256          # (D) auto budget of a model sert did not train (covers every shipped config)
-    n_bootstrap: int = 1000            # 95% bootstrap CI of accuracy
-    seed: int = 0
-    judge: str | None = None           # "openai:MODEL" for the paper's 0-10 LLM judge (optional)
-    judge_base_url: str | None = None
+    split: str = opt("test", "task split to evaluate on; (S) paper: test")
+    limit: int | None = opt(None, "questions to evaluate, none = the whole split; (D)")
+    batch_size: int = opt(32, "prompts decoded together; (D)")
+    max_new_tokens: int | None = opt(None, "generation budget; auto (none): budget_factor x the longest completion "
+                                           "the checkpoint was trained on + budget_margin (default_budget for an "
+                                           "untrained model), so a trained arm is never cut short; a number below "
+                                           "that longest warns; (D) paper silent")
+    budget_factor: float = opt(2.0, "auto budget: times the longest training completion (the demo's SERT+RD "
+                                    "answered at up to 353 tokens after 149-token targets); (D)")
+    budget_margin: int = opt(64, "auto budget: tokens on top of budget_factor x the longest training "
+                                 "completion; (D)")
+    default_budget: int = opt(256, "auto budget of a model sert did not train (covers every shipped config); (D)")
+    n_bootstrap: int = opt(1000, "bootstrap resamples of the accuracy's 95% CI; (D)")
+    seed: int = opt(0, "bootstrap seed; (D)")
+    judge: str | None = opt(None, "openai:MODEL for the paper's 0-10 LLM judge score, optional; "
+                                  "(S) paper: an LLM judge")
+    judge_base_url: str | None = opt(None, "OpenAI-compatible endpoint of the judge; (D)")
 
     def validate(self) -> list[str]:
         e = []
@@ -211,11 +237,12 @@ class EvalConfig:
 class JudgeConfig:
     """The paper's Fig. 4 (SERT §III): an LLM judge scores the paths each filter set keeps
     (``sert judge RUN``; an optional stage of ``sert run`` after filtering)."""
-    enabled: bool = False              # (D) off: it needs a judge endpoint
-    model: str | None = None           # "openai:MODEL"; the paper's judge: Llama-3-8B-Instruct (S)
-    base_url: str | None = None        # a local OpenAI-compatible server (vLLM, transformers serve)
-    sample: int = 50                   # (D) paths judged per filter set; the paper does not say
-    seed: int = 0
+    enabled: bool = opt(False, "judge the filter sets during sert run; (D) off: it needs a judge endpoint")
+    model: str | None = opt(None, "openai:MODEL, any OpenAI-compatible endpoint; "
+                                  "(S) paper: Llama-3-8B-Instruct")
+    base_url: str | None = opt(None, "a local OpenAI-compatible server (vLLM, transformers serve); (D)")
+    sample: int = opt(50, "paths judged per filter set; (D) the paper does not say")
+    seed: int = opt(0, "seed of the sample; (D)")
 
     def validate(self) -> list[str]:
         e = []
@@ -231,32 +258,34 @@ class JudgeConfig:
 @dataclass
 class ArmConfig:
     """An arm beyond the paper's five, declared in the config (see sert/arms.py for the table)."""
-    name: str = ""
-    label: str | None = None
-    kind: str = "self"                 # finetune | self | distill
-    init: str = "base"                 # base, or the arm (same seed) whose checkpoint it starts from
-    data: str = "selection"            # task | teach | filter (the run's selection) | selection (its own)
-    filter: dict | None = None         # data "selection": FilterConfig keys that differ from the run's filter
-    baseline: str | None = None        # the arm it is compared with question by question in the report
+    name: str = opt("", "the arm's name (its directories: train/NAME, eval/NAME)")
+    label: str | None = opt(None, "its name in the report (default: the name)")
+    kind: str = opt("self", "finetune | self | distill")
+    init: str = opt("base", "base, or the arm (same seed) whose checkpoint it starts from")
+    data: str = opt("selection", "task | teach | filter (the run's selection) | selection (its own)")
+    filter: dict | None = opt(None, "data selection: the FilterConfig keys that differ from the run's filter")
+    baseline: str | None = opt(None, "the arm it is compared with question by question in the report")
 
 
 @dataclass
 class RunConfig:
     """A whole experiment: the four arms of SERT Table II for one task and one student."""
-    task: str = "strategyqa"
-    model: str = "smollm2-135m"
-    out: str = "runs/experiment"
-    arms: list[str] = field(default_factory=lambda: ["base", "finetune", "rd", "sert", "sert_rd"])
-    arm_specs: list[ArmConfig] = field(default_factory=list)  # (D) arms beyond the paper's (sert/arms.py)
-    device: str = "auto"
-    dtype: str = "auto"
-    train_limit: int | None = None     # train questions for finetune/rd (None = whole split)
-    mine: MineConfig = field(default_factory=MineConfig)
-    filter: FilterConfig = field(default_factory=FilterConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    teach: TeachConfig = field(default_factory=TeachConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    task: str = opt("strategyqa", "task name or data file; (S) paper: StrategyQA and CommonsenseQA")
+    model: str = opt("smollm2-135m", "the student: HF id, local path or smollm2-135m (embedded); "
+                                     "(S) paper: GPT-2 small/medium/large")
+    out: str = opt("runs/experiment", "run directory")
+    arms: list[str] = opt(help="arms to run, in sert/arms.py's table; (S) paper: Table II's arms",
+                          factory=lambda: ["base", "finetune", "rd", "sert", "sert_rd"])
+    arm_specs: list[ArmConfig] = opt(help="arms beyond the paper's (sert/arms.py); (D)", factory=list)
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N")
+    dtype: str = opt("auto", "auto | float32 | bfloat16 | float16")
+    train_limit: int | None = opt(None, "train questions for finetune/rd, none = the whole split; (D)")
+    mine: MineConfig = opt(help="stage 1 settings", factory=MineConfig)
+    filter: FilterConfig = opt(help="stage 1b settings", factory=FilterConfig)
+    train: TrainConfig = opt(help="training settings", factory=TrainConfig)
+    teach: TeachConfig = opt(help="teacher settings", factory=TeachConfig)
+    eval: EvalConfig = opt(help="evaluation settings", factory=EvalConfig)
+    judge: JudgeConfig = opt(help="judge settings", factory=JudgeConfig)
 
     def validate(self) -> list[str]:
         from .arms import check_arms
@@ -279,11 +308,6 @@ class RunConfig:
 
 
 # ------------------------------------------------------------------ loading
-def _dym(name: str, choices) -> str:
-    c = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean '{c[0]}'?)" if c else ""
-
-
 def _coerce(value: Any, tp: Any, where: str, errors: list[str]) -> Any:
     """Check/convert ``value`` to the annotated type ``tp``; record an error if it does not fit."""
     origin = typing.get_origin(tp)
@@ -352,7 +376,7 @@ def _from_dict(cls, data: dict, errors: list[str], prefix: str = ""):
     kwargs = {}
     for k, v in data.items():
         if k not in names:
-            errors.append(f"unknown config key '{prefix}{k}'" + _dym(k, names))
+            errors.append(f"unknown config key '{prefix}{k}'" + did_you_mean(k, names))
             continue
         kwargs[k] = _coerce(v, hints[k], f"{prefix}{k}", errors)
     try:
@@ -408,3 +432,11 @@ def _set_dotted(d: dict, key: str, value: Any) -> None:
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def check(cfg, prefix: str = "") -> None:
+    """Raise one error naming every problem of ``cfg`` (``prefix`` before them). :func:`from_dict`
+    checks what it builds; the library entry points call this once for a config built in code."""
+    errors = cfg.validate()
+    if errors:
+        raise SertError(prefix + "; ".join(errors))

@@ -14,7 +14,7 @@ extractor :func:`sert.answers.extract_answer`.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import math
 import platform
 import sys
@@ -25,12 +25,11 @@ from typing import Callable, Sequence
 from .answers import extract_answer, is_correct, truncate_continuation
 from .config import EvalConfig
 from .errors import SertError
+from .identity import refuse_other
 from .io import JsonlLog, RunLock, atomic_write_json, atomic_write_jsonl, ensure_dir, read_json, read_jsonl
 from .metrics import SEVERE_REP4, bootstrap_ci, format_issues, rep_n
 from .tasks import Example, load_examples
-from .templates import ANSWER_PHRASE, COT_TRIGGER, train_prompt
-
-STOP_STRINGS = ["Question:"]  # a small model's hallucinated next example: stop decoding there
+from .templates import ANSWER_PHRASE, COT_TRIGGER, STOP_STRINGS, train_prompt
 
 
 def generate_greedy(model, tokenizer, prompts: Sequence[str], batch_size: int = 32, max_new_tokens: int = 128,
@@ -231,11 +230,13 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, out
             log.append_many(recs)
 
     if todo:
-        from . import vllm_backend  # optional vLLM engine (sert/vllm_backend.py)
-        gen = vllm_backend.generate_greedy if vllm_backend.is_vllm(model) else generate_greedy
-        extra = {} if gen is not generate_greedy else {"warn": lambda i, n, k: _warn_long(todo[i], n, k, max_new)}
-        gen(model, tokenizer, [train_prompt(e.question) for e in todo], cfg.batch_size,
-            max_new, progress=progress, on_batch=persist, **extra)
+        prompts = [train_prompt(e.question) for e in todo]
+        own = getattr(model, "generate_greedy", None)  # a generator object that decodes itself (sert.vllm_backend)
+        if own is not None:
+            own(tokenizer, prompts, cfg.batch_size, max_new, progress=progress, on_batch=persist)
+        else:
+            generate_greedy(model, tokenizer, prompts, cfg.batch_size, max_new, progress=progress, on_batch=persist,
+                            warn=lambda i, n, k: _warn_long(todo[i], n, k, max_new))
     if log is not None:
         log.close()
     records = [done[e.id] for e in examples]
@@ -367,13 +368,9 @@ def _identity(model_name: str, task: str, cfg: EvalConfig, max_new_tokens: int) 
 
 def _check_identity(out: Path, ident: dict) -> None:
     f = out / EVAL_CONFIG
-    if not (out / "predictions.jsonl").exists() or not f.exists():
-        return
-    old = read_json(f)
-    diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in ident.items() if old.get(k) != v]
-    if diff:
-        raise SertError(f"{out} holds predictions of another evaluation ({'; '.join(diff)}); "
-                        "use another --out or delete it")
+    if (out / "predictions.jsonl").exists() and f.exists():
+        refuse_other(out, "holds predictions of another evaluation", read_json(f), ident,
+                     "use another --out or delete it", keys=list(ident))
 
 
 def run_eval(model_name: str, task: str, cfg: EvalConfig, out_dir: str | Path | None = None,
@@ -382,10 +379,8 @@ def run_eval(model_name: str, task: str, cfg: EvalConfig, out_dir: str | Path | 
     examples = load_examples(task, cfg.split, cfg.limit)
     budget = resolve_budget(cfg, longest_training_completion(model_name), label=model_name)
     ident = _identity(model_name, task, cfg, budget["max_new_tokens"])
-    lock = RunLock(out_dir) if out_dir is not None else None
-    if lock:
-        lock.__enter__()
-    try:
+    # a failure before any output removes the directory the lock made
+    with RunLock(out_dir) if out_dir is not None else contextlib.nullcontext():
         if out_dir is not None:
             _check_identity(Path(out_dir), ident)
         t0 = time.time()
@@ -402,9 +397,6 @@ def run_eval(model_name: str, task: str, cfg: EvalConfig, out_dir: str | Path | 
         if out_dir is not None:
             atomic_write_json(Path(out_dir) / "metrics.json", m)
         return m
-    finally:
-        if lock:
-            lock.__exit__(*sys.exc_info())  # a failure before any output removes the directory it made
 
 
 def _make_judge(cfg: EvalConfig):
@@ -424,41 +416,3 @@ def format_metrics(m: dict) -> str:
         from .openai_client import format_judge
         s += f" | Judge {format_judge(m)}"
     return s
-
-
-def add_parser(sub) -> None:
-    from .cli import add_config_flags, add_model_args
-
-    p = sub.add_parser("eval", help="evaluate a model on a task (greedy; Acc with 95%% CI, Fmt, Len, Rep)",
-                       description="Batched greedy evaluation with the paper's metrics. Resumable with --out.")
-    add_model_args(p)
-    p.add_argument("--task", required=True, help="task name (see 'sert tasks') or a .jsonl/.csv file")
-    p.add_argument("--out", default=None, help="directory for predictions.jsonl and metrics.json")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_config_flags(p, EvalConfig)
-    p.set_defaults(func=_cli)
-
-    t = sub.add_parser("tasks", help="list the registered tasks with their split sizes")
-    t.set_defaults(func=_cli_tasks)
-
-
-def _cli(args: argparse.Namespace) -> int:
-    from .cli import config_from_args
-
-    cfg = config_from_args(EvalConfig, args, section="eval")
-    m = run_eval(args.model, args.task, cfg, args.out, args.device, args.dtype, progress=not args.quiet)
-    print(format_metrics(m))
-    print(f"wall time {m['wall_s']:.1f} s (+ {m['load_s']:.1f} s model load) on {m['device']}/{m['dtype']}")
-    if args.out:
-        print(f"predictions: {Path(args.out) / 'predictions.jsonl'}\nmetrics: {Path(args.out) / 'metrics.json'}")
-    return 0
-
-
-def _cli_tasks(args: argparse.Namespace) -> int:
-    from .tasks import TASKS
-
-    for name, t in TASKS.items():
-        tr, te = len(t.examples("train")), len(t.examples("test"))
-        teachers = ", ".join(t.teachers) or "-"
-        print(f"{name:28s} {t.kind:7s} train {tr:5d}  test {te:5d}  teachers: {teachers}")
-    return 0

@@ -37,18 +37,16 @@ mining time); undefined (None) for an empty path, which the length filter remove
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .answers import extract_answer, is_correct
-from .config import FilterConfig
+from .config import FilterConfig, check
 from .metrics import rep_n as _metrics_rep_n
 from .errors import SertError
 from .io import RunLock, atomic_save_figure, atomic_write_json, atomic_write_jsonl, ensure_dir, remove_stale_temps
@@ -472,9 +470,7 @@ def plot_funnel(f: dict, png) -> Path:
 
 def run_filter(paths_file, out_dir, cfg: FilterConfig) -> dict:
     """``sert filter``: filter ``paths_file`` into ``out_dir``; returns the funnel dict (see module doc)."""
-    errs = cfg.validate()
-    if errs:
-        raise SertError("; ".join(errs))
+    check(cfg)
     paths = annotate(read_paths(paths_file))
     modes = sorted({str(p.get("mode", "sert")) for p in paths})
     if len(modes) > 1:
@@ -517,34 +513,3 @@ def _write_outputs(out: Path, paths, f, sel, rejected, sets, cfg: FilterConfig) 
     atomic_write_json(out / "funnel.json", f)
     plot_funnel(f, out / "funnel.png")
     return f
-
-
-# ------------------------------------------------------------------ CLI
-def add_parser(sub) -> None:
-    from .cli import add_config_flags
-
-    p = sub.add_parser("filter", help="stage 1b: filter mined paths, keep one per question",
-                       description="Apply the SERT filters (pattern, length, rep-2, perplexity) in the "
-                                   "paper's order, then keep per question the path with the lowest rep-2.")
-    p.add_argument("paths", nargs="?", default=None, help="paths.jsonl written by 'sert mine'")
-    p.add_argument("--paths", dest="paths_opt", default=None, metavar="PATHS", help="the same, as an option")
-    p.add_argument("--out", default=None, help="output directory (default: the paths file's directory)")
-    add_config_flags(p, FilterConfig)
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    from .cli import config_from_args
-
-    if args.paths and args.paths_opt and args.paths != args.paths_opt:
-        raise SertError(f"two paths files given ({args.paths}, --paths {args.paths_opt}); pass one")
-    paths = args.paths or args.paths_opt
-    if not paths:
-        raise SertError("no paths file given: sert filter RUN/paths.jsonl --out RUN/")
-    cfg = config_from_args(FilterConfig, args, section="filter")
-    out = Path(args.out) if args.out else Path(paths).parent
-    f = run_filter(paths, out, cfg)
-    print(format_funnel(f))
-    print(f"\nselected {f['stages'][-1]['paths']} paths -> {out / 'selected.jsonl'}; "
-          f"funnel -> {out / 'funnel.json'}, {out / 'funnel.png'}", file=sys.stdout)
-    return 0

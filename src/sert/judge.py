@@ -16,12 +16,11 @@ request and retries only the failed ones).
 """
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 from pathlib import Path
 
-from .config import JudgeConfig, load_yaml
+from .config import JudgeConfig
 from .errors import SertError
 from .io import RunLock, atomic_save_figure, atomic_write_json, read_jsonl
 from .openai_client import coverage, format_judge, make_judge
@@ -119,30 +118,3 @@ def format_fig4(fig: dict) -> str:
         q = "–" if r["median"] is None else f"{r['median']:.1f} [{r['q1']:.1f}, {r['q3']:.1f}]"
         lines.append(f"{r['set']:12s} {r['size']:6d}  {format_judge(m):21s}  {q}")
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------ CLI
-def add_parser(sub) -> None:
-    from .cli import add_config_flags
-
-    p = sub.add_parser("judge", help="the paper's Fig. 4: judge the paths each filter set keeps",
-                       description=__doc__.split("\n\n")[0] + " Example: sert judge runs/demo --model "
-                       "openai:meta-llama/Meta-Llama-3-8B-Instruct --base-url http://127.0.0.1:8000/v1")
-    p.add_argument("run", help="run directory (sert run) or filter directory (sert filter --out)")
-    p.add_argument("--out", default=None, help="output directory (default: RUN/judge)")
-    add_config_flags(p, JudgeConfig, skip=("enabled",))
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    from .cli import config_from_args
-
-    run_cfg = Path(args.run) / "config.yaml"
-    if args.config is None and run_cfg.exists() and "judge" in load_yaml(run_cfg):
-        args.config = str(run_cfg)  # a run's judge section; flags override it
-    cfg = config_from_args(JudgeConfig, args, section="judge")
-    fig = run_judge(args.run, cfg, args.out)
-    out = Path(args.out) if args.out else Path(args.run) / "judge"
-    print(format_fig4(fig))
-    print(f"fig4: {out / 'fig4.png'}\nscores: {out / 'fig4.json'}")
-    return 0

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from typing import Sequence
+
+from .answers import has_continuation
 
 SEVERE_REP4 = 0.5
 
@@ -27,11 +28,6 @@ def rep_n(tokens: Sequence, n: int) -> float:
         return 0.0
     grams = {tuple(tokens[i:i + n]) for i in range(total)}
     return 1.0 - len(grams) / total
-
-
-def has_continuation(text: str) -> bool:
-    """True if the output starts a new example (hallucinated ``Question:``/``Q:``)."""
-    return re.search(r"(^|\n|[.!?]\s*)(Question|Q)\s*:", text) is not None
 
 
 def format_issues(text: str, strict_answer: bool, token_ids: Sequence[int]) -> list[str]:

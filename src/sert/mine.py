@@ -45,21 +45,20 @@ path states no answer), recorded in both modes.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
-import hashlib
-import re
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
 
-from .answers import extract_answer, normalize_answer, normalize_number, truncate_continuation
-from .config import MineConfig
+from .config import MineConfig, check
 from .errors import SertError
+from .identity import refuse_other
 from .io import JsonlLog, RunLock, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from .sampling import (draw, path_record, paths_per_question, question_seed, samples_per_branch, settings_key,
+                       truncated_probs)
 from .templates import mining_prompt
-from .tokens import context_length, encode_prompt, fit_prompt, n_special_prefix
+from .tokens import context_length, encode_prompt, eos_token_ids, fit_prompt, n_special_prefix
 
 PATHS_FILE = "paths.jsonl"
 META_FILE = "mine_meta.json"
@@ -72,80 +71,6 @@ _COMPACT_SHARE = 0.125
 
 
 # ------------------------------------------------------------------ helpers
-def paths_per_question(cfg: MineConfig) -> int:
-    return cfg.top_k_branches * (1 if cfg.mode == "cot-decoding" else cfg.samples_per_branch)
-
-
-def settings_key(cfg: MineConfig) -> str:
-    """What a path depends on besides model and question; records carry it so runs never mix."""
-    skip = " skip_eos" if cfg.skip_eos_branch else ""  # absent by default: older paths files still resume
-    if cfg.mode == "cot-decoding":
-        return f"cot-decoding k={cfg.top_k_branches} max_new={cfg.max_new_tokens}{skip}"
-    return (f"sert k={cfg.top_k_branches} n={cfg.samples_per_branch} top_k={cfg.top_k} top_p={cfg.top_p} "
-            f"T={cfg.temperature} max_new={cfg.max_new_tokens} seed={cfg.seed}{skip}")
-
-
-def question_seed(seed: int, qid: str) -> int:
-    """A 63-bit seed from (run seed, question id): a question's draws ignore batch composition."""
-    h = hashlib.sha256(f"{seed}\x00{qid}".encode()).digest()
-    return int.from_bytes(h[:8], "little") & (2**63 - 1)
-
-
-def top_k_top_p_dist(logits, top_k: int, top_p: float, temperature: float):
-    """The sampling distribution: temperature, then top-k, then top-p (HF's warper order).
-
-    ``logits``: [R, V] float. Only the ``top_k`` candidates are sorted (``torch.topk``
-    returns them sorted). A candidate survives top-p when the probability of those
-    ranked above it is < ``top_p`` (the first always survives), which is HF's
-    ``TopPLogitsWarper`` applied to the top-k-renormalised distribution.
-    Returns (candidate ids [R, k], probabilities [R, k], zero for dropped candidates).
-    """
-    import torch
-
-    vals, idx = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1)
-    return idx, _truncate(vals, top_p, temperature)
-
-
-def _truncate(vals, top_p: float, temperature: float):
-    import torch
-
-    p = torch.softmax(vals / temperature, dim=-1)
-    above = torch.cumsum(p, dim=-1) - p
-    keep = above < top_p
-    keep[:, 0] = True
-    p = p * keep
-    return p / p.sum(-1, keepdim=True)
-
-
-def _draw(idx, p, u):
-    """Inverse-CDF draw of one candidate per row with the uniforms ``u`` [R]."""
-    import torch
-
-    cdf = torch.cumsum(p, dim=-1)
-    target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
-    # right=True: a draw never lands on a dropped candidate (its cdf step is flat)
-    choice = torch.searchsorted(cdf, target, right=True).clamp_(max=p.shape[-1] - 1)
-    return idx.gather(-1, choice).squeeze(-1)
-
-
-def sample_top_k_top_p(logits, u, top_k: int, top_p: float, temperature: float):
-    """One token per row of ``logits`` [R, V], drawn with the uniforms ``u`` [R] in [0, 1)."""
-    idx, p = top_k_top_p_dist(logits, top_k, top_p, temperature)
-    return _draw(idx, p, u)
-
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    ids: set[int] = set()
-    gen = getattr(model, "generation_config", None)
-    e = getattr(gen, "eos_token_id", None) if gen is not None else None
-    for x in (e if isinstance(e, (list, tuple)) else [e]):
-        if x is not None:
-            ids.add(int(x))
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return sorted(ids)
-
-
 def _forward_kw(model) -> tuple[str, dict]:
     """The cache argument's name (transformers 5: ``cache``; 4.x: ``past_key_values``) and,
     where supported, ``logits_to_keep=1`` so the prefill computes the LM head for one position."""
@@ -196,115 +121,14 @@ def prompt_ids(tokenizer, exs, ctx: int | None, max_new_tokens: int, where: str 
     return out
 
 
-# ---------------------------------------------------------- answer span / delta
-_ANSWER_IS = re.compile(r"the answer is\s*:?\s*", re.IGNORECASE)
-_YESNO_WORD = re.compile(r"\b(yes|no|true|false|correct|incorrect)\b", re.IGNORECASE)
-_NUM = re.compile(r"-?\$?\s?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-
-
-def answer_char_span(text: str, kind: str, choices: Sequence[str] | None = None) -> tuple[int, int] | None:
-    """Character span of the answer the path states (the tokens Δ is averaged over), or None.
-
-    The answer itself comes from the shared extractor (:func:`sert.answers.extract_answer`);
-    this only locates it: after ``the answer is`` up to the end of that sentence, else the
-    first yes/no word, option, or the last number that normalises to the extracted answer.
-    """
-    span = _answer_span(text, kind, choices)
-    if span is None:
-        return None
-    a, b = span
-    while a < b and text[a].isspace():
-        a += 1
-    while b > a and text[b - 1].isspace():
-        b -= 1
-    return (a, b) if b > a else None
-
-
-def _answer_span(text: str, kind: str, choices: Sequence[str] | None) -> tuple[int, int] | None:
-    ext = extract_answer(text, kind, choices)
-    if ext.answer is None:
-        return None
-    body = truncate_continuation(text)
-    m = _ANSWER_IS.search(body)
-    if ext.method == "strict" and m:
-        stop = re.search(r"\n" if kind == "number" else r"[.\n]", body[m.end():])
-        end = m.end() + stop.start() if stop else len(body)
-        return _locate(body, m.end(), end, kind, ext.answer, choices, last=False) or (m.end(), end)
-    return _locate(body, 0, len(body), kind, ext.answer, choices, last=True)
-
-
-def _locate(body, a, b, kind, ans, choices, last) -> tuple[int, int] | None:
-    """Span of ``ans`` inside ``body[a:b]``: yes/no word, number (last or first), option, or first sentence."""
-    seg = body[a:b]
-    if kind == "yesno":
-        for w in _YESNO_WORD.finditer(seg):
-            if normalize_answer(w.group(1), "yesno") == ans:
-                return a + w.start(1), a + w.end(1)
-        return None
-    if kind == "number":
-        nums = list(_NUM.finditer(seg))
-        for n in (reversed(nums) if last else nums):
-            if normalize_number(n.group(0)) == ans:
-                return a + n.start(), a + n.end()
-        return None
-    if kind == "choice":
-        m2 = re.search(rf"\(\s*{ans}\s*\)|\b{ans}\s*[).:,]|\b{ans}\b", seg)
-        if m2:
-            return a + m2.start(), a + m2.end()
-        i = ord(ans) - ord("A")
-        if choices and i < len(choices):
-            j = seg.lower().find(choices[i].lower())
-            if j >= 0:
-                return a + j, a + j + len(choices[i])
-        return None
-    s = seg.lstrip()  # text: the first sentence
-    start = a + len(seg) - len(s)
-    stop = re.search(r"[.\n]", s)
-    return start, start + (stop.start() if stop else len(s))
-
-
-def _token_at_char(tokenizer, ids: list[int], pos: int) -> int:
-    """Index of the token whose decoded text covers character ``pos`` (binary search on prefixes)."""
-    lo, hi = 0, len(ids) - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if len(tokenizer.decode(ids[: mid + 1], skip_special_tokens=True)) > pos:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-def path_delta(tokenizer, ids: list[int], text: str, margins: list[float], kind: str,
-               choices: Sequence[str] | None = None) -> float | None:
-    """CoT-decoding confidence Δ (Wang & Zhou 2024, eq. 1) of one path, or None without an answer."""
-    if not ids:
-        return None
-    span = answer_char_span(text, kind, choices)
-    if span is None:
-        return None
-    a = _token_at_char(tokenizer, ids, span[0])
-    b = _token_at_char(tokenizer, ids, max(span[0], span[1] - 1))
-    sel = margins[a: b + 1]
-    return round(sum(sel) / len(sel), 6) if sel else None
-
-
 # ------------------------------------------------------------------ the decoder
-def _decode_chunk(model, tokenizer, exs, enc: list[list[int]], cfg: MineConfig, eos: list[int],
-                  fwd: tuple[str, dict]) -> dict[str, list[dict]]:
-    """Mine all paths of a few questions (prompt ids ``enc``) in one batch; returns id -> its records."""
+def _prefill(model, enc: list[list[int]], pad: int, eos_t, cfg: MineConfig):
+    """Run the prompts ``enc`` once, left-padded: the KV cache, mask and positions, the ranked
+    first tokens (the branches, [B, k]), their log-probs and the first step's top-1 - top-2 margin."""
     import torch
 
-    device = next(model.parameters()).device
-    greedy = cfg.mode == "cot-decoding"
-    K = cfg.top_k_branches
-    N = 1 if greedy else cfg.samples_per_branch
-    m = K * N
-    B = len(exs)
-    T = cfg.max_new_tokens
-
-    L = max(len(x) for x in enc)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    device = eos_t.device
+    B, L = len(enc), max(len(x) for x in enc)
     ids = torch.full((B, L), pad, dtype=torch.long)
     mask = torch.zeros((B, L), dtype=torch.long)
     for i, x in enumerate(enc):
@@ -312,20 +136,77 @@ def _decode_chunk(model, tokenizer, exs, enc: list[list[int]], cfg: MineConfig, 
         mask[i, L - len(x):] = 1
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp_(min=0)
-    cache_kw, prefill_kw = fwd
+    cache_kw, prefill_kw = _forward_kw(model)
     cache = _new_cache(model)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **prefill_kw,
                 **{cache_kw: cache})
     logits0 = out.logits[:, -1, :].float()
+    del out
     lse0 = torch.logsumexp(logits0, dim=-1, keepdim=True)
-    eos_t = torch.tensor(eos, device=device)
     p12 = torch.exp(torch.topk(logits0, 2).values - lse0)
     margin0 = (p12[:, 0] - p12[:, 1])                               # Δ's margin at the first step
     if cfg.skip_eos_branch:                                         # branch on the top-k non-EOS tokens
         logits0.index_fill_(-1, eos_t, float("-inf"))
-    top_v, branch = torch.topk(logits0, K, dim=-1)                 # [B, K] ranked first tokens
-    branch_lp = top_v - lse0                                        # model log-prob of each branch
-    del out, logits0
+    top_v, branch = torch.topk(logits0, cfg.top_k_branches, dim=-1)  # [B, K] ranked first tokens
+    return cache, mask, pos, branch, top_v - lse0, margin0          # branch log-probs under the model
+
+
+def _uniforms(gens, rows, live_questions, shape: tuple[int, int], device):
+    """Every live question draws k*n uniforms per step from its own generator, whichever of its
+    rows are live; returns those of the batch's ``rows``."""
+    import torch
+
+    u_all = torch.zeros(shape, device=device)
+    for b in sorted(set(live_questions.tolist())):
+        u_all[b] = torch.rand(shape[1], generator=gens[b], device=device)
+    return u_all.view(-1)[rows]
+
+
+def _next_tokens(logits, cfg: MineConfig, u):
+    """One decoding step's token per row (greedy when ``u`` is None, else drawn with the uniforms
+    ``u`` by the paper's sampler) and the top-2 logits (for the margin)."""
+    import torch
+
+    if u is None:
+        top2v, top2i = torch.topk(logits, 2, dim=-1)
+        return top2i[:, 0], top2v
+    vals, idx = torch.topk(logits, max(cfg.top_k, 2), dim=-1)
+    k = min(cfg.top_k, vals.shape[-1])
+    return draw(idx[:, :k], truncated_probs(vals[:, :k], cfg.top_p, cfg.temperature), u), vals[:, :2]
+
+
+def _records(tokenizer, exs, cfg: MineConfig, branch, branch_lp, toks, lps, margins, length, finish_eos
+             ) -> dict[str, list[dict]]:
+    """The decoded rows as path records (:func:`sert.sampling.path_record`), id -> the question's, in path order."""
+    m, N = paths_per_question(cfg), samples_per_branch(cfg)
+    toks_l, lps_l, mg_l = toks.cpu().tolist(), lps.cpu().tolist(), margins.cpu().tolist()
+    len_l, eos_l = length.cpu().tolist(), finish_eos.cpu().tolist()
+    bid_l, bprob_l = branch.cpu().tolist(), branch_lp.exp().cpu().tolist()
+    key = settings_key(cfg)
+    result: dict[str, list[dict]] = {}
+    for b, e in enumerate(exs):
+        recs = []
+        for j in range(m):
+            r, n, rank = b * m + j, len_l[b * m + j], j // N
+            recs.append(path_record(tokenizer, e, cfg, key, j, bid_l[b][rank], bprob_l[b][rank], toks_l[r][:n],
+                                    lps_l[r][:n], mg_l[r][:n], eos_l[r]))
+        result[e.id] = recs
+    return result
+
+
+def _decode_chunk(model, tokenizer, exs, enc: list[list[int]], cfg: MineConfig, eos: list[int]
+                  ) -> dict[str, list[dict]]:
+    """Mine all paths of a few questions (prompt ids ``enc``) in one batch: one prefill, then one
+    step per token for the k x n rows of every question; returns id -> its records."""
+    import torch
+
+    device = next(model.parameters()).device
+    greedy = cfg.mode == "cot-decoding"
+    N, m, B, T = samples_per_branch(cfg), paths_per_question(cfg), len(exs), cfg.max_new_tokens
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    eos_t = torch.tensor(eos, device=device)
+    cache, mask, pos, branch, branch_lp, margin0 = _prefill(model, enc, pad, eos_t, cfg)
+    cache_kw = _forward_kw(model)[0]
 
     R = B * m
     cache.batch_repeat_interleave(m)
@@ -371,19 +252,8 @@ def _decode_chunk(model, tokenizer, exs, enc: list[list[int]], cfg: MineConfig, 
         logits = out.logits[:, -1, :].float()
         del out
         lse = torch.logsumexp(logits, dim=-1)
-        if greedy:
-            top2v, top2i = torch.topk(logits, 2, dim=-1)
-            nxt = top2i[:, 0]
-        else:
-            # Every live question draws k*n uniforms per step, whichever of its rows are live.
-            u_all = torch.zeros((B, m), device=device)
-            for b in sorted(set((rows_h[~done_h] // m).tolist())):
-                u_all[b] = torch.rand(m, generator=gens[b], device=device)
-            u = u_all.view(-1)[rows]
-            vals, idx = torch.topk(logits, max(cfg.top_k, 2), dim=-1)
-            k = min(cfg.top_k, vals.shape[-1])
-            nxt = _draw(idx[:, :k], _truncate(vals[:, :k], cfg.top_p, cfg.temperature), u)
-            top2v = vals[:, :2]
+        u = None if greedy else _uniforms(gens, rows, rows_h[~done_h] // m, (B, m), device)
+        nxt, top2v = _next_tokens(logits, cfg, u)
         lp = logits.gather(-1, nxt.unsqueeze(-1)).squeeze(-1) - lse
         mg = torch.exp(top2v[:, 0] - lse) - torch.exp(top2v[:, 1] - lse)
         live = ~done
@@ -400,31 +270,7 @@ def _decode_chunk(model, tokenizer, exs, enc: list[list[int]], cfg: MineConfig, 
         cur = torch.where(done, torch.full_like(nxt, pad), nxt)
         next_pos = next_pos + 1
     del cache
-
-    toks_l, lps_l, mg_l = toks.cpu().tolist(), lps.cpu().tolist(), margins.cpu().tolist()
-    len_l, eos_l = length.cpu().tolist(), finish_eos.cpu().tolist()
-    bid_l, bprob_l = branch.cpu().tolist(), branch_lp.exp().cpu().tolist()
-    key = settings_key(cfg)
-    result: dict[str, list[dict]] = {}
-    for b, e in enumerate(exs):
-        recs = []
-        for j in range(m):
-            r = b * m + j
-            n = len_l[r]
-            tid = toks_l[r][:n]
-            text = tokenizer.decode(tid, skip_special_tokens=True)
-            rank, sample = divmod(j, N)
-            recs.append({
-                "id": e.id, "question": e.question, "answer": e.answer, "kind": e.kind, "choices": e.choices,
-                "mode": cfg.mode, "seed": cfg.seed, "settings": key, "path": j,
-                "branch_rank": rank, "branch_token": tokenizer.decode([bid_l[b][rank]]),
-                "branch_token_id": bid_l[b][rank], "branch_prob": float(f"{bprob_l[b][rank]:.6g}"), "sample": sample,
-                "text": text, "token_ids": tid, "n_tokens": n, "logprobs": [round(x, 5) for x in lps_l[r][:n]],
-                "finish": "eos" if eos_l[r] else "length",
-                "delta": path_delta(tokenizer, tid, text, mg_l[r][:n], e.kind, e.choices),
-            })
-        result[e.id] = recs
-    return result
+    return _records(tokenizer, exs, cfg, branch, branch_lp, toks, lps, margins, length, finish_eos)
 
 
 # ------------------------------------------------------------------ library API
@@ -448,10 +294,18 @@ def _existing(out_path: Path, cfg: MineConfig, per_q: int) -> dict[str, list[dic
     return complete
 
 
+def _decoder(model):
+    """How ``model`` mines a chunk: ``decode(tokenizer, exs, prompt_ids, cfg, eos) -> id -> records``.
+    A generator object that mines itself (``mine_chunk``: :class:`sert.vllm_backend.VllmLM`) does;
+    a transformers model goes through our decoder, in eval mode (dropout off: paths come from the
+    model's own distribution)."""
+    own = getattr(model, "mine_chunk", None)
+    if own is not None:
+        return own
+    return lambda *a: _decode_chunk(model, *a)
+
+
 def _mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool = True, where: str = "question"):
-    errs = cfg.validate()
-    if errs:
-        raise SertError("; ".join(errs))
     ids = [e.id for e in examples]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -459,12 +313,10 @@ def _mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool 
     out_path = Path(out_path)
     per_q = paths_per_question(cfg)
     have = _existing(out_path, cfg, per_q)
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_token_ids(model, tokenizer)
     if not eos:
         raise SertError("the tokenizer has no EOS token; cannot tell where a path ends")
-    from . import vllm_backend  # optional vLLM engine (sert/vllm_backend.py); else our decoder
-    decode = vllm_backend.decode_chunk if vllm_backend.is_vllm(model) else _decode_chunk
-    fwd = None if vllm_backend.is_vllm(model) else _forward_kw(model)
+    decode = _decoder(model)
     ctx = model_context(model, tokenizer, cfg)
     stats = {"questions": 0, "paths": 0, "tokens": 0, "seconds": 0.0}
     bar = None
@@ -476,16 +328,14 @@ def _mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool 
     import torch
 
     t0 = time.perf_counter()
-    was_training = model.training
-    model.eval()  # dropout off: paths come from the model's own distribution
-    with JsonlLog(out_path) as log, torch.inference_mode():
-        B = _batch_questions(cfg, model, tokenizer, examples)
+    with JsonlLog(out_path) as log, _eval_mode(model), torch.inference_mode():
+        B = questions_per_batch(cfg, model, tokenizer, examples)
         for c in range(0, len(examples), B):
             todo = [e for e in examples[c:c + B] if e.id not in have]
             if not todo:
                 continue
             enc = prompt_ids(tokenizer, todo, ctx, cfg.max_new_tokens, where)
-            res = decode(model, tokenizer, todo, enc, cfg, eos, fwd)
+            res = decode(tokenizer, todo, enc, cfg, eos)
             log.append_many([r for e in todo for r in res[e.id]])   # whole questions, one append
             for e in todo:
                 have[e.id] = res[e.id]
@@ -495,13 +345,25 @@ def _mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool 
             if bar:
                 bar.update(len(todo))
     stats["seconds"] = time.perf_counter() - t0
-    model.train(was_training)
     if bar:
         bar.close()
     return [r for e in examples for r in have[e.id]], stats
 
 
-def _batch_questions(cfg: MineConfig, model, tokenizer, examples) -> int:
+@contextlib.contextmanager
+def _eval_mode(model):
+    """A torch module in eval mode (dropout off) for the block, its mode restored after; others as they are."""
+    was = getattr(model, "training", None)
+    if was is not None:
+        model.eval()
+    try:
+        yield
+    finally:
+        if was is not None:
+            model.train(was)
+
+
+def questions_per_batch(cfg: MineConfig, model, tokenizer, examples) -> int:
     """``batch_questions``, or for ``auto``: 8 on a CPU (or vLLM); on a GPU as many questions as half
     its free memory holds (KV cache of the longest prompt + max_new_tokens, logits), at most 256."""
     if cfg.batch_questions != "auto":
@@ -527,6 +389,7 @@ def mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool =
     Questions already complete in ``out_path`` are skipped (resume); all paths of a
     question are written in one append. Returns every record of ``examples``, in order.
     """
+    check(cfg)
     return _mine(model, tokenizer, examples, cfg, out_path, progress)[0]
 
 
@@ -537,9 +400,7 @@ def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str |
     from .models import resolve_model
     from .tasks import load_examples
 
-    errs = cfg.validate()
-    if errs:
-        raise SertError("; ".join(errs))
+    check(cfg)
     examples = load_examples(task, cfg.split, cfg.limit)
     out = Path(out_dir)  # RunLock creates it (and removes it again if this fails before any output)
     settings = dataclasses.asdict(cfg)
@@ -550,11 +411,10 @@ def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str |
         if meta_path.exists() and paths.exists():
             old = read_json(meta_path)
             was = {**dataclasses.asdict(MineConfig()), **old.get("settings", {})}  # keys added since: defaults
-            diff = [k for k in _RESUME_KEYS if was[k] != settings[k]]
-            diff += [k for k in ("model", "task") if old.get(k) != (model_name if k == "model" else task)]
-            if diff:
-                raise SertError(f"{out} holds a mining run with other settings ({', '.join(diff)} differ); "
-                                "use another --out or the same settings")
+            refuse_other(out, "holds a mining run with other settings",
+                         {**was, "model": old.get("model"), "task": old.get("task")},
+                         {**settings, "model": model_name, "task": task}, "use another --out or the same settings",
+                         keys=[*_RESUME_KEYS, "model", "task"])
         history = list(old.get("history", []))
         meta = {"stage": "mine", "status": "running", "model": model_name, "task": task, "settings": settings,
                 "sert_version": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "history": history}
@@ -590,35 +450,3 @@ def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str |
         })
         atomic_write_json(meta_path, meta)
     return paths
-
-
-# ------------------------------------------------------------------ CLI
-def add_parser(sub) -> None:
-    from .cli import add_config_flags, add_model_args
-
-    p = sub.add_parser("mine", help="stage 1: mine latent reasoning paths (first-token branching + sampling)",
-                       description="Mine k x n zero-shot paths per training question (SERT §II-A). "
-                                   "Rerun the same command to resume an interrupted run.")
-    add_model_args(p)
-    p.add_argument("--task", required=True, help="task name (e.g. strategyqa) or a .jsonl/.csv data file")
-    p.add_argument("--out", required=True, help="run directory (gets paths.jsonl and mine_meta.json)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_config_flags(p, MineConfig)
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    from .cli import config_from_args
-
-    cfg = config_from_args(MineConfig, args, section="mine")
-    paths = run_mine(args.model, args.task, cfg, args.out, device=args.device, dtype=args.dtype,
-                     progress=not args.quiet)
-    meta = read_json(Path(args.out) / META_FILE)
-    tr = meta["this_run"]
-    print(f"mined {meta['questions']} questions x {meta['paths_per_question']} paths -> {paths}")
-    if tr["questions_mined"]:
-        print(f"this run: {tr['questions_mined']} questions, {tr['tokens_sampled']} tokens in {tr['wall_s']} s "
-              f"({tr['sampled_tokens_per_s']} sampled tokens/s); {tr['questions_skipped_resume']} already done")
-    else:
-        print(f"nothing to do: all {tr['questions_skipped_resume']} questions already done")
-    return 0

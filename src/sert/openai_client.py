@@ -127,14 +127,8 @@ class LLMClient:
     def chat(self, messages: list[dict], **params) -> Reply:
         return self._one("chat", messages, params)
 
-    def complete(self, prompt: str, **params) -> Reply:
-        return self._one("completion", prompt, params)
-
     def chat_many(self, batch: Sequence[list[dict]], **params) -> list[Reply]:
         return self._many("chat", batch, params)
-
-    def complete_many(self, prompts: Sequence[str], **params) -> list[Reply]:
-        return self._many("completion", prompts, params)
 
     def close(self) -> None:
         if self._log:

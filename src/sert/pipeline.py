@@ -26,7 +26,6 @@ process out.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import hashlib
@@ -42,8 +41,9 @@ from pathlib import Path
 from typing import Callable
 
 from .arms import PAPER_ARMS, arm_table, training_order
-from .config import RunConfig, from_dict, load_run_config, to_dict
+from .config import RunConfig, check, from_dict, to_dict
 from .errors import SertError, did_you_mean
+from .identity import refuse_other
 from .io import RunLock, atomic_write_json, atomic_write_text, read_json, read_jsonl
 
 # Keys that change how a run is executed or labelled, not what it computes: a run directory
@@ -107,10 +107,8 @@ def _check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
     old = _read_run_config(run_dir)
     if config_hash(old) == config_hash(cfg):
         return
-    a, b = config_identity(old), config_identity(cfg)
-    diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    raise SertError(f"{run_dir} was made by a different config ({'; '.join(diff[:5])}"
-                    f"{'; ...' if len(diff) > 5 else ''}); use another --out, or delete {run_dir} to start over")
+    refuse_other(run_dir, "was made by a different config", config_identity(old), config_identity(cfg),
+                 f"use another --out, or delete {run_dir} to start over", limit=5)
 
 
 def _check_inputs(cfg: RunConfig) -> None:
@@ -424,9 +422,7 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
     redone | skipped. A stage in ``retry`` (failed teacher requests, missing judge scores) is run
     again by the next invocation.
     """
-    errors = cfg.validate()
-    if errors:
-        raise SertError("config: " + "; ".join(errors))
+    check(cfg, "config: ")
     run_dir = Path(out_dir if out_dir is not None else cfg.out)
     _check_run_dir(run_dir, cfg)
     _check_inputs(cfg)
@@ -501,7 +497,7 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
             table[st.name].update(status="done", wall_s=wall, cpu_s=cpu, finished=_now())
             save()
             did[st.name] = {"action": action, "wall_s": wall}
-            _log(progress, f"{i}/{n} {st.name}: done in {_fmt_s(wall)} (CPU {_fmt_s(cpu)})"
+            _log(progress, f"{i}/{n} {st.name}: done in {format_duration(wall)} (CPU {format_duration(cpu)})"
                            + (f" ({', '.join(f'{k} {v}' for k, v in info.items())})" if info else ""))
             if st.check:
                 st.check()
@@ -516,7 +512,7 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
                    if st.name.startswith("eval:") and (st.dir / "metrics.json").exists()}
         retry = {st.name: mk["retry"] for st in stages if (mk := _marker(st)) and mk.get("retry")}
     wall = round(time.time() - t_start, 1)
-    _log(progress, f"finished in {_fmt_s(wall)}; report {md}")
+    _log(progress, f"finished in {format_duration(wall)}; report {md}")
     if retry:
         print("sert: warning: " + "; ".join(f"{k}: {v}" for k, v in retry.items())
               + "; rerun the same command to retry them", file=sys.stderr, flush=True)
@@ -524,7 +520,7 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
             "retry": retry, "wall_s": wall}
 
 
-def _fmt_s(s: float) -> str:
+def format_duration(s: float) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
@@ -536,22 +532,6 @@ def _commands_text(cfg: RunConfig, run_dir: Path, stages: list[Stage]) -> str:
     lines += [s.command for s in stages if s.command]
     lines += ["", "# The report (also written by sert run):", f"sert report {q(str(run_dir))}"]
     return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------ CLI
-def _parse_sets(items: list[str] | None) -> dict:
-    import yaml
-
-    out = {}
-    for it in items or []:
-        key, eq, raw = it.partition("=")
-        if not eq or not key.strip():
-            raise SertError(f"--set {it!r}: expected key=value, e.g. --set train.epochs=2")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
-            out[key.strip()] = raw
-    return out
 
 
 def shipped_configs() -> dict[str, Path]:
@@ -582,83 +562,3 @@ def resolve_config(arg: str) -> Path:
         return shipped[name]
     raise SertError(f"{arg}: config file not found, nor a shipped config of that name{did_you_mean(name, shipped)}"
                     "; 'sert configs' lists the shipped ones")
-
-
-def _first_comment(path: Path) -> str:
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#") and line.strip("# "):
-            return line.strip("# ")
-    return ""
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("run", help="run the whole experiment of SERT Table II from a config (resumable)",
-                       description="mine -> filter -> self-train, teach, train the arms, evaluate each, write the "
-                                   "report. Rerun the same command to resume; finished stages are skipped.")
-    p.add_argument("config", help="experiment YAML file, or a shipped config by name, e.g. paper/strategyqa_gpt2 "
-                                  "(see 'sert configs')")
-    p.add_argument("--out", default=None, help="run directory (default: the config's 'out')")
-    p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.epochs=2 (repeatable)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
-                   help="train every arm once per seed (= --set train.seeds=[...]); the report gives mean +- sd "
-                        "and paired tests pooled over seeds")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(func=_cli_run)
-
-    d = sub.add_parser("demo", help="a CPU-sized SERT experiment on the embedded model, end to end (~15 min)",
-                       description="Runs the packaged demo config (all five arms on StrategyQA with the embedded "
-                                   "SmolLM2-135M) and writes a full report. Resumable.")
-    d.add_argument("--out", default=None, help="run directory (default: runs/demo)")
-    d.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", help="override a config key")
-    d.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
-                   help="train every arm once per seed (= --set train.seeds=[...])")
-    d.add_argument("--quiet", action="store_true", help="no progress lines")
-    d.set_defaults(func=_cli_demo)
-
-    c = sub.add_parser("configs", help="list the configs shipped with sert, or print one (to copy and edit)",
-                       description="'sert configs' lists the shipped configs (paper settings and CPU sizes); "
-                                   "'sert configs show NAME > my.yaml' copies one to edit; 'sert run NAME' runs one.")
-    c.add_argument("action", nargs="?", choices=["list", "show"], default="list")
-    c.add_argument("name", nargs="?", help="with show: the config's name, e.g. paper/strategyqa_gpt2")
-    c.set_defaults(func=_cli_configs)
-
-
-def _run_and_print(cfg_path: Path, args: argparse.Namespace) -> int:
-    from .report import summary_table
-
-    sets = _parse_sets(args.sets)
-    if getattr(args, "seeds", None):
-        sets["train.seeds"] = list(args.seeds)
-    cfg = load_run_config(cfg_path, sets)
-    run_dir = Path(args.out or cfg.out)
-    print(f"report: {run_dir / 'report.md'} (and report.html), written when the run finishes", flush=True)
-    res = run_experiment(cfg, run_dir, progress=not args.quiet)
-    print(summary_table(run_dir))
-    print(f"wall time {_fmt_s(res['wall_s'])}; report: {res['report'][0]}; html: {res['report'][1]}")
-    return 0
-
-
-def _cli_run(args: argparse.Namespace) -> int:
-    return _run_and_print(resolve_config(args.config), args)
-
-
-def _cli_demo(args: argparse.Namespace) -> int:
-    return _run_and_print(packaged_config("demo"), args)
-
-
-def _cli_configs(args: argparse.Namespace) -> int:
-    if args.action == "show":
-        if not args.name:
-            raise SertError("sert configs show: expected a config name, e.g. paper/strategyqa_gpt2 "
-                            "(see 'sert configs')")
-        sys.stdout.write(packaged_config(args.name).read_text(encoding="utf-8"))
-        return 0
-    if args.name:
-        raise SertError(f"sert configs: unexpected {args.name!r}; did you mean 'sert configs show {args.name}'?")
-    shipped = shipped_configs()
-    width = max(len(n) for n in shipped)
-    for name, path in shipped.items():
-        print(f"{name:<{width}}  {_first_comment(path)}")
-    print("\nsert run NAME runs one; sert configs show NAME > my.yaml copies one to edit (then: sert run my.yaml)")
-    return 0

@@ -16,7 +16,6 @@ config, seeds, versions, stage timings and commands that reproduce the run.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import math
@@ -571,18 +570,6 @@ def summary_table(run_dir: str | Path) -> str:
     return render_markdown(blocks, Path(run_dir)).rstrip()
 
 
-# ------------------------------------------------------------------ CLI
-def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="write report.md and report.html for a run directory",
-                       description="Table II layout, paper row, paired significance, funnel, samples, "
-                                   "reproduction info. Works on partial runs.")
-    p.add_argument("run_dir", help="run directory written by 'sert run'")
-    p.add_argument("--rescore", action="store_true",
-                   help="first re-score every arm's stored predictions with the current answer extractor "
-                        "(no decoding; rewrites eval/<arm>/predictions.jsonl and metrics.json)")
-    p.set_defaults(func=_cli)
-
-
 def rescore_run(run_dir: str | Path, log: Callable[[str], None] = print) -> dict:
     """``sert report --rescore``: re-score each ``eval/<arm>/`` of a run (see ``evaluate.rescore_dir``)."""
     import yaml
@@ -602,12 +589,3 @@ def rescore_run(run_dir: str | Path, log: Callable[[str], None] = print) -> dict
     if not out:
         raise SertError(f"{run_dir}: no eval/<arm>/predictions.jsonl to re-score")
     return out
-
-
-def _cli(args: argparse.Namespace) -> int:
-    if args.rescore:
-        rescore_run(args.run_dir)
-    md, page = write_report(args.run_dir)
-    print(summary_table(args.run_dir))
-    print(f"report: {md}\nhtml:   {page}")
-    return 0

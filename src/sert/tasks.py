@@ -37,12 +37,8 @@ class Example:
     kind: str               # yesno | choice | number | text
     choices: list[str] | None = None
     index: int | None = None  # position in the source file (Fine-tune-CoT sample_index)
-    # "file.jsonl:12" for a user file's row, for messages only: not compared, not serialised
+    # "file.jsonl:12" for a user file's row, for messages only: not compared, not shown
     source: str | None = field(default=None, compare=False, repr=False)
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "question": self.question, "answer": self.answer,
-                "kind": self.kind, "choices": self.choices, "index": self.index}
 
 
 @dataclass

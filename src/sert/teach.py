@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pathlib import Path
 
 from .answers import extract_answer, is_correct
-from .config import TeachConfig, to_dict
+from .config import TeachConfig, check, to_dict
 from .errors import SertError, did_you_mean
 from .io import RunLock, atomic_write_json, atomic_write_jsonl, read_json
 from .tasks import DATA, LETTERS, Example, Task, get_task
@@ -190,9 +190,7 @@ def build_records(examples: list[Example], found: dict[str, dict], teacher: str)
 def run_teach(task: str | Task, cfg: TeachConfig, out_dir: str | os.PathLike, split: str = "train",
               limit: int | None = None) -> Path:
     """Collect teacher rationales for ``task``'s ``split``; return DIR/rationales.jsonl."""
-    errs = cfg.validate()
-    if errs:
-        raise SertError("; ".join(errs))
+    check(cfg)
     t = get_task(task) if isinstance(task, str) else task
     limit = limit if limit is not None else cfg.limit
     teacher = resolve_teacher(t, cfg.teacher)
@@ -237,24 +235,3 @@ def _safe_url(url: str | None) -> str | None:
         return url
     u = urlsplit(url)
     return urlunsplit(u._replace(netloc=u.hostname + (f":{u.port}" if u.port else ""))) if u.hostname else url
-
-
-# ------------------------------------------------------------------ CLI
-def add_parser(sub) -> None:
-    from .cli import add_config_flags
-
-    p = sub.add_parser("teach", help="collect teacher rationales for distillation (SERT §II-C)",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", required=True, help="task name (e.g. strategyqa, commonsense_qa) or a data file")
-    p.add_argument("--out", required=True, help="directory for rationales.jsonl and teach_summary.json")
-    p.add_argument("--split", default="train", choices=("train", "test"))
-    add_config_flags(p, TeachConfig)
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args) -> int:
-    from .cli import config_from_args
-
-    cfg = config_from_args(TeachConfig, args, section="teach")
-    print(run_teach(args.task, cfg, args.out, split=args.split))
-    return 0

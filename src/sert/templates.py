@@ -44,3 +44,9 @@ def finetune_target(question: str, answer: str) -> tuple[str, str]:
 
 def _clean(text: str) -> str:
     return " ".join(text.split())
+
+
+# A small model's hallucinated next example starts here: evaluation stops decoding at it
+# (transformers' and vLLM's stop strings); sert.answers cuts an output there before reading it.
+NEXT_QUESTION = "Question:"
+STOP_STRINGS = [NEXT_QUESTION]

@@ -27,6 +27,7 @@ scale it over processes with no code of ours (only rank 0 writes DIR's own files
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -39,8 +40,9 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .config import TrainConfig, to_dict
+from .config import TrainConfig, check, to_dict
 from .errors import SertError
+from .identity import refuse_other
 from .io import RunLock, atomic_write_json, atomic_write_text, ensure_dir, read_json, read_jsonl
 from .templates import distillation_target, finetune_target, self_training_target
 
@@ -308,7 +310,7 @@ def _reporting(report_to: str, log_dir: Path) -> tuple[list[str] | str, list]:
     return [n for n in names if n != "tensorboard"] or "none", [cb]
 
 
-def _precision(cfg: TrainConfig, device: str, dtype: str | None) -> tuple[str, str]:
+def training_precision(cfg: TrainConfig, device: str, dtype: str | None) -> tuple[str, str]:
     """Mixed precision for training (master weights stay fp32: bf16/fp16 are autocast) and why:
     ('bf16' | 'fp16' | 'fp32', reason). An explicit ``--dtype`` wins; under ``--dtype auto``,
     ``train.bf16`` true/false decides, and its ``auto`` takes the ``--dtype auto`` choice
@@ -403,14 +405,12 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
     """Train ``model_name`` on ``data`` for ``stage``; return the final checkpoint directory.
 
     ``device``: auto | cpu | cuda (pick a GPU with CUDA_VISIBLE_DEVICES). ``dtype``:
-    the mixed precision (see :func:`_precision`; auto = bf16 on a GPU and on a CPU where bf16
+    the mixed precision (see :func:`training_precision`; auto = bf16 on a GPU and on a CPU where bf16
     is measured faster, else fp32); weights stay fp32. ``cfg.batch_size`` is the effective
     batch over all processes (:func:`batch_plan`). A finished ``out_dir/final`` makes this a
     no-op; a checkpoint in ``out_dir/checkpoints`` is resumed automatically.
     """
-    errs = cfg.validate()
-    if errs:
-        raise SertError("; ".join(errs))
+    check(cfg)
     out = Path(out_dir)
     final = out / "final"
     if stage not in STAGES:
@@ -425,30 +425,25 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
     if device not in (None, "auto", "cpu", "cuda"):
         raise SertError(f"--device {device}: training takes auto, cpu or cuda; "
                         "choose GPUs with CUDA_VISIBLE_DEVICES (or accelerate launch / torchrun)")
-    prec = _precision(cfg, device or "auto", dtype)  # one-line refusals before anything is written
+    prec = training_precision(cfg, device or "auto", dtype)  # one-line refusals before anything is written
     batch_plan(cfg, int(os.environ.get("WORLD_SIZE", "1")))
 
-    lock = RunLock(out) if _is_main() else None
-    if lock:
-        lock.__enter__()
-    try:
+    # a failure before any output removes the directory the lock made
+    with RunLock(out) if _is_main() else contextlib.nullcontext():
         if (final / "config.json").exists():  # finished by another process meanwhile
             _check_fingerprint(out, _fingerprint(model_name, stage, pairs, cfg))
             print(f"[sert] train: {final} exists; skipped (delete it to retrain)")
             return final
         return _train(model_name, pairs, source, stage, cfg, out, resume, device, dtype, prec)
-    finally:
-        if lock:
-            lock.__exit__(*sys.exc_info())  # a failure before any output removes the directory it made
 
 
 def _check_fingerprint(out: Path, fp: str) -> None:
     """Refuse ``out`` when it holds a model trained with another model/data/settings."""
     cfg_file = out / "train_config.json"
     old = read_json(cfg_file).get("fingerprint") if cfg_file.exists() else None
-    if old is not None and old != fp:
-        raise SertError(f"{out} holds a model trained with a different model/data/settings "
-                        f"(fingerprint {old} != {fp}); use another --out or delete {out}")
+    if old is not None:
+        refuse_other(out, "holds a model trained with a different model/data/settings", {"fingerprint": old},
+                     {"fingerprint": fp}, f"use another --out or delete {out}")
 
 
 def _last_checkpoint(ckpt_dir: Path) -> str | None:
@@ -493,29 +488,101 @@ def _fit_max_length(model_name: str, max_length: int) -> int:
 
 def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume, device, dtype,
            prec: tuple[str, str]) -> Path:
+    """Train and write ``out/final``: the resume point, the data, the student, the Trainer's
+    run (arguments, callbacks), then the summary and the final write."""
     import torch
-    from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArguments
 
+    from .evaluate import longest_training_completion
     from .models import load_tokenizer, resolve_model
 
     final = out / "final"
-    ckpt_dir = out / "checkpoints"
     fp = _fingerprint(model_name, stage, pairs, cfg)
+    last = _resume_point(out, fp, resume)
+    tok = load_tokenizer(model_name)
+    feats, truncated = _features(pairs, tok, cfg, _fit_max_length(model_name, cfg.max_length))
+    path = resolve_model(model_name)
+    own_longest = max(sum(1 for t in f["labels"] if t != -100) for f in feats)
+    inherited = longest_training_completion(path)
+    lengths = {"max_completion_tokens": max(own_longest, inherited or 0),  # what evaluation's budget must cover
+               "own_max_completion_tokens": own_longest, "inherited_max_completion_tokens": inherited}
+    model = _load_student(model_name, path, tok, cfg)
+    ensure_dir(out)
+    if _is_main():  # written once the model has loaded: a bad --model leaves nothing behind
+        atomic_write_json(out / "train_config.json", {
+            "model": model_name, "stage": stage, "data": source, "n_examples": len(pairs), "device": device,
+            "dtype": dtype, "precision": prec[0], "precision_reason": prec[1], "train": to_dict(cfg),
+            "fingerprint": fp})
+
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        from .models import avoid_cudnn_attention
+        avoid_cudnn_attention("cuda")  # no per-shape attention plans for length-grouped batches
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    plan = batch_plan(cfg, world)
+    if _is_main():
+        print(f"[sert] train: {prec[0]} ({prec[1]}); batch {plan['effective_batch']} = {world} "
+              f"process(es) x {plan['per_device_batch']} x {cfg.grad_accum} accumulated")
+    report_to, report_cbs = _reporting(cfg.report_to, out / "logs")
+    args = _training_args(cfg, out / "checkpoints", plan, prec[0], cuda, len(feats), report_to)
+    collator = PadCollator(tok.pad_token_id, use_weights=cfg.use_weights,
+                           multiple=pad_multiple("cuda" if cuda else "cpu"))
+    Trainer, WeightedTrainer = _trainer_classes()
+    cls = WeightedTrainer if cfg.use_weights else Trainer
+    trainer = cls(model=model, args=args, data_collator=collator, train_dataset=feats, processing_class=tok,
+                  callbacks=[*_callbacks(), *report_cbs])
+    _quiet_trainer_logs(trainer)
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=last or None)
+    wall = time.time() - t0
+    useful, padded, supervised = _token_counts(trainer, collator)
+    if not trainer.is_world_process_zero():
+        return final
+
+    curve, metrics = _loss_metrics(trainer, result, wall, useful, padded)
+    settings = {"stage": stage, "data": source, "examples": len(feats), "truncated": truncated,
+                "precision": prec[0], "precision_reason": prec[1], **plan,
+                **{k: v for k, v in to_dict(cfg).items() if k not in ("logging_steps", "save_total_limit")}}
+    summary = {
+        "stage": stage, "model": model_name, "data": source, "n_examples": len(feats), "n_truncated": truncated,
+        "loss_curve": curve, **metrics,
+        "tokens": {"useful": useful, "padded": padded, "supervised": supervised,
+                   "note": "all processes, counted in this session (after a resume: since the resume)"},
+        "resumed_from": last, "device": str(trainer.args.device), "precision": prec[0],
+        "precision_reason": prec[1], **plan, "lr_scheduler": cfg.lr_scheduler,
+        "warmup_ratio": cfg.warmup_ratio, "max_grad_norm": cfg.max_grad_norm,
+        "max_completion_tokens": lengths["max_completion_tokens"], "own_max_completion_tokens": own_longest,
+        "config": to_dict(cfg), "fingerprint": fp, "versions": _versions(),
+    }
+    card = {"name": f"{Path(str(model_name)).name}-sert-{stage}", "base_model": model_name, "stage": stage,
+            "data": source, "n_examples": len(feats), "settings": settings, "metrics": metrics}
+    info = {"stage": stage, "base_model": str(model_name), **lengths}
+    _write_final(out, _trained_model(trainer, cfg), tok, card, info, summary)
+    print(f"[sert] train: done in {wall:.0f}s, final loss {metrics['final_loss']}, "
+          f"{metrics['useful_tokens_per_s']} tokens/s -> {final}")
+    return final
+
+
+def _resume_point(out: Path, fp: str, resume: bool) -> str | None:
+    """The checkpoint to resume from (None: start from the model), after removing what a kill left
+    half-written; checkpoints of another model/data/settings are refused."""
+    ckpt_dir = out / "checkpoints"
     cfg_file = out / "train_config.json"
     for stale in out.glob(".final-tmp-*"):  # a kill while final/ was being written
         shutil.rmtree(stale, ignore_errors=True)
     last = _last_checkpoint(ckpt_dir)
     if last:
         old = read_json(cfg_file).get("fingerprint") if cfg_file.exists() else None
-        if old is not None and old != fp:
-            raise SertError(f"{ckpt_dir} holds checkpoints of a different model/data/settings "
-                            f"(fingerprint {old} != {fp}); use another --out or delete {ckpt_dir}")
+        if old is not None:
+            refuse_other(ckpt_dir, "holds checkpoints of a different model/data/settings", {"fingerprint": old},
+                         {"fingerprint": fp}, f"use another --out or delete {ckpt_dir}")
         print(f"[sert] train: resuming from {last}")
     elif resume:
         print(f"[sert] train: --resume given but {ckpt_dir} has no checkpoint; starting from the base model")
+    return last
 
-    tok = load_tokenizer(model_name)
-    max_length = _fit_max_length(model_name, cfg.max_length)
+
+def _features(pairs: list[dict], tok, cfg: TrainConfig, max_length: int) -> tuple[list[dict], int]:
+    """The tokenized examples (loss weights rescaled to mean 1 with ``use_weights``) and how many were truncated."""
     feats, truncated = tokenize_pairs(pairs, tok, max_length)
     if truncated:
         print(f"[sert] train: {truncated} of {len(feats)} examples exceed max_length={max_length} "
@@ -526,23 +593,20 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
             raise SertError("use_weights: every example has weight 0")
         for f in feats:
             f["weight"] = f["weight"] / mean_w  # (D) mean 1 over the data set, see weighted_loss
+    return feats, truncated
 
-    path = resolve_model(model_name)
-    from .evaluate import TRAINING_INFO, longest_training_completion
-    own_longest = max(sum(1 for t in f["labels"] if t != -100) for f in feats)
-    inherited = longest_training_completion(path)
-    longest = max(own_longest, inherited or 0)  # what evaluation's generation budget must cover
+
+def _load_student(model_name: str, path: str, tok, cfg: TrainConfig):
+    """The model to train, fp32 master weights, its generation config stopping at the tokenizer's
+    EOS too; LoRA adapters on every linear layer with ``cfg.lora``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError) as e:
         from .models import _not_found
         raise SertError(_not_found(model_name, e)) from None
-    ensure_dir(out)
-    if _is_main():  # written once the model has loaded: a bad --model leaves nothing behind
-        atomic_write_json(cfg_file, {"model": model_name, "stage": stage, "data": source, "n_examples": len(pairs),
-                                     "device": device, "dtype": dtype, "precision": prec[0],
-                                     "precision_reason": prec[1],
-                                     "train": to_dict(cfg), "fingerprint": fp})
     model.config.use_cache = False
     gc = model.generation_config
     if gc.pad_token_id is None:
@@ -556,18 +620,15 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                  lora_dropout=cfg.lora_dropout, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
+    return model
 
-    precision, precision_reason = prec
-    cuda = device != "cpu" and torch.cuda.is_available()
-    if cuda:
-        from .models import avoid_cudnn_attention
-        avoid_cudnn_attention("cuda")  # no per-shape attention plans for length-grouped batches
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    plan = batch_plan(cfg, world)
-    steps_per_epoch = max(1, math.ceil(len(feats) / cfg.batch_size))
-    if _is_main():
-        print(f"[sert] train: {precision} ({precision_reason}); batch {plan['effective_batch']} = {world} "
-              f"process(es) x {plan['per_device_batch']} x {cfg.grad_accum} accumulated")
+
+def _training_args(cfg: TrainConfig, ckpt_dir: Path, plan: dict, precision: str, cuda: bool, n_examples: int,
+                   report_to):
+    """The Trainer's arguments for ``cfg`` (the paper's Adam, batch and epochs; our checkpointing)."""
+    from transformers import TrainingArguments
+
+    steps_per_epoch = max(1, math.ceil(n_examples / cfg.batch_size))
     # names that moved between transformers releases (>= 4.57 supported)
     known = {f.name for f in dataclasses.fields(TrainingArguments)}
     version_kw = {}
@@ -579,8 +640,7 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         version_kw["warmup_ratio"] = cfg.warmup_ratio
     else:
         version_kw["warmup_steps"] = cfg.warmup_ratio  # a float in [0, 1) is a ratio of total steps
-    report_to, report_cbs = _reporting(cfg.report_to, out / "logs")
-    args = TrainingArguments(
+    return TrainingArguments(
         **version_kw,
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=plan["per_device_batch"],
@@ -607,10 +667,11 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         ddp_find_unused_parameters=False,  # every trainable weight gets a gradient: no extra graph walk per step
         disable_tqdm=not sys.stderr.isatty(),
     )
-    collator = PadCollator(tok.pad_token_id, use_weights=cfg.use_weights,
-                           multiple=pad_multiple("cuda" if cuda else "cpu"))
-    Trainer, WeightedTrainer = _trainer_classes()
-    cls = WeightedTrainer if cfg.use_weights else Trainer
+
+
+def _callbacks() -> list:
+    """Our Trainer callbacks: a log at every checkpoint (resumable loss curves) and one line per log."""
+    from transformers import TrainerCallback
 
     class LogAtSave(TrainerCallback):
         """Log (which resets the running loss) at every checkpoint and at the last step: no logged
@@ -630,20 +691,11 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
                 print(f"[sert] train: step {state.global_step}/{state.max_steps} (epoch {float(ep):.2f}) "
                       f"loss {float(logs['loss']):.4f}, lr {float(logs.get('learning_rate', 0)):.2e}", flush=True)
 
-    trainer = cls(model=model, args=args, data_collator=collator, train_dataset=feats, processing_class=tok,
-                  callbacks=[LogAtSave(), StepLog(), *report_cbs])
-    _quiet_trainer_logs(trainer)
-    t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=last or None)
-    wall = time.time() - t0
-    useful, padded, supervised = _token_counts(trainer, collator)
-    if not trainer.is_world_process_zero():
-        return final
+    return [LogAtSave(), StepLog()]
 
-    trained = trainer.accelerator.unwrap_model(trainer.model)
-    if cfg.lora:
-        trained = trained.merge_and_unload()
-    trained.config.use_cache = True
+
+def _loss_metrics(trainer, result, wall: float, useful: int, padded: int) -> tuple[list[dict], dict]:
+    """The logged loss curve and the run's metrics (final and mean loss, steps, time, throughput)."""
     curve = [{"step": h["step"], "epoch": h.get("epoch"), "loss": h["loss"], "grad_norm": h.get("grad_norm")}
              for h in trainer.state.log_history if "loss" in h]
     # Mean over all steps from the logged windows (each log averages the steps since the last
@@ -651,7 +703,7 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     prev, total = 0, 0.0
     for c in curve:
         total, prev = total + c["loss"] * (c["step"] - prev), c["step"]
-    metrics = {
+    return curve, {
         "final_loss": round(curve[-1]["loss"], 4) if curve else None,
         "mean_train_loss": round(total / prev, 4) if prev else round(result.training_loss, 4),
         "steps": trainer.state.global_step,
@@ -659,67 +711,32 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         "useful_tokens_per_s": round(useful / wall, 1) if wall > 0 and useful else None,
         "padding_efficiency": round(useful / padded, 3) if padded else None,
     }
-    settings = {"stage": stage, "data": source, "examples": len(feats), "truncated": truncated,
-                "precision": precision, "precision_reason": precision_reason, **plan,
-                **{k: v for k, v in to_dict(cfg).items() if k not in ("logging_steps", "save_total_limit")}}
-    summary = {
-        "stage": stage, "model": model_name, "data": source, "n_examples": len(feats), "n_truncated": truncated,
-        "loss_curve": curve, **metrics,
-        "tokens": {"useful": useful, "padded": padded, "supervised": supervised,
-                   "note": "all processes, counted in this session (after a resume: since the resume)"},
-        "resumed_from": last, "device": str(trainer.args.device), "precision": precision,
-        "precision_reason": precision_reason, **plan, "lr_scheduler": cfg.lr_scheduler,
-        "warmup_ratio": cfg.warmup_ratio, "max_grad_norm": cfg.max_grad_norm,
-        "max_completion_tokens": longest, "own_max_completion_tokens": own_longest,
-        "config": to_dict(cfg), "fingerprint": fp, "versions": _versions(),
-    }
+
+
+def _trained_model(trainer, cfg: TrainConfig):
+    """The trained model as it is saved: unwrapped, LoRA merged, its KV cache on again."""
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    if cfg.lora:
+        trained = trained.merge_and_unload()
+    trained.config.use_cache = True
+    return trained
+
+
+def _write_final(out: Path, trained, tok, card: dict, info: dict, summary: dict) -> None:
+    """Write ``out/final`` (weights, tokenizer, model card, sert_training.json) into a temp directory,
+    then the summary, then rename: ``final/`` exists only complete and marks the run done."""
+    from .evaluate import TRAINING_INFO
+
     tmp = Path(tempfile.mkdtemp(prefix=".final-tmp-", dir=out))
     try:
         trained.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        card = {"name": f"{Path(str(model_name)).name}-sert-{stage}", "base_model": model_name, "stage": stage,
-                "data": source, "n_examples": len(feats), "settings": settings, "metrics": metrics}
         atomic_write_text(tmp / "README.md", _model_card(card))
-        atomic_write_json(tmp / TRAINING_INFO, {"stage": stage, "base_model": str(model_name),
-                                                "max_completion_tokens": longest,
-                                                "own_max_completion_tokens": own_longest,
-                                                "inherited_max_completion_tokens": inherited})
+        atomic_write_json(tmp / TRAINING_INFO, info)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
         # summary first: final/ is what marks the run done, so it must come last
         atomic_write_json(out / "train_summary.json", summary)
-        os.replace(tmp, final)
+        os.replace(tmp, out / "final")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"[sert] train: done in {wall:.0f}s, final loss {metrics['final_loss']}, "
-          f"{metrics['useful_tokens_per_s']} tokens/s -> {final}")
-    return final
-
-
-# ------------------------------------------------------------------ CLI
-def add_parser(sub) -> None:
-    from .cli import add_config_flags, add_model_args
-
-    p = sub.add_parser("train", help="self-train / distil / fine-tune a model (SERT §II-B, §II-C)",
-                       description=__doc__.split("\n\n")[0])
-    add_model_args(p)
-    p.add_argument("--data", required=True,
-                   help="self: selected.jsonl (or its dir); distill: rationales.jsonl (or its dir); "
-                        "finetune: a task name (train split) or JSONL/CSV with question, answer")
-    p.add_argument("--stage", required=True, choices=STAGES)
-    p.add_argument("--out", required=True, help="run directory: DIR/final, DIR/checkpoints, DIR/train_summary.json")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the last checkpoint in DIR/checkpoints (automatic when one exists)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N records")
-    add_config_flags(p, TrainConfig)
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args) -> int:
-    from .cli import config_from_args
-
-    cfg = config_from_args(TrainConfig, args, section="train")
-    final = run_train(args.model, args.data, args.stage, cfg, args.out, resume=args.resume,
-                      device=args.device, dtype=args.dtype, limit=args.limit)
-    print(final)
-    return 0

@@ -10,7 +10,7 @@ What it does (the same records as the transformers path, so filters and reports 
 - mining, ``mode=sert``: one request per question with ``max_tokens=1`` and ``logprobs=k``
   gives the top-k first tokens (the branches); then one request per (question, branch),
   prompt + branch token, ``n`` samples with the same top-k / top-p / temperature, seeded
-  per question (``sert.mine.question_seed``) so a question's paths do not depend on which
+  per question (``sert.sampling.question_seed``) so a question's paths do not depend on which
   questions share a batch; ``enable_prefix_caching`` makes the k branch requests share the
   prompt's KV cache. ``mode=cot-decoding``: the branches continued greedily.
   Log-probs are vLLM's ``raw_logprobs`` (the model's own distribution, temperature 1, no
@@ -26,10 +26,14 @@ directory or hub id (``random:`` benchmark models are not).
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable, Sequence
 
 from .errors import SertError
+from .sampling import path_record, question_seed, samples_per_branch, settings_key
+from .templates import STOP_STRINGS
+from .tokens import eos_token_ids
 
 ENV = "SERT_BACKEND"
 CHOICES = ("auto", "hf", "vllm")
@@ -70,18 +74,12 @@ def choose_backend(device: str | None = None, requested: str | None = None) -> s
 
 
 class VllmLM:
-    """A loaded vLLM engine plus what sert's code reads from a model (name, generation_config)."""
-
-    training = False  # read by code written for torch modules (mine() toggles eval mode)
+    """A loaded vLLM engine as a generator object: what mining and evaluation call on it
+    (:meth:`mine_chunk`, :meth:`generate_greedy`) and what they read (``generation_config``,
+    the context length through ``config``). It is no torch module and does not pretend to be one."""
 
     def __init__(self, llm, path: str, generation_config=None):
         self.llm, self.path, self.generation_config = llm, path, generation_config
-
-    def eval(self):
-        return self
-
-    def train(self, mode: bool = True):
-        return self
 
     @property
     def config(self):
@@ -91,6 +89,15 @@ class VllmLM:
         engine = getattr(self.llm, "llm_engine", None)
         return SimpleNamespace(max_position_embeddings=getattr(getattr(engine, "model_config", None),
                                                                "max_model_len", None))
+
+    def mine_chunk(self, tokenizer, exs, prompts: list[list[int]], cfg, eos: list[int]) -> dict[str, list[dict]]:
+        """vLLM twin of :func:`sert.mine._decode_chunk`: id -> the question's records, in path order."""
+        return decode_chunk(self, tokenizer, exs, prompts, cfg, eos)
+
+    def generate_greedy(self, tokenizer, prompts: Sequence[str], batch_size: int = 32, max_new_tokens: int = 128,
+                        progress: bool = True, on_batch=None) -> list[dict]:
+        """vLLM twin of :func:`sert.evaluate.generate_greedy` (see :func:`generate_greedy`)."""
+        return generate_greedy(self, tokenizer, prompts, batch_size, max_new_tokens, progress, on_batch=on_batch)
 
 
 def is_vllm(model) -> bool:
@@ -125,84 +132,92 @@ def _lp(entry: dict, tid: int) -> float:
 
 def _margin(entry: dict) -> float:
     """p(top-1) - p(top-2) at one step from a vLLM logprobs dict (ranked entries)."""
-    import math
-
     ranked = sorted(((getattr(v, "rank", None) or 10**9, getattr(v, "logprob", v)) for v in entry.values()))
     ps = [math.exp(lp) for _, lp in ranked[:2]] + [0.0, 0.0]
     return ps[0] - ps[1]
 
 
-def decode_chunk(model: VllmLM, tokenizer, exs, prompts: list[list[int]], cfg, eos: list[int], fwd=None
+def decode_chunk(model: VllmLM, tokenizer, exs, prompts: list[list[int]], cfg, eos: list[int]
                  ) -> dict[str, list[dict]]:
     """vLLM twin of :func:`sert.mine._decode_chunk`: id -> the question's records, in path order."""
-    from vllm import SamplingParams
-
-    from .mine import path_delta, question_seed, settings_key
-
-    greedy = cfg.mode == "cot-decoding"
-    K, N, T = cfg.top_k_branches, (1 if cfg.mode == "cot-decoding" else cfg.samples_per_branch), cfg.max_new_tokens
+    branches = _branches(model, prompts, cfg, eos)
+    conts = _continuations(model, exs, prompts, branches, cfg, eos)
     eos_set = set(eos)
-    skip = eos_set if cfg.skip_eos_branch else set()  # branch on the top-k tokens other than EOS
-    first = model.llm.generate([{"prompt_token_ids": p} for p in prompts],
-                               SamplingParams(max_tokens=1, temperature=0.0, logprobs=max(K, 2) + len(skip)),
-                               use_tqdm=False)
-    branches = []
-    for out in first:
-        entry = out.outputs[0].logprobs[0]
-        ranked = sorted(entry.items(), key=lambda kv: getattr(kv[1], "rank", 10**9))
-        ranked = [kv for kv in ranked if int(kv[0]) not in skip][:K]
-        branches.append(([int(t) for t, _ in ranked], [_lp(entry, t) for t, _ in ranked], _margin(entry)))
-    reqs, params, where = [], [], []
-    for b, (e, p) in enumerate(zip(exs, prompts)):
-        for rank, tid in enumerate(branches[b][0]):
-            if tid in eos_set or T == 1:
-                continue
-            reqs.append({"prompt_token_ids": p + [tid]})
-            params.append(SamplingParams(n=N, max_tokens=T - 1, logprobs=2, stop_token_ids=sorted(eos_set),
-                                         temperature=0.0 if greedy else cfg.temperature,
-                                         top_k=-1 if greedy else cfg.top_k, top_p=1.0 if greedy else cfg.top_p,
-                                         seed=None if greedy else (question_seed(cfg.seed, e.id) + rank) % 2**63))
-            where.append((b, rank))
-    conts: dict[tuple[int, int], list] = {}
-    if reqs:
-        for (b, rank), out in zip(where, model.llm.generate(reqs, params, use_tqdm=False)):
-            conts[(b, rank)] = list(out.outputs)
-    import math
-
     key = settings_key(cfg)
+    N = samples_per_branch(cfg)
     result: dict[str, list[dict]] = {}
     for b, e in enumerate(exs):
         ids_b, lps_b, m0 = branches[b]
         recs = []
-        for j in range(K * N):
+        for j in range(cfg.top_k_branches * N):
             rank, sample = divmod(j, N)
-            bid = ids_b[rank]
-            if bid in eos_set:
-                tid, lps, mg, finish = [], [], [], "eos"
-            else:
-                tid, lps, mg, finish = [bid], [lps_b[rank]], [m0], "length"
-                outs = conts.get((b, rank))
-                if outs:
-                    o = outs[sample]
-                    c_ids, c_lp = list(o.token_ids), list(o.logprobs or [])
-                    if c_ids and c_ids[-1] in eos_set:
-                        c_ids, c_lp, finish = c_ids[:-1], c_lp[:len(c_ids) - 1], "eos"
-                    elif o.finish_reason == "stop":
-                        finish = "eos"
-                    tid += c_ids
-                    lps += [_lp(d, t) for d, t in zip(c_lp, c_ids)]
-                    mg += [_margin(d) for d in c_lp]
-            text = tokenizer.decode(tid, skip_special_tokens=True)
-            recs.append({
-                "id": e.id, "question": e.question, "answer": e.answer, "kind": e.kind, "choices": e.choices,
-                "mode": cfg.mode, "seed": cfg.seed, "settings": key, "path": j, "branch_rank": rank,
-                "branch_token": tokenizer.decode([bid]), "branch_token_id": bid,
-                "branch_prob": float(f"{math.exp(lps_b[rank]):.6g}"), "sample": sample, "text": text,
-                "token_ids": tid, "n_tokens": len(tid), "logprobs": [round(x, 5) for x in lps], "finish": finish,
-                "delta": path_delta(tokenizer, tid, text, mg, e.kind, e.choices), "backend": "vllm",
-            })
+            tid, lps, mg, eos_end = _path(ids_b[rank], lps_b[rank], m0, conts.get((b, rank)), sample, eos_set)
+            recs.append(path_record(tokenizer, e, cfg, key, j, ids_b[rank], math.exp(lps_b[rank]), tid, lps, mg,
+                                    eos_end, backend="vllm"))
         result[e.id] = recs
     return result
+
+
+def _branches(model: VllmLM, prompts: list[list[int]], cfg, eos: list[int]
+              ) -> list[tuple[list[int], list[float], float]]:
+    """Per prompt: the top-k first tokens (EOS ids left out with ``skip_eos_branch``), their
+    log-probs and the first step's margin, from one ``max_tokens=1`` request each."""
+    from vllm import SamplingParams
+
+    K = cfg.top_k_branches
+    skip = set(eos) if cfg.skip_eos_branch else set()
+    first = model.llm.generate([{"prompt_token_ids": p} for p in prompts],
+                               SamplingParams(max_tokens=1, temperature=0.0, logprobs=max(K, 2) + len(skip)),
+                               use_tqdm=False)
+    out = []
+    for o in first:
+        entry = o.outputs[0].logprobs[0]
+        ranked = sorted(entry.items(), key=lambda kv: getattr(kv[1], "rank", 10**9))
+        ranked = [kv for kv in ranked if int(kv[0]) not in skip][:K]
+        out.append(([int(t) for t, _ in ranked], [_lp(entry, t) for t, _ in ranked], _margin(entry)))
+    return out
+
+
+def _continuations(model: VllmLM, exs, prompts, branches, cfg, eos: list[int]) -> dict[tuple[int, int], list]:
+    """(question, branch rank) -> vLLM's n completions of prompt + branch token, with the paper's
+    sampler seeded per question and branch (greedy in cot-decoding mode)."""
+    from vllm import SamplingParams
+
+    greedy = cfg.mode == "cot-decoding"
+    eos_set = set(eos)
+    reqs, params, where = [], [], []
+    for b, (e, p) in enumerate(zip(exs, prompts)):
+        for rank, tid in enumerate(branches[b][0]):
+            if tid in eos_set or cfg.max_new_tokens == 1:
+                continue
+            reqs.append({"prompt_token_ids": p + [tid]})
+            params.append(SamplingParams(n=samples_per_branch(cfg), max_tokens=cfg.max_new_tokens - 1, logprobs=2,
+                                         stop_token_ids=sorted(eos_set),
+                                         temperature=0.0 if greedy else cfg.temperature,
+                                         top_k=-1 if greedy else cfg.top_k, top_p=1.0 if greedy else cfg.top_p,
+                                         seed=None if greedy else (question_seed(cfg.seed, e.id) + rank) % 2**63))
+            where.append((b, rank))
+    if not reqs:
+        return {}
+    return {w: list(out.outputs) for w, out in zip(where, model.llm.generate(reqs, params, use_tqdm=False))}
+
+
+def _path(bid: int, blp: float, m0: float, outs, sample: int, eos_set: set[int]):
+    """One path's token ids, log-probs and margins (branch token first) and whether EOS ended it."""
+    if bid in eos_set:
+        return [], [], [], True
+    tid, lps, mg, eos_end = [bid], [blp], [m0], False
+    if outs:
+        o = outs[sample]
+        c_ids, c_lp = list(o.token_ids), list(o.logprobs or [])
+        if c_ids and c_ids[-1] in eos_set:
+            c_ids, c_lp, eos_end = c_ids[:-1], c_lp[:len(c_ids) - 1], True
+        elif o.finish_reason == "stop":
+            eos_end = True
+        tid += c_ids
+        lps += [_lp(d, t) for d, t in zip(c_lp, c_ids)]
+        mg += [_margin(d) for d in c_lp]
+    return tid, lps, mg, eos_end
 
 
 def generate_greedy(model: VllmLM, tokenizer, prompts: Sequence[str], batch_size: int = 32, max_new_tokens: int = 128,
@@ -212,13 +227,8 @@ def generate_greedy(model: VllmLM, tokenizer, prompts: Sequence[str], batch_size
     vLLM schedules its own batches, ``batch_size`` only sets how often ``on_batch`` runs."""
     from vllm import SamplingParams
 
-    from .evaluate import STOP_STRINGS
-
     stops = list(STOP_STRINGS if stop_strings is _DEFAULT else (stop_strings or []))
-    gen = model.generation_config
-    e = getattr(gen, "eos_token_id", None) if gen is not None else None
-    eos = {x for x in (e if isinstance(e, (list, tuple)) else [e]) if x is not None} | {tokenizer.eos_token_id}
-    eos.discard(None)
+    eos = set(eos_token_ids(model, tokenizer))
     sp = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=stops or None,
                         include_stop_str_in_output=True, stop_token_ids=sorted(eos))
     results: list[dict | None] = [None] * len(prompts)
