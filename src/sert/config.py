@@ -119,7 +119,7 @@ class TrainConfig:
     batch_size: int = opt(8, "effective (global) batch per optimizer step; (S) paper: 8; (D) per process: "
                              "batch_size / (processes x grad_accum), which must divide")
     learning_rate: float = opt(3e-4, "Adam learning rate; (S) paper: 3e-4")
-    epochs: float = opt(20.0, "training epochs; (S) paper: 20")
+    epochs: float = opt(20, "training epochs; (S) paper: 20")
     grad_accum: int = opt(1, "micro-batches accumulated per optimizer step (within batch_size); (D)")
     lr_scheduler: str = opt("constant", "learning-rate schedule; (D) paper silent: constant Adam as in "
                                         "Fine-tune-CoT")

@@ -75,14 +75,15 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def config_identity(cfg: RunConfig) -> dict:
-    """The resolved config without operational keys: what defines the experiment. Integral floats
-    are written as integers (a default ``20`` and the ``20.0`` read back from config.yaml are one value)."""
-    return {k: int(v) if isinstance(v, float) and v.is_integer() else v
-            for k, v in _flatten(to_dict(cfg)).items() if k not in OPERATIONAL_KEYS}
+    """The resolved config without operational keys: what defines the experiment."""
+    return {k: v for k, v in _flatten(to_dict(cfg)).items() if k not in OPERATIONAL_KEYS}
 
 
 def config_hash(cfg: RunConfig) -> str:
-    blob = json.dumps(config_identity(cfg), sort_keys=True, default=str)
+    """Hash of :func:`config_identity`; integral floats count as integers (a default ``20`` and the
+    ``20.0`` read back from config.yaml are one value)."""
+    ident = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in config_identity(cfg).items()}
+    blob = json.dumps(ident, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
