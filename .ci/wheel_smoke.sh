@@ -40,7 +40,8 @@ esac
 step "sert --version / tasks / configs"
 "$V/sert" --version
 "$V/sert" tasks >/dev/null
-"$V/sert" configs | grep -q '^paper/strategyqa_gpt2 '
+listing=$("$V/sert" configs)
+grep -q '^paper/strategyqa_gpt2 ' <<<"$listing"
 
 step "sert bench --quick --only mining"
 "$V/sert" bench --quick --only mining --out bench.json >/dev/null

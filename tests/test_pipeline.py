@@ -217,3 +217,12 @@ def test_a_run_without_epochs_in_its_yaml_resumes_as_the_same_config(tmp_path):
     cfg = load_run_config(p)
     _write_config(d, cfg)
     _check_run_dir(d, cfg)  # no "made by a different config"
+
+
+def test_a_reader_that_leaves_early_is_no_error():
+    """`sert configs | grep -q ...` (CI's wheel smoke test did this): the reader closes the pipe and sert's
+    next write fails with EPIPE; that ends the command quietly, exit 0, no traceback."""
+    p = subprocess.Popen([sys.executable, "-m", "sert", "configs"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # before the interpreter has even started: every write sert makes meets a closed pipe
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0 and "Traceback" not in err, err

@@ -40,3 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sert: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `sert configs | head`: the reader left; no traceback
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush too
+        return 0
