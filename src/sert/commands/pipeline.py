@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
-    d = sub.add_parser("demo", help="a CPU-sized SERT experiment on the embedded model, end to end (~15 min)",
+    d = sub.add_parser("demo", help="a CPU-sized SERT experiment on the embedded model, end to end (~10 min on 2 cores)",
                        description="Runs the packaged demo config (all five arms on StrategyQA with the embedded "
                                    "SmolLM2-135M) and writes a full report. Resumable.")
     d.add_argument("--out", default=None, metavar="DIR", help="run directory (default: runs/demo)")
