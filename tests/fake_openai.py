@@ -6,11 +6,40 @@ scenario answers what).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import socket
 import struct
+import threading
 from http.server import BaseHTTPRequestHandler
+
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def no_proxy(monkeypatch) -> None:
+    """Requests to 127.0.0.1 go straight to the test server, whatever proxy the environment sets."""
+    for v in PROXY_VARS:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+
+
+@contextlib.contextmanager
+def serving(srv, limit_s: float = 60):
+    """Run ``srv`` (an http.server on 127.0.0.1) in a thread for the ``with`` block; shut down after
+    ``limit_s`` even if a test hangs, and closed on exit."""
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    stopper = threading.Timer(limit_s, srv.shutdown)
+    stopper.daemon = True
+    stopper.start()
+    try:
+        yield srv
+    finally:
+        stopper.cancel()
+        srv.shutdown()
+        srv.server_close()
+        t.join(5)
 
 
 def completion(model: str, text: str, id: str = "c", usage: bool = False, logprobs: list | None = None) -> bytes:

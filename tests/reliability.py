@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fake_openai import ChatHandler, completion
+from fake_openai import ChatHandler, completion, no_proxy, serving
 from sert.cli import main
 
 KEY = "sk-test-SECRET-0a1b2c3d4e5f6a7b8c9d"
@@ -54,9 +54,7 @@ def quiet_env(one_thread):
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("TOKENIZERS_PARALLELISM", "false")
         mp.delenv("OPENAI_API_KEY", raising=False)
-        for v in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-            mp.delenv(v, raising=False)
-        mp.setenv("NO_PROXY", "127.0.0.1")
+        no_proxy(mp)
         yield
 
 
@@ -253,17 +251,8 @@ class _Handler(ChatHandler):
 
 @pytest.fixture
 def server():
-    srv = Server()
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    stopper = threading.Timer(180, srv.shutdown)  # bounded even if a test hangs
-    stopper.daemon = True
-    stopper.start()
-    yield srv
-    stopper.cancel()
-    srv.shutdown()
-    srv.server_close()
-    t.join(5)
+    with serving(Server(), 180) as srv:
+        yield srv
 
 
 def synthetic_paths(p: Path, n_q: int = 300, per_q: int = 10) -> Path:

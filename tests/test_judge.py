@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from http.server import ThreadingHTTPServer
 
 import pytest
 
-from fake_openai import ChatHandler, completion
+from fake_openai import ChatHandler, completion, no_proxy, serving
 from sert.cli import main
 from sert.io import atomic_write_jsonl, read_json
 
@@ -25,19 +24,14 @@ class Handler(ChatHandler):
 
 @pytest.fixture
 def server(monkeypatch):
-    for v in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(v, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    no_proxy(monkeypatch)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     srv.daemon_threads = True
     srv.requests = []
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(srv, 180):
+        yield srv
 
 
 def _filter_dir(tmp_path, name="filt"):

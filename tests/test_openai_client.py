@@ -17,7 +17,7 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
-from fake_openai import ChatHandler, completion
+from fake_openai import ChatHandler, completion, no_proxy, serving
 from sert.openai_client import LLMClient, judge_score, judge_scores, parse_score
 
 KEY = "sk-test-SECRET-9f8e7d6c5b4a"
@@ -105,21 +105,10 @@ class Handler(ChatHandler):
 
 @pytest.fixture
 def server(monkeypatch):
-    for v in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(v, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    no_proxy(monkeypatch)
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    srv = FaultServer()
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    stopper = threading.Timer(60, srv.shutdown)  # bounded even if the test hangs
-    stopper.daemon = True
-    stopper.start()
-    yield srv
-    stopper.cancel()
-    srv.shutdown()
-    srv.server_close()
-    t.join(5)
+    with serving(FaultServer(), 60) as srv:
+        yield srv
 
 
 def _client(srv, tmp_path, sleeps, **kw):
