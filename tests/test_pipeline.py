@@ -226,3 +226,30 @@ def test_a_reader_that_leaves_early_is_no_error():
     p.stdout.close()  # before the interpreter has even started: every write sert makes meets a closed pipe
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 0 and "Traceback" not in err, err
+
+
+def test_a_seeded_mine_dir_resumes_and_other_settings_are_refused(tiny_dir, tmp_path):
+    """notes/sqa_full_mine_partial.md's resume: a run directory holding only mine/ (paths mined by
+    `sert mine` elsewhere) is accepted and its chunks are kept; mined with other settings, it is refused."""
+    import dataclasses
+
+    from sert.mine import run_mine
+    from sert.pipeline import run_experiment
+
+    cfg = load_run_config(tiny_config(tmp_path, tiny_dir), {"arms": ["sert"], "mine.limit": 2})
+    run = tmp_path / "run"
+    run_mine(str(tiny_dir), "strategyqa", cfg.mine, run / "mine", device="cpu", progress=False)
+    before = (run / "mine" / "paths.jsonl").read_text()
+    assert len({json.loads(ln)["id"] for ln in before.splitlines()}) == 2
+    grown = load_run_config(tiny_config(tmp_path, tiny_dir), {"arms": ["sert"], "mine.limit": 3})
+    res = run_experiment(grown, progress=False)
+    assert res["stages"]["mine"]["action"] == "resumed"
+    after = (run / "mine" / "paths.jsonl").read_text()
+    assert after.startswith(before) and len({json.loads(ln)["id"] for ln in after.splitlines()}) == 3
+
+    other = tmp_path / "other"
+    run_mine(str(tiny_dir), "strategyqa", dataclasses.replace(cfg.mine, samples_per_branch=1), other / "mine",
+             device="cpu", progress=False)
+    with pytest.raises(SertError, match="holds a mining run with other settings"):
+        run_experiment(load_run_config(tiny_config(tmp_path, tiny_dir), {"arms": ["sert"], "out": str(other)}),
+                       progress=False)

@@ -101,6 +101,9 @@ def _check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
         raise SertError(f"--out {run_dir}: exists and is not a directory; use another --out")
     if not (run_dir / "config.yaml").exists():
         stray = [p.name for p in run_dir.iterdir() if p.name != ".sert.lock"]
+        if stray == ["mine"] and (run_dir / "mine" / "mine_meta.json").is_file():
+            return  # mined paths seeded from elsewhere (e.g. a committed partial mine): the miner checks
+            #         their settings against the config before it resumes them
         if stray:
             raise SertError(f"{run_dir} exists and is not a sert run directory (no config.yaml; holds "
                             f"{', '.join(sorted(stray)[:3])}{'...' if len(stray) > 3 else ''}); use another --out")
