@@ -1,4 +1,4 @@
-"""sert.bench: the benchmark's machinery, not its speed (no timing assertions).
+"""sert.tools.bench: the benchmark's machinery, not its speed (no timing assertions).
 
 Tiny random Llama (hidden 64, 2 layers) with the embedded tokenizer; real StrategyQA prompts.
 """
@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
-from sert import bench
-from sert.bench import BenchSizes
+from sert.tools import bench
+from sert.tools.bench import BenchSizes
 from sert.errors import SertError
 from sert.tokens import eos_token_ids
 
