@@ -11,7 +11,7 @@ import random
 
 import torch
 
-from sert.bench import default_mega_batch_mult, distill_pairs, grouped_order, mining_examples
+from sert.tools.bench import default_mega_batch_mult, distill_pairs, grouped_order, mining_examples
 from sert.models import load_tokenizer, ASSETS
 from sert.templates import mining_prompt
 from sert.train import tokenize_pairs

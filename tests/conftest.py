@@ -1,7 +1,8 @@
 """Shared test fixtures.
 
-``tiny_llama``: the one builder of the tests' tiny random Llama models (every fixture below and
-in other test modules that needs one calls it with its own sizes), as the ``make_tiny_llama`` fixture.
+``tiny_lm``: the one builder of the tests' tiny random models (a Llama, or a GPT-2 with
+``arch="gpt2"``), saved with its tokenizer where asked; every fixture below and in other test
+modules that needs a tiny model calls it with its own sizes, as the ``make_tiny`` fixture.
 ``tiny_model``: a tiny random LlamaForCausalLM (hidden 64, 2 layers, 4 heads) with the
 embedded model's real tokenizer, built once per session. It is shared by every test
 that asks for it: do not train or patch it in place; ``copy.deepcopy(model)`` first.
@@ -18,27 +19,45 @@ import pytest
 os.environ.setdefault("SERT_DTYPE_PROBE", "0")
 
 
-def tiny_llama(tok, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 4, positions: int = 1024,
-               tie: bool = True, seed: int = 0):
-    """A tiny random LlamaForCausalLM over ``tok``'s vocabulary and special tokens (fp32, CPU,
-    weights drawn after ``torch.manual_seed(seed)``; MLP width 2 x hidden)."""
+def tiny_lm(tok, arch: str = "llama", *, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int | None = None,
+            positions: int = 1024, tie: bool = True, seed: int = 0, save_to=None):
+    """A tiny random causal LM over ``tok``'s vocabulary and special tokens (fp32, CPU, weights drawn
+    after ``torch.manual_seed(seed)``): ``arch="llama"`` a LlamaForCausalLM (MLP width 2 x hidden,
+    ``kv_heads`` key/value heads, default ``heads``; pad = the tokenizer's), ``"gpt2"`` a
+    GPT2LMHeadModel (MLP width 4 x hidden, GPT-2's own; no key/value heads of its own).
+    ``positions``: the context (Llama's max_position_embeddings, GPT-2's n_positions).
+    ``save_to``: also save the model and the tokenizer there as a Hugging Face model directory."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=positions,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=tie,
-    )
+    if arch == "llama":
+        from transformers import LlamaConfig as Config, LlamaForCausalLM as Model
+
+        cfg = Config(
+            vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=heads if kv_heads is None else kv_heads,
+            max_position_embeddings=positions, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id, tie_word_embeddings=tie,
+        )
+    elif arch == "gpt2":
+        from transformers import GPT2Config as Config, GPT2LMHeadModel as Model
+
+        assert kv_heads in (None, heads), "GPT-2 has as many key/value heads as heads"
+        cfg = Config(vocab_size=len(tok), n_positions=positions, n_embd=hidden, n_layer=layers, n_head=heads,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=tie)
+    else:
+        raise ValueError(f"unknown tiny model arch {arch!r}; expected llama or gpt2")
     torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg)
+    model = Model(cfg)
+    if save_to is not None:
+        model.save_pretrained(save_to)
+        tok.save_pretrained(save_to)
+    return model
 
 
 @pytest.fixture(scope="session")
-def make_tiny_llama():
-    """:func:`tiny_llama`, for test modules' own fixtures."""
-    return tiny_llama
+def make_tiny():
+    """:func:`tiny_lm`, for test modules' own fixtures."""
+    return tiny_lm
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +75,7 @@ def tiny_model():
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    model = tiny_llama(tok).eval()
+    model = tiny_lm(tok).eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     return model, tok

@@ -59,14 +59,14 @@ def quiet_env(one_thread):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, make_tiny_llama) -> Path:
+def tiny(tmp_path_factory, make_tiny) -> Path:
     """A tiny random LlamaForCausalLM (hidden 32) saved with the shipped SmolLM2 tokenizer (no download)."""
     from transformers import AutoTokenizer
 
     import sert
 
     tok = AutoTokenizer.from_pretrained(Path(sert.__file__).parent / "assets" / "smollm2-135m")
-    model = make_tiny_llama(tok, hidden=32, positions=512)
+    model = make_tiny(tok, hidden=32, positions=512)
     model.generation_config.pad_token_id = tok.pad_token_id
     d = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(d)

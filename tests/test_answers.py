@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from sert.answers import extract_answer, is_correct, normalize_answer, truncate_continuation
+from sert.answers import (NEXT_EXAMPLE, NEXT_QUESTION, Extraction, extract_answer, has_continuation, is_correct,
+                          normalize_answer, truncate_continuation)
 from sert.tasks import DATA, get_task
 
 
@@ -43,6 +44,53 @@ def test_continuation_is_cut_before_extraction():
     text = " Frost comes in winter.\nQuestion: Is the sky green? Answer: So the answer is yes."
     assert truncate_continuation(text) == " Frost comes in winter."
     assert extract_answer(text, "yesno").answer is None
+
+
+def test_the_span_is_where_the_answer_was_read():
+    # several "the answer is": the span points at the final answer, the one extracted
+    t = "The answer is usually no. The reason is unclear. So the answer is yes."
+    got = extract_answer(t, "yesno")
+    assert (got.answer, got.method) == ("yes", "strict")
+    assert got.span == (t.rindex("yes"), t.rindex("yes") + 3)
+    t = "The answer is (A). On reflection the answer is (C) mall."
+    got = extract_answer(t, "choice", ["bank", "library", "mall", "zoo", "park"])
+    assert got.answer == "C" and t[got.span[0]:got.span[1]] == "(C)"
+    t = " 2 + 3 = 5.\nSo the answer is 5 apples \nQuestion: and 7?"
+    got = extract_answer(t, "number")
+    assert got.answer == "5" and got.span == (t.rindex("5 apples"), t.rindex("5 apples") + 1)
+    t = " Yes, birds fly."                               # flexible: the located word
+    assert extract_answer(t, "yesno").span == (1, 4)
+    t = "So the answer is \"yajo\"."                      # strict, not located: the sentence, trimmed
+    got = extract_answer(t, "text")
+    assert got.answer == "yajo" and t[got.span[0]:got.span[1]] == '"yajo"'
+    assert extract_answer("So the answer is either (a) x or (e) y.", "choice", ["x", "b", "c", "d", "y"]).span is None
+    assert extract_answer("I am not sure.", "yesno") == Extraction(None, None)
+
+
+@pytest.mark.parametrize("text,cut", [
+    (" Yes.\nQuestion: Is it?", " Yes."),                # a line opening with Question: / Q: (cut at the newline)
+    (" Yes.\n  Q: Is it?", " Yes."),
+    (" No.\n* Question: Is it?", " No.\n* "),          # Question: after a space
+    (" Yes. Question: Is it?", " Yes. "),
+    ("Question: Is it? Answer: yes", ""),                # the text opens with it
+    ("Q: Is it?", ""),
+    (" Yes. Q: Is it?", " Yes."),                         # Q: after a sentence end
+    (" Yes! \tQ : Is it?", " Yes!"),
+    (" The Q: value is 3.", None),                        # not a new example
+    (" I have a question: why?", None),
+    (" Yes.\nQuestions: none", None),
+])
+def test_one_definition_of_a_next_question(text, cut):
+    assert truncate_continuation(text) == (text if cut is None else cut)
+    assert has_continuation(text) == (cut is not None) == (NEXT_EXAMPLE.search(text) is not None)
+
+
+def test_evaluation_stops_at_the_marker_the_definition_is_built_on():
+    from sert.templates import STOP_STRINGS, mining_prompt, train_prompt
+
+    assert STOP_STRINGS == [NEXT_QUESTION] == ["Question:"]
+    for prompt in (mining_prompt("Is it?"), train_prompt("Is it?")):
+        assert prompt.startswith(NEXT_QUESTION) and has_continuation(" Yes. " + prompt)
 
 
 def test_numbers_compare_as_floats():

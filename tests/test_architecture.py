@@ -1,6 +1,7 @@
 """The package's shape: no import circle among sert's modules, the command layer on top (no
-stage module imports it), and every config field's help (meaning, paper value or our decision)
-reaching ``sert <command> --help``."""
+stage module imports it), the tools (``sert.tools``: the benchmark) apart from the stages (no stage
+module imports them; they use only the stages' public names), and every config field's help
+(meaning, paper value or our decision) reaching ``sert <command> --help``."""
 from __future__ import annotations
 
 import ast
@@ -14,6 +15,7 @@ from sert import config
 
 SRC = Path(sert.__file__).parent
 COMMAND_LAYER = {"sert.cli", "sert.commands"}
+TOOLS = "sert.tools"
 
 
 def module_name(path: Path) -> str:
@@ -80,6 +82,60 @@ def test_no_stage_module_imports_the_command_layer():
     below = {m: deps & COMMAND_LAYER for m, deps in g.items()
              if m not in COMMAND_LAYER and not m.startswith("sert.commands.") and m != "sert.__main__"}
     assert {m: d for m, d in below.items() if d} == {}
+
+
+def is_tool(m: str) -> bool:
+    return m == TOOLS or m.startswith(TOOLS + ".")
+
+
+def is_command(m: str) -> bool:
+    return m in COMMAND_LAYER or m.startswith("sert.commands.") or m == "sert.__main__"
+
+
+def private_names(source: str, package: str, modules: set[str]) -> set[str]:
+    """The underscore-prefixed names ``source`` (a module of ``package``) takes from sert modules:
+    ``from sert.x import _y`` (relative too) or ``x._y`` on a sert module it imported."""
+    out, bound = set(), {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            base = base[:len(base) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            for a in node.names:
+                if f"{target}.{a.name}" in modules:  # a module: remember the name it is bound to
+                    bound[a.asname or a.name] = f"{target}.{a.name}"
+                elif target in modules and a.name.startswith("_"):
+                    out.add(f"{target}.{a.name}")
+        elif isinstance(node, ast.Import):
+            bound.update({a.asname: a.name for a in node.names if a.asname and a.name in modules})
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            out.add(f"{bound[node.value.id]}.{node.attr}")
+    return out
+
+
+def test_the_private_name_reader_sees_both_forms():
+    mods = {"sert", "sert.mine", "sert.tools", "sert.tools.bench"}
+    src = ("from ..mine import _forward_kw, mine\nfrom .. import mine as m\n"
+           "def f():\n    return m._new_cache(None), m.mine, m.__doc__\n")
+    assert private_names(src, "sert.tools", mods) == {"sert.mine._forward_kw", "sert.mine._new_cache"}
+    assert private_names("from sert.mine import mine\n", "sert.tools", mods) == set()
+
+
+def test_tools_live_apart_from_the_stages_and_use_their_public_api():
+    g = import_graph()
+    tools = sorted(m for m in g if is_tool(m))
+    assert "sert.tools.bench" in tools and not any(m.startswith("sert.bench") for m in g)
+    users = {m for m, deps in g.items() if any(is_tool(d) for d in deps) and not is_tool(m)}
+    assert users and all(is_command(m) for m in users), users  # `sert bench`, nothing below the commands
+    modules = set(g)
+    for m in tools:
+        path = SRC.parent.joinpath(*m.split(".")).with_suffix(".py")
+        if not path.exists():
+            path = SRC.parent.joinpath(*m.split("."), "__init__.py")
+        package = m if path.name == "__init__.py" else m.rpartition(".")[0]
+        assert private_names(path.read_text(encoding="utf-8"), package, modules) == set(), m
 
 
 def test_every_config_field_has_help_with_its_source():

@@ -1,4 +1,4 @@
-"""sert.bench: the benchmark's machinery, not its speed (no timing assertions).
+"""sert.tools.bench: the benchmark's machinery, not its speed (no timing assertions).
 
 Tiny random Llama (hidden 64, 2 layers) with the embedded tokenizer; real StrategyQA prompts.
 """
@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
-from sert import bench
-from sert.bench import BenchSizes
+from sert.tools import bench
+from sert.tools.bench import BenchSizes
 from sert.errors import SertError
 from sert.tokens import eos_token_ids
 
@@ -141,17 +141,11 @@ def test_fixed_pad_collator_pads_to_the_fixed_length():
     assert c.batches == [(4, 12)]
 
 
-def test_run_bench_json_has_every_figure_with_a_ratio(tmp_path, tiny_model):
+def test_run_bench_json_has_every_figure_with_a_ratio(tmp_path, tiny_model, make_tiny):
     """End to end through the CLI entry, on a tiny random architecture (random:PATH)."""
     _, tok = tiny_model
-    from transformers import LlamaConfig
-
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=True)
     d = tmp_path / "arch"
-    cfg.save_pretrained(d)
+    make_tiny(tok, kv_heads=2).config.save_pretrained(d)  # the architecture only: random weights
     out = tmp_path / "bench.json"
     from sert.cli import main
 

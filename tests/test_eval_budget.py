@@ -154,21 +154,16 @@ def test_teacher_named_and_flagged_when_not_the_papers(tmp_path):
 
 # ------------------------------------------------------------------ over-long input
 @pytest.fixture(scope="module")
-def short_context(tmp_path_factory):
+def short_context(tmp_path_factory, make_tiny):
     """A tiny GPT-2 with 64 positions (past them its position embedding has no row) and a user file
     whose second line holds a question of ~300,000 characters."""
-    import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoTokenizer
 
     from sert.models import embedded_model_dir
 
     d = tmp_path_factory.mktemp("short-ctx")
     tok = AutoTokenizer.from_pretrained(embedded_model_dir())
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=16, n_layer=1, n_head=2,
-                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
-    model.save_pretrained(d / "m")
-    tok.save_pretrained(d / "m")
+    make_tiny(tok, "gpt2", hidden=16, layers=1, heads=2, positions=64, save_to=d / "m")
     rows = [{"question": "Is water wet?", "answer": "yes"},
             {"question": "Is fire cold? " + "very " * 60000, "answer": "no"},   # ~300,000 characters
             {"question": "Do fish swim?", "answer": "yes"}]

@@ -7,20 +7,14 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def tiny_gpt2(tmp_path_factory):
-    import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+def tiny_gpt2(tmp_path_factory, make_tiny):
+    from transformers import AutoTokenizer
 
     from sert.models import embedded_model_dir
 
     tok = AutoTokenizer.from_pretrained(embedded_model_dir())
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=32, n_layer=2, n_head=2,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    model = GPT2LMHeadModel(cfg)
     d = tmp_path_factory.mktemp("tiny-gpt2")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
+    make_tiny(tok, "gpt2", hidden=32, layers=2, heads=2, positions=512, save_to=d)
     return d
 
 

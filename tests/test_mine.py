@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 import torch
 
-from sert.answers import answer_char_span
+from sert.answers import extract_answer
 from sert.config import MineConfig
 from sert.errors import SertError
 from sert.mine import _forward_kw, mine
@@ -377,18 +377,18 @@ def test_cot_decoding_mode(tiny_model, tmp_path):
 def test_answer_span_and_delta(tiny_model):
     _, tok = tiny_model
     text = " Birds have wings, so the answer is yes."
-    s = answer_char_span(text, "yesno")
+    s = extract_answer(text, "yesno").span
     assert text[s[0]:s[1]] == "yes"
-    s = answer_char_span(" No, dogs cannot fly.", "yesno")
+    s = extract_answer(" No, dogs cannot fly.", "yesno").span
     assert s == (1, 3)
     t = " 3 apples plus 4 is 7 apples"
-    s = answer_char_span(t, "number")
+    s = extract_answer(t, "number").span
     assert t[s[0]:s[1]] == "7"
     t = " I think (B) is right"
-    s = answer_char_span(t, "choice", ["a", "b", "c"])
+    s = extract_answer(t, "choice", ["a", "b", "c"]).span
     assert t[s[0]:s[1]] == "(B)"
-    assert answer_char_span(" The sky is a thing", "yesno") is None
-    assert answer_char_span("", "yesno") is None
+    assert extract_answer(" The sky is a thing", "yesno").span is None
+    assert extract_answer("", "yesno").span is None
 
     ids = tok(text, add_special_tokens=False)["input_ids"]
     margins = [0.1 * i for i in range(len(ids))]
@@ -478,8 +478,8 @@ def test_settings_key_names_every_sampling_setting():
 
 def test_answer_span_after_the_answer_phrase():
     t = " 2 + 3 = 5, so the answer is 5 apples"
-    s = answer_char_span(t, "number")
+    s = extract_answer(t, "number").span
     assert s == (t.rindex("5"), t.rindex("5") + 1)
     t = " It is cold there. Therefore, the answer is no, it is not."
-    s = answer_char_span(t, "yesno")
+    s = extract_answer(t, "yesno").span
     assert t[s[0]:s[1]] == "no"

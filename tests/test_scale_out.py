@@ -18,16 +18,14 @@ import torch
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, make_tiny_llama):
+def tiny_dir(tmp_path_factory, make_tiny):
     """A tiny random Llama with the embedded tokenizer, saved; and 32 distillation records."""
     from sert.models import embedded_model_dir, load_tokenizer
     from sert.tasks import get_task
 
     d = tmp_path_factory.mktemp("scale")
     tok = load_tokenizer(str(embedded_model_dir()))
-    model = make_tiny_llama(tok, hidden=32, layers=1, heads=2, kv_heads=2, positions=256, tie=False)
-    model.save_pretrained(d / "tiny")
-    tok.save_pretrained(d / "tiny")
+    make_tiny(tok, hidden=32, layers=1, heads=2, kv_heads=2, positions=256, tie=False, save_to=d / "tiny")
     with open(d / "data.jsonl", "w", encoding="utf-8") as f:
         for e in get_task("strategyqa").examples("train", 32):
             f.write(json.dumps({"question": e.question, "answer": e.answer,

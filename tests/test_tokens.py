@@ -32,10 +32,10 @@ def bos_tokenizer():
 
 
 @pytest.fixture(scope="module")
-def bos_model(make_tiny_llama):
+def bos_model(make_tiny):
     """``(model, tokenizer)``: a tiny random Llama over :func:`bos_tokenizer` (reusable by other tests)."""
     tok = bos_tokenizer()
-    model = make_tiny_llama(tok, hidden=32, layers=1, heads=2, kv_heads=2, positions=256, tie=False).eval()
+    model = make_tiny(tok, hidden=32, layers=1, heads=2, kv_heads=2, positions=256, tie=False).eval()
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok

@@ -28,10 +28,9 @@ def tok():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, tok, make_tiny_llama):
+def tiny(tmp_path_factory, tok, make_tiny):
     path = tmp_path_factory.mktemp("tiny")
-    make_tiny_llama(tok, kv_heads=2, positions=512, tie=False).save_pretrained(path)
-    tok.save_pretrained(path)
+    make_tiny(tok, kv_heads=2, positions=512, tie=False, save_to=path)
     return path
 
 

@@ -1,7 +1,10 @@
 """The one answer extractor, shared by filtering, teaching and evaluation.
 
 Whether a mined path, a teacher rationale or a model prediction is correct is
-decided by the same two functions: :func:`extract_answer` and :func:`is_correct`.
+decided by the same two functions: :func:`extract_answer` and :func:`is_correct`. This module
+is the only place that reads an output: the answer, where it is (:attr:`Extraction.span`, for
+mining's CoT-decoding confidence) and where a hallucinated next example starts
+(:data:`NEXT_EXAMPLE`, cut before reading; the Fmt metric and the filters flag it).
 
 Extraction is a named chain, as in lm-evaluation-harness:
 
@@ -26,8 +29,25 @@ from typing import Sequence
 
 KINDS = ("yesno", "choice", "number", "text")
 
-# Text a small model produces after its answer that belongs to a new example.
-_CONTINUATION = re.compile(r"\n\s*(Question|Q)\s*:|(?<=[.!?\s])Question\s*:")
+NEXT_QUESTION = "Question:"
+"""The marker that opens an example in every prompt (:mod:`sert.templates`): a small model that
+writes it after its answer has started a hallucinated next example. Evaluation stops generating
+at this literal (``sert.templates.STOP_STRINGS``); :data:`NEXT_EXAMPLE` is where such a new
+example starts in an output."""
+
+_Q = re.escape(NEXT_QUESTION.rstrip(":"))  # "Question"
+NEXT_EXAMPLE = re.compile(
+    rf"\n\s*(?:{_Q}|Q)\s*:"        # "Question:" or "Q:" opening a line (cut at the newline)
+    rf"|(?<=[.!?\s]){_Q}\s*:"       # "Question:" after a space or a sentence end
+    rf"|^(?:{_Q}|Q)\s*:"             # "Question:" or "Q:" opening the text
+    r"|(?<=[.!?])[^\S\n]*Q\s*:")   # "Q:" after a sentence end on the same line
+"""Where an output starts a hallucinated next example: the one definition of "a hallucinated
+next ``Question:``". :func:`truncate_continuation` cuts an output at its first match before the
+answer is read (extraction, evaluation's reasoning length and repetition), :func:`has_continuation`
+(the Fmt metric's ``continuation`` issue) is true exactly when there is a match, and the filters'
+``prompt_imitation`` rule rejects a mined path with a match (and other prompt markers).
+Case-sensitive; a bare ``Q:`` mid-sentence ("the Q: ...") is not a new example."""
+
 _ANSWER_IS = re.compile(r"the answer is\s*:?\s*", re.IGNORECASE)
 _YES = {"yes", "true", "correct"}
 _NO = {"no", "false", "incorrect"}
@@ -36,21 +56,24 @@ _NUMBER = re.compile(r"-?\$?\s?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 @dataclass(frozen=True)
 class Extraction:
+    """What :func:`extract_answer` reads from an output."""
     answer: str | None
     method: str | None  # "strict", "flexible" or None
+    # Where the answer is: ``text[span[0]:span[1]]`` states it (whitespace-trimmed); None without an
+    # answer. Mining's CoT-decoding confidence averages the margins of the tokens in this span.
+    span: tuple[int, int] | None = None
 
 
 def truncate_continuation(text: str) -> str:
-    """Cut a generation where it starts a hallucinated new ``Question:``."""
-    m = _CONTINUATION.search(text)
+    """Cut a generation where it starts a hallucinated next example (:data:`NEXT_EXAMPLE`)."""
+    m = NEXT_EXAMPLE.search(text)
     return text[: m.start()] if m else text
 
 
 def has_continuation(text: str) -> bool:
-    """True if the output starts a new example (hallucinated ``Question:``/``Q:``): a format issue.
-    (Broader at the start of a text and after ``.``/``!``/``?`` than :func:`truncate_continuation`'s cut;
-    kept as the metric was defined.)"""
-    return re.search(r"(^|\n|[.!?]\s*)(Question|Q)\s*:", text) is not None
+    """True if the output starts a hallucinated next example (:data:`NEXT_EXAMPLE`), i.e. exactly
+    when :func:`truncate_continuation` cuts it: a format issue."""
+    return NEXT_EXAMPLE.search(text) is not None
 
 
 def normalize_number(s: str) -> str | None:
@@ -115,7 +138,12 @@ def _first_sentence(s: str) -> str:
 
 
 def extract_answer(text: str, kind: str, choices: Sequence[str] | None = None) -> Extraction:
-    """Extract and normalise the answer of a generated ``text`` (see module doc)."""
+    """Extract and normalise the answer of a generated ``text`` (see module doc), and where it is.
+
+    The span (:attr:`Extraction.span`) is found where the answer was read: after the same
+    ``the answer is`` up to the end of that sentence (strict), else the first yes/no word, option,
+    or the last number that normalises to the extracted answer (flexible).
+    """
     if not text:
         return Extraction(None, None)
     body = truncate_continuation(text)
@@ -126,11 +154,16 @@ def extract_answer(text: str, kind: str, choices: Sequence[str] | None = None) -
         tail = _first_sentence(body[m.end():]) if kind != "number" else body[m.end():].split("\n")[0]
         ans = normalize_answer(tail, kind, choices)
         if ans is not None:
-            return Extraction(ans, "strict")
+            stop = re.search(r"\n" if kind == "number" else r"[.\n]", body[m.end():])
+            end = m.end() + stop.start() if stop else len(body)
+            span = _locate(body, m.end(), end, kind, ans, choices, last=False) or (m.end(), end)
+            return Extraction(ans, "strict", _trim(text, span))
         if kind == "choice" and len(set(re.findall(r"\(([A-Za-z])\)", tail.upper()))) > 1:
             return Extraction(None, None)  # a stated hedge: no fallback guess
     ans = _flexible(body, kind, choices)
-    return Extraction(ans, "flexible" if ans is not None else None)
+    if ans is None:
+        return Extraction(None, None)
+    return Extraction(ans, "flexible", _trim(text, _locate(body, 0, len(body), kind, ans, choices, last=True)))
 
 
 def _flexible(body: str, kind: str, choices: Sequence[str] | None) -> str | None:
@@ -173,18 +206,12 @@ def is_correct(pred: str | None, gold: str, kind: str) -> bool:
     return pred == gold
 
 
-# ---------------------------------------------------------------- where the answer is
+# ---------------------------------------------------------------- where the answer is (Extraction.span)
 _YESNO_WORD = re.compile(r"\b(yes|no|true|false|correct|incorrect)\b", re.IGNORECASE)
 
 
-def answer_char_span(text: str, kind: str, choices: Sequence[str] | None = None) -> tuple[int, int] | None:
-    """Character span in ``text`` of the answer :func:`extract_answer` reads, or None.
-
-    After ``the answer is`` up to the end of that sentence (strict), else the first yes/no
-    word, option, or the last number that normalises to the extracted answer (flexible).
-    Mining's CoT-decoding confidence averages the margins of the tokens in this span.
-    """
-    span = _answer_span(text, kind, choices)
+def _trim(text: str, span: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``span`` without leading and trailing whitespace; None if nothing is left."""
     if span is None:
         return None
     a, b = span
@@ -193,19 +220,6 @@ def answer_char_span(text: str, kind: str, choices: Sequence[str] | None = None)
     while b > a and text[b - 1].isspace():
         b -= 1
     return (a, b) if b > a else None
-
-
-def _answer_span(text: str, kind: str, choices: Sequence[str] | None) -> tuple[int, int] | None:
-    ext = extract_answer(text, kind, choices)
-    if ext.answer is None:
-        return None
-    body = truncate_continuation(text)
-    m = _ANSWER_IS.search(body)
-    if ext.method == "strict" and m:
-        stop = re.search(r"\n" if kind == "number" else r"[.\n]", body[m.end():])
-        end = m.end() + stop.start() if stop else len(body)
-        return _locate(body, m.end(), end, kind, ext.answer, choices, last=False) or (m.end(), end)
-    return _locate(body, 0, len(body), kind, ext.answer, choices, last=True)
 
 
 def _locate(body, a, b, kind, ans, choices, last) -> tuple[int, int] | None:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .answers import extract_answer, is_correct
+from .answers import NEXT_EXAMPLE, extract_answer, is_correct
 from .config import FilterConfig, check
 from .metrics import rep_n as _metrics_rep_n
 from .errors import SertError
@@ -67,13 +67,16 @@ def perplexity(logprobs: Sequence[float]) -> float | None:
 
 
 # ------------------------------------------------------------------ pattern rules
-_IMITATION = re.compile(r"\bquestion\s*:|\banswer(?:\s+choices)?\s*:|(?:^|\n)\s*q\s*:", re.IGNORECASE)
+# The prompt's markers anywhere in a path, in any case: broader than a next example's start.
+_PROMPT_MARKER = re.compile(r"\bquestion\s*:|\banswer(?:\s+choices)?\s*:|(?:^|\n)\s*q\s*:", re.IGNORECASE)
 
 
 def prompt_imitation(text: str) -> bool:
-    """The path imitates the prompt format: it writes ``Question:``, ``Answer:``, ``Q:`` or
-    ``Answer Choices:`` itself (a small model starting a new example)."""
-    return bool(_IMITATION.search(text))
+    """The path imitates the prompt format: it starts a hallucinated next example
+    (:data:`sert.answers.NEXT_EXAMPLE`, what evaluation cuts and the Fmt metric flags) or writes
+    ``Question:``, ``Answer:``, ``Answer Choices:`` (anywhere, any case) or ``Q:`` (at a line start)
+    itself."""
+    return bool(NEXT_EXAMPLE.search(text) or _PROMPT_MARKER.search(text))
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")

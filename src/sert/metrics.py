@@ -3,7 +3,7 @@
 - ``acc``  accuracy, with a 95% bootstrap confidence interval;
 - ``fmt``  format alignment: share of outputs with no format error (no
   ``So the answer is <answer>``), no hallucinated continuation (a new
-  ``Question:``/``Q:`` after the answer) and no severe repetition;
+  ``Question:``/``Q:``: :data:`sert.answers.NEXT_EXAMPLE`) and no severe repetition;
 - ``len``  mean reasoning length in tokens (output before the answer phrase);
 - ``rep``  unigram repetition rep-1 = 1 - unique tokens / tokens.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Sequence
 
-from .answers import answer_char_span
+from .answers import extract_answer
 from .config import MineConfig
 
 
@@ -101,7 +101,7 @@ def path_delta(tokenizer, ids: list[int], text: str, margins: list[float], kind:
     """CoT-decoding confidence Δ (Wang & Zhou 2024, eq. 1) of one path, or None without an answer."""
     if not ids:
         return None
-    span = answer_char_span(text, kind, choices)
+    span = extract_answer(text, kind, choices).span
     if span is None:
         return None
     a = _token_at_char(tokenizer, ids, span[0])

@@ -31,7 +31,7 @@ import os
 from urllib.parse import urlsplit, urlunsplit
 from pathlib import Path
 
-from .answers import extract_answer, is_correct
+from .answers import extract_answer, is_correct, truncate_continuation
 from .config import TeachConfig, check, to_dict
 from .errors import SertError, did_you_mean
 from .io import RunLock, atomic_write_json, atomic_write_jsonl, read_json
@@ -61,9 +61,10 @@ def _davinci(path: Path, examples: list[Example]) -> dict[str, dict]:
 
 
 def parse_palm(text: str) -> tuple[str, str | None]:
-    """(rationale, answer text) of a PaLM CoT completion: cut at the first hallucinated
-    ``Q:``, split on "So the answer is" (answer text None when the phrase is absent)."""
-    body = text.split("Q:")[0]
+    """(rationale, answer text) of a PaLM CoT completion: cut where it starts a hallucinated next
+    example (:func:`sert.answers.truncate_continuation`: its ``\n\nQ:``), split on "So the answer is"
+    (answer text None when the phrase is absent)."""
+    body = truncate_continuation(text)
     rationale, sep, ans = body.partition("So the answer is")
     return rationale.strip(), ("So the answer is" + ans.rstrip()) if sep else None
 

@@ -6,6 +6,8 @@ prompt string is what evaluation feeds the trained model.
 """
 from __future__ import annotations
 
+from .answers import NEXT_QUESTION
+
 ANSWER_PHRASE = "So the answer is"
 COT_TRIGGER = "Let's think step by step."
 
@@ -46,7 +48,7 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
-# A small model's hallucinated next example starts here: evaluation stops decoding at it
-# (transformers' and vLLM's stop strings); sert.answers cuts an output there before reading it.
-NEXT_QUESTION = "Question:"
+# A small model's hallucinated next example starts with the prompts' "Question:"
+# (sert.answers.NEXT_QUESTION): evaluation stops decoding at it (transformers' and vLLM's stop
+# strings); sert.answers cuts an output where a next example starts (NEXT_EXAMPLE) before reading it.
 STOP_STRINGS = [NEXT_QUESTION]

@@ -1,4 +1,4 @@
-"""``sert bench``: the speed benchmarks against their baselines (library: :func:`sert.bench.run_bench`)."""
+"""``sert bench``: the speed benchmarks against their baselines (library: :func:`sert.tools.bench.run_bench`)."""
 from __future__ import annotations
 
 import argparse
@@ -6,12 +6,12 @@ import dataclasses
 
 
 def add_parser(sub) -> None:
-    from ..bench import EXTRA_SECTIONS, PRESETS, SECTIONS, BenchSizes
-    from .. import bench
+    from ..tools import bench
+    from ..tools.bench import EXTRA_SECTIONS, PRESETS, SECTIONS, BenchSizes
 
     p = sub.add_parser("bench", help="benchmark mining, training and evaluation against their baselines",
                        description=bench.__doc__.split("\n\n")[0]
-                       + " See the module doc (sert/bench.py) for the method.")
+                       + " See the module doc (sert/tools/bench.py) for the method.")
     p.add_argument("--model", default="random:smollm2-135m", metavar="MODEL",
                    help="model to benchmark (default random:smollm2-135m: SmolLM2's architecture, random weights; "
                         "also random:gpt2[-medium|-large], smollm2-135m, an HF id or path)")
@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import report, run_bench
+    from ..tools.bench import report, run_bench
 
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     overrides = {k[5:]: v for k, v in vars(args).items() if k.startswith("size_")}

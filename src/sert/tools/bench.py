@@ -71,8 +71,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import SertError
-from .tokens import eos_token_ids
+from ..errors import SertError
+from ..tokens import eos_token_ids
 
 SECTIONS = ("matmul", "mining", "training", "eval")
 EXTRA_SECTIONS = ("dtype", "mining_batch")  # on request (--only): fp32 vs the dtype choice; mining vs batch size
@@ -322,12 +322,12 @@ def bench_matmul(device: str, dtype: str, n: int, min_s: float = 1.0) -> dict:
 
 # ------------------------------------------------------------------ data
 def mining_examples(n: int):
-    from .tasks import get_task
+    from ..tasks import get_task
     return get_task("strategyqa").examples("train", n)
 
 
 def eval_examples(n: int):
-    from .tasks import get_task
+    from ..tasks import get_task
     return get_task("strategyqa").examples("test", n)
 
 
@@ -339,10 +339,10 @@ def distill_pairs() -> list[dict]:
 
 @functools.lru_cache(maxsize=1)
 def _distill_pairs() -> tuple[dict, ...]:
-    from .config import TeachConfig
-    from .tasks import get_task
-    from .teach import build_records, resolve_teacher, teacher_rationales
-    from .train import build_pairs
+    from ..config import TeachConfig
+    from ..tasks import get_task
+    from ..teach import build_records, resolve_teacher, teacher_rationales
+    from ..train import build_pairs
 
     task = get_task("strategyqa")
     exs = task.examples("train")
@@ -393,7 +393,7 @@ def hf_generate_mining(model, tokenizer, examples, new_tokens: int, top_k: int =
     Returns the number of generated tokens (EOS and padding excluded)."""
     import torch
 
-    from .templates import mining_prompt
+    from ..templates import mining_prompt
 
     eos = set(eos_token_ids(model, tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
@@ -411,8 +411,8 @@ def hf_generate_mining(model, tokenizer, examples, new_tokens: int, top_k: int =
 
 def sert_mining(model, tokenizer, examples, new_tokens: int, batch_questions: int, seed: int = 0) -> int:
     """Ours: ``sert.mine.mine`` at the paper's 5 x 5 (writes its JSONL to a temp dir). Returns tokens sampled."""
-    from .config import MineConfig
-    from .mine import mine
+    from ..config import MineConfig
+    from ..mine import mine
 
     cfg = MineConfig(max_new_tokens=new_tokens, batch_questions=batch_questions, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -422,7 +422,7 @@ def sert_mining(model, tokenizer, examples, new_tokens: int, batch_questions: in
 
 def bench_mining(model, tokenizer, device: str, sizes: BenchSizes, matmul_flops: float | None,
                  ours_fn: Callable = sert_mining, base_fn: Callable = hf_generate_mining) -> tuple[dict, list[dict]]:
-    from .templates import mining_prompt
+    from ..templates import mining_prompt
 
     exs = mining_examples(sizes.mine_questions)
     T, rows = sizes.mine_tokens, 25
@@ -489,7 +489,7 @@ class FixedPadCollator:
     """The naive baseline: every batch right-padded to one fixed length (labels -100, mask 0)."""
 
     def __init__(self, pad_id: int, length: int):
-        from .train import PadCollator
+        from ..train import PadCollator
 
         self.inner = PadCollator(pad_id)
         self.length = length
@@ -515,7 +515,7 @@ class CountingCollator:
     """sert's ``PadCollator`` with the per-batch (real, padded) token counts recorded."""
 
     def __init__(self, pad_id: int, multiple: int = 1):
-        from .train import PadCollator
+        from ..train import PadCollator
 
         self.inner = PadCollator(pad_id, multiple=multiple)
         self.batches: list[tuple[int, int]] = []
@@ -672,7 +672,7 @@ def bench_training(model, tokenizer, device: str, sizes: BenchSizes, precision: 
     random order; dynamic = ``PadCollator``, random order (what grouping adds by itself).
     See the module doc for the grouping of the small sample.
     """
-    from .train import tokenize_pairs
+    from ..train import tokenize_pairs
 
     n = sizes.train_steps * sizes.train_batch
     L = sizes.train_max_length
@@ -707,7 +707,7 @@ def bench_training(model, tokenizer, device: str, sizes: BenchSizes, precision: 
               precision, device, seed)
     mult = default_mega_batch_mult(len(all_feats), sizes.train_batch)   # as sert train on the whole set
     res["mega_batch_mult"] = mult
-    from .train import pad_multiple
+    from ..train import pad_multiple
 
     pm = pad_multiple(device)  # as sert train pads on this device
     res["pad_multiple"] = pm
@@ -774,10 +774,10 @@ def compare_predictions(a: Sequence[dict], b: Sequence[dict]) -> dict:
 
 def bench_eval(model, tokenizer, device: str, sizes: BenchSizes, generate: Callable | None = None
                ) -> tuple[dict, list[dict]]:
-    from .templates import train_prompt
+    from ..templates import train_prompt
 
     if generate is None:
-        from .evaluate import generate_greedy as generate
+        from ..evaluate import generate_greedy as generate
     exs = eval_examples(sizes.eval_questions)
     prompts = [train_prompt(e.question) for e in exs]
     T = sizes.eval_tokens
@@ -820,8 +820,8 @@ def batch_sweep(n_questions: int) -> list[int]:
 def bench_mining_batch(load: Callable[[], tuple], device: str, sizes: BenchSizes) -> tuple[dict, list[dict]]:
     """Mining tokens/s (fixed length, EOS masked) of ``sert.mine.mine`` at batch_questions 1, 2, 4, ...
     ``--mine-questions`` on the same questions; also what ``batch_questions: auto`` picks here."""
-    from .config import MineConfig
-    from .mine import questions_per_batch
+    from ..config import MineConfig
+    from ..mine import questions_per_batch
 
     model, tok, _ = load()
     exs = mining_examples(sizes.mine_questions)
@@ -854,8 +854,8 @@ def bench_dtype(load: Callable[[str], tuple], device: str, dtype: str, sizes: Be
     autocast (as ``sert train``). Also their quality: the share of greedy predictions identical and
     the accuracy of each (same checkpoint, EOS on, untimed), and the training loss of each over
     the same steps and data. ``load(dtype)`` returns ``(model, tokenizer)`` with that weight dtype."""
-    from .evaluate import generate_greedy, score
-    from .templates import train_prompt
+    from ..evaluate import generate_greedy, score
+    from ..templates import train_prompt
 
     res: dict = {"dtype": dtype, "load_before": load_avg(), "fp32": {}, dtype: {}}
     mexs, eexs = mining_examples(sizes.mine_questions), eval_examples(sizes.eval_questions)
@@ -908,7 +908,7 @@ def _dtype_training(load, device: str, dtype: str, sizes: BenchSizes, seed: int,
     """The training rows of :func:`bench_dtype`: same fp32 initial weights, same examples and order."""
     import random
 
-    from .train import pad_multiple, tokenize_pairs
+    from ..train import pad_multiple, tokenize_pairs
 
     model, tok = load("float32")
     model.train()
@@ -958,9 +958,9 @@ def run_bench(model_name: str = "random:smollm2-135m", device: str | None = "aut
               log: Callable[[str], None] = print) -> dict:
     import torch
 
-    from .models import load_model, pick_placement
-    from .train import training_precision
-    from .config import TrainConfig
+    from ..models import load_model, pick_placement
+    from ..train import training_precision
+    from ..config import TrainConfig
 
     bad = [s for s in only if s not in SECTIONS + EXTRA_SECTIONS]
     if bad:
@@ -1046,7 +1046,7 @@ def run_bench(model_name: str = "random:smollm2-135m", device: str | None = "aut
 def dtype_section(model_name: str, place, sizes: BenchSizes, seed: int = 0) -> tuple[dict, list[dict]]:
     """:func:`bench_dtype` for the chosen dtype, with the matmul of each dtype; nothing to compare
     where the choice is fp32."""
-    from .models import load_model
+    from ..models import load_model
 
     if place.dtype == "float32":
         return {"dtype": "float32", "reason": place.reason, "skipped": "the dtype is float32: nothing to compare"}, []
