@@ -36,9 +36,20 @@ def main() -> int:
     ap.add_argument("eval_dir", type=Path)
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--reparse-only", action="store_true",
+                    help="no generation: re-parse every stored output with this file's parser")
     a = ap.parse_args()
     m = json.loads((a.eval_dir / "metrics.json").read_text())
-    rows = [json.loads(ln) for ln in (a.eval_dir / "predictions.jsonl").read_text().splitlines()][: a.limit]
+    rows = [json.loads(ln) for ln in (a.eval_dir / "predictions.jsonl").read_text().splitlines()]
+    if a.reparse_only:
+        same = sum(parse(r["output"]) == r["pred"] for r in rows)
+        acc = sum(parse(r["output"]) == r["gold"] for r in rows)
+        diff = [(r["id"], r["pred"], parse(r["output"])) for r in rows if parse(r["output"]) != r["pred"]]
+        print(json.dumps({"eval_dir": str(a.eval_dir), "n": len(rows), "same_answer": same,
+                          "acc_sert": round(100 * m["acc"], 2), "acc_reparsed": round(100 * acc / len(rows), 2),
+                          "differ": diff[:10]}))
+        return 0
+    rows = rows[: a.limit]
     tok = AutoTokenizer.from_pretrained(m["model"])
     model = AutoModelForCausalLM.from_pretrained(m["model"], dtype=torch.float32).eval()
     budget = int(m["max_new_tokens"])
