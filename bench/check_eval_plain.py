@@ -36,22 +36,25 @@ def main() -> int:
     ap.add_argument("eval_dir", type=Path)
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--model", help="checkpoint (default: the eval's metrics.json 'model', a path relative to "
+                                     "where sert ran)")
     ap.add_argument("--reparse-only", action="store_true",
                     help="no generation: re-parse every stored output with this file's parser")
     a = ap.parse_args()
     m = json.loads((a.eval_dir / "metrics.json").read_text())
     rows = [json.loads(ln) for ln in (a.eval_dir / "predictions.jsonl").read_text().splitlines()]
+    reparsed = [parse(r["output"]) for r in rows]
     if a.reparse_only:
-        same = sum(parse(r["output"]) == r["pred"] for r in rows)
-        acc = sum(parse(r["output"]) == r["gold"] for r in rows)
-        diff = [(r["id"], r["pred"], parse(r["output"])) for r in rows if parse(r["output"]) != r["pred"]]
-        print(json.dumps({"eval_dir": str(a.eval_dir), "n": len(rows), "same_answer": same,
+        acc = sum(p == r["gold"] for p, r in zip(reparsed, rows))
+        diff = [(r["id"], r["pred"], p) for p, r in zip(reparsed, rows) if p != r["pred"]]
+        print(json.dumps({"eval_dir": str(a.eval_dir), "n": len(rows), "same_answer": len(rows) - len(diff),
                           "acc_sert": round(100 * m["acc"], 2), "acc_reparsed": round(100 * acc / len(rows), 2),
                           "differ": diff[:10]}))
         return 0
-    rows = rows[: a.limit]
-    tok = AutoTokenizer.from_pretrained(m["model"])
-    model = AutoModelForCausalLM.from_pretrained(m["model"], dtype=torch.float32).eval()
+    rows, reparsed = rows[: a.limit], reparsed[: a.limit]
+    path = a.model or m["model"]
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     budget = int(m["max_new_tokens"])
     eos = model.generation_config.eos_token_id
     same_text = same_pred = ok_plain = ok_sert = reparsed_same = 0
@@ -68,7 +71,7 @@ def main() -> int:
         same_pred += pred == r["pred"]
         ok_plain += pred == r["gold"]
         ok_sert += bool(r["correct"])
-        reparsed_same += parse(r["output"]) == r["pred"]
+        reparsed_same += reparsed[i] == r["pred"]
         if i < 3 or (i + 1) % 25 == 0:
             print(f"[{i + 1}/{len(rows)} {time.time() - t0:.0f}s] plain={pred} sert={r['pred']} gold={r['gold']}",
                   file=sys.stderr)
