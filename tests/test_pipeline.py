@@ -122,6 +122,18 @@ def test_arms_subset_only_runs_what_it_needs(tiny_dir, tmp_path):
     assert [s.name for s in build_stages(cfg, tmp_path / "r")] == ["eval:base", "train:finetune", "eval:finetune"]
 
 
+def test_seed_arms_repeat_only_the_named_arms_and_their_starting_arms(tiny_dir, tmp_path):
+    from sert.pipeline import build_stages
+
+    cfg = load_run_config(tiny_config(tmp_path, tiny_dir), {"arms": ["base", "finetune", "rd", "sert", "sert_rd"],
+                                                            "train.seeds": [1, 2], "train.seed_arms": ["sert_rd"]})
+    names = [s.name for s in build_stages(cfg, tmp_path / "r")]
+    assert [n for n in names if n.endswith("-s2")] == ["train:sert-s2", "train:sert_rd-s2", "eval:sert_rd-s2"]
+    assert {"train:finetune", "eval:sert", "eval:rd"} <= set(names)   # the first seed: every arm
+    with pytest.raises(SertError, match=r"train.seed_arms: base, srt not among the trained arms"):
+        load_run_config(tiny_config(tmp_path, tiny_dir), {"train.seeds": [1, 2], "train.seed_arms": ["base", "srt"]})
+
+
 def _sert(*args, cwd=None, timeout=600):
     return subprocess.run([sys.executable, "-m", "sert", *args], capture_output=True, text=True, timeout=timeout,
                           cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"})

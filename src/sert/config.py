@@ -130,6 +130,8 @@ class TrainConfig:
     seed: int = opt(42, "training seed; (D)")
     seeds: list[int] | None = opt(None, "repeat every training arm once per seed (none = [seed]); the first seed's "
                                         "arms keep the plain names; (D) the paper reports one run")
+    seed_arms: list[str] | None = opt(None, "the arms trained and evaluated again for every seed after the first "
+                                            "(none = all of them); an arm's starting arm is trained with it; (D)")
     bf16: str = opt("auto", "true | false | auto (= the --dtype auto choice); an explicit --dtype wins; (D)")
     lora: bool = opt(False, "train LoRA adapters through peft instead of all weights; (D) paper: full fine-tuning")
     lora_r: int = opt(16, "LoRA rank; (D)")
@@ -297,6 +299,11 @@ class RunConfig:
                 sub = _from_dict(FilterConfig, {**dataclasses.asdict(self.filter), **a.filter}, errs,
                                  prefix=f"arm_specs[{a.name}].filter.")
                 e += errs or [f"arm_specs[{a.name}].{m}" for m in sub.validate()]
+        if self.train.seed_arms is not None:
+            bad = [a for a in self.train.seed_arms if a not in self.arms or a == "base"]
+            if bad:
+                e.append(f"train.seed_arms: {', '.join(map(str, bad))} not among the trained arms of this run "
+                         f"(arms: {', '.join(a for a in self.arms if a != 'base')})")
         if self.train_limit is not None and self.train_limit < 1:
             e.append(f"train_limit: expected a positive integer, got {self.train_limit}")
         for sub in (self.mine, self.filter, self.train, self.teach, self.eval, self.judge):

@@ -57,6 +57,7 @@ OPERATIONAL_KEYS = {"out", "arms", "device", "mine.batch_questions", "eval.batch
                     # Keys a run may change and still be the same run: the stages they affect record what
                     # they were built with (Stage.identity) and are redone when it differs.
                     "eval.max_new_tokens", "eval.budget_margin", "eval.budget_factor", "eval.default_budget", "train.seeds",
+                    "train.seed_arms",
                     "arm_specs"}
 MARKER = ".done.json"
 VERB = {"ran": "running", "resumed": "resuming (torn earlier)",
@@ -330,11 +331,12 @@ def build_stages(cfg: RunConfig, run_dir: Path, progress: bool = True) -> list[S
     untrained = [a for a in cfg.arms if table[a].kind == "none"]
     for a in untrained:
         stages.append(eval_stage(a))
-    order = training_order(cfg.arms, table)
-    for seed in seeds:
-        for arm in order:
+    for i, seed in enumerate(seeds):
+        arms = cfg.arms if i == 0 or cfg.train.seed_arms is None else \
+            [a for a in cfg.arms if a in cfg.train.seed_arms]
+        for arm in training_order(arms, table):
             stages.append(train_stage(arm, seed))
-            if arm in cfg.arms:
+            if arm in arms:
                 stages.append(eval_stage(arm, seed))
     return stages
 
