@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sert.config import RunConfig, to_dict
-from sert.report import paper_row, significance, write_report, _load_run
+from sert.report import finetune_cot_row, paper_row, significance, write_report, _load_run
 
 N = 20
 # correctness per arm on the same 20 questions
@@ -71,10 +71,12 @@ def test_table_numbers_paper_row_and_significance(tmp_path):
     md = md_path.read_text()
     rows = table_rows(md)
     assert list(rows) == ["Base (untrained)", "Finetune", "RD", "SERT", "SERT+RD"]
-    assert rows["RD"][1:7] == ["40.00 [30.00, 50.00]", "95.0", "12.3", "0.123", "20", "52.69"]
-    assert rows["SERT+RD"][1] == "70.00 [60.00, 80.00]" and rows["SERT+RD"][-1] == "56.34"  # GPT-2-medium row
-    assert rows["Base (untrained)"][-1] == "–"
+    assert rows["RD"][1:8] == ["40.00 [30.00, 50.00]", "95.0", "12.3", "0.123", "20", "52.69", "56.19"]
+    assert rows["SERT+RD"][1] == "70.00 [60.00, 80.00]" and rows["SERT+RD"][-2:] == ["56.34", "–"]  # GPT-2-medium
+    assert rows["Finetune"][-2:] == ["50.22", "54.59"]    # the paper's Finetune; Fine-tune-CoT's vanilla fine-tuning
+    assert rows["Base (untrained)"][-2:] == ["–", "–"]
     assert "Paper Acc % (GPT-2-medium)" in md and "Judge" not in md.split("## Paired")[0]
+    assert "Fine-tune-CoT Acc % (GPT-2-medium; Finetune: its vanilla fine-tuning)" in md
 
     sig = {(s["baseline"], s["treatment"]): s for s in significance(_load_run(run))}
     s = sig[("rd", "sert_rd")]
@@ -106,7 +108,7 @@ def test_missing_arms_and_judge_and_other_model(tmp_path):
     rows = table_rows(md)
     assert list(rows) == ["Base (untrained)", "RD"]
     assert "Judge (0-10)" in md and rows["RD"][5] == f"6.50 (9/{N} scored)"  # the mean beside its coverage
-    assert "GPT-2 (124M), for reference" in md and rows["RD"][-1] == "52.69"
+    assert "GPT-2 (124M), for reference" in md and rows["RD"][-2:] == ["52.69", "55.75"]  # paper; Fine-tune-CoT
     assert "Needs both arms of a pair" in md and "SERT+RD vs RD" not in md
 
 
@@ -125,6 +127,9 @@ def test_paper_row_mapping():
     label, row, exact = paper_row("smollm2-135m", "strategyqa")
     assert label == "GPT-2 (124M), for reference" and not exact and row["rd"] == 52.69
     assert paper_row("gpt2", "gsm8k")[1] is None
+    assert finetune_cot_row("smollm2-135m", "commonsense_qa") == {"rd": 22.69, "finetune": 20.88}
+    assert finetune_cot_row("gpt2-large", "strategyqa") == {"rd": 53.86, "finetune": 52.98}
+    assert finetune_cot_row("gpt2", "gsm8k") is None
 
 
 def test_report_cli(tmp_path):
