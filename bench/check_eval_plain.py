@@ -1,5 +1,6 @@
 """Independent check of `sert eval`: a plain transformers loop (batch 1, `model.generate`, greedy)
-and a separate answer parser, against an eval directory's predictions.jsonl.
+and a separate answer parser (yes/no, or a multiple-choice letter A-E), against an eval directory's
+predictions.jsonl.
 
     python bench/check_eval_plain.py RUN/eval/ARM [--limit 100] [--dtype float32]
 
@@ -21,9 +22,16 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
-def parse(text: str) -> str | None:
-    """yes/no by its own rules: cut at a new 'Question:', the last 'answer is yes/no', else the first yes/no word."""
+def parse(text: str, choice: bool = False) -> str | None:
+    """By this file's own rules: cut at a new 'Question:'; yes/no: the last 'answer is yes/no', else the first
+    yes/no word; multiple choice: the last 'answer is (X)' / 'answer is X', else the first '(X)'."""
     text = re.split(r"\n\s*Q(?:uestion)?\s*:|(?<=[.!?\s])Question\s*:", text)[0]
+    if choice:
+        hits = re.findall(r"[Aa]nswer is\W*?(?:\(([A-Ea-e])\)|\b([A-E])\b)", text)
+        if hits:
+            return "".join(hits[-1]).upper()
+        w = re.search(r"\(([A-Ea-e])\)", text)
+        return w.group(1).upper() if w else None
     hits = re.findall(r"answer is\W*(yes|no)\b", text, flags=re.I)
     if hits:
         return hits[-1].lower()
@@ -43,7 +51,8 @@ def main() -> int:
     a = ap.parse_args()
     m = json.loads((a.eval_dir / "metrics.json").read_text())
     rows = [json.loads(ln) for ln in (a.eval_dir / "predictions.jsonl").read_text().splitlines()]
-    reparsed = [parse(r["output"]) for r in rows]
+    choice = all(len(str(r["gold"])) == 1 and str(r["gold"]).isupper() for r in rows)  # CommonsenseQA-style golds
+    reparsed = [parse(r["output"], choice) for r in rows]
     if a.reparse_only:
         acc = sum(p == r["gold"] for p, r in zip(reparsed, rows))
         diff = [(r["id"], r["pred"], p) for p, r in zip(reparsed, rows) if p != r["pred"]]
@@ -66,7 +75,7 @@ def main() -> int:
                                  eos_token_id=eos, pad_token_id=tok.pad_token_id or tok.eos_token_id,
                                  stop_strings=["Question:"], tokenizer=tok)
         text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        pred = parse(text)
+        pred = parse(text, choice)
         same_text += text.strip() == r["output"].strip()
         same_pred += pred == r["pred"]
         ok_plain += pred == r["gold"]
