@@ -43,3 +43,39 @@ def test_mcnemar_and_compare():
     assert (r["only_a"], r["only_b"]) == (0, 8) and r["p_value"] == pytest.approx(2 / 2 ** 8)
     c = compare_runs([{"id": i, "correct": x} for i, x in enumerate(a)], [{"id": i, "correct": x} for i, x in enumerate(b)])
     assert c["n"] == 20 and c["diff"] == pytest.approx(0.4)
+
+
+def test_pooled_seeds_are_tested_with_the_question_as_unit():
+    """Two seeds that repeat the same outcomes add no evidence: the clustered test must give what one seed
+    gives, where a test of every (question, seed) pair as independent halves the p-value or worse."""
+    from sert.metrics import compare_clustered
+
+    n = 300      # 60 questions only the treatment gets right, 40 only the baseline, 200 alike (McNemar p ~0.06)
+    a = [False] * 60 + [True] * 40 + [i % 2 == 0 for i in range(200)]
+    b = [True] * 60 + [False] * 40 + [i % 2 == 0 for i in range(200)]
+    one = compare_runs([{"id": i, "correct": x} for i, x in enumerate(a)],
+                       [{"id": i, "correct": x} for i, x in enumerate(b)])
+    pa = [{"id": f"{i}#s{s}", "correct": x} for s in (42, 43) for i, x in enumerate(a)]
+    pb = [{"id": f"{i}#s{s}", "correct": x} for s in (42, 43) for i, x in enumerate(b)]
+    naive = compare_runs(pa, pb)
+    c = compare_clustered(pa, pb, cluster=lambda r: r["id"].split("#")[0])
+    assert c["n"] == 2 * n and c["questions"] == n
+    assert c["diff"] == pytest.approx(one["diff"])
+    assert c["p_value"] == pytest.approx(one["p_value"], rel=0.25)          # permutation ~ exact McNemar
+    assert naive["p_value"] < 0.6 * one["p_value"]                          # what pooling naively claims
+    assert c["mde"] == pytest.approx(one["mde"], rel=1e-9)                  # duplicated seeds: same MDE
+    assert naive["mde"] < 0.75 * one["mde"]
+    width = lambda x: x["ci"][1] - x["ci"][0]                               # noqa: E731
+    assert width(c) == pytest.approx(width(one), rel=0.2) and width(naive) < 0.8 * width(one)
+
+
+def test_clustered_comparison_is_exact_on_few_discordant_questions():
+    from sert.metrics import compare_clustered
+
+    # 5 questions x 2 seeds; the treatment wins both seeds of 3 questions and nothing else differs:
+    # per-question sums (2, 2, 2, 0, 0); sign flips of three equal non-zero sums: P(|T| >= 6) = 2/8
+    a = [{"id": f"q{i}#s{s}", "correct": False} for s in (1, 2) for i in range(5)]
+    b = [{"id": f"q{i}#s{s}", "correct": i < 3} for s in (1, 2) for i in range(5)]
+    c = compare_clustered(a, b, cluster=lambda r: r["id"].split("#")[0])
+    assert c["p_value"] == pytest.approx(0.25)
+    assert (c["only_b"], c["only_a"], c["diff"]) == (6, 0, pytest.approx(0.6))

@@ -197,8 +197,9 @@ def significance(run: dict) -> list[dict]:
 
 def pooled_significance(run: dict) -> list[dict]:
     """The paper's comparisons pooled over training seeds: every (question, seed) is one pair, the
-    treatment of seed s against the baseline of seed s. Only where both arms have several seeds."""
-    from .metrics import compare_runs
+    treatment of seed s against the baseline of seed s, and the question is the unit of the test
+    (:func:`sert.metrics.compare_clustered`). Only where both arms have several seeds."""
+    from .metrics import compare_clustered
 
     out = []
     _, paper, _ = paper_row(run["model"] or "", run["task"] or "")
@@ -209,7 +210,7 @@ def pooled_significance(run: dict) -> list[dict]:
             continue
         pa = [dict(r, id=f"{r['id']}#s{s}") for s in common for r in sb[s]["preds"]]
         pb = [dict(r, id=f"{r['id']}#s{s}") for s in common for r in st[s]["preds"]]
-        c = compare_runs(pa, pb)
+        c = compare_clustered(pa, pb, cluster=lambda r: r["id"].rsplit("#s", 1)[0])
         pub = paper[treat] - paper[base] if paper and base in paper and treat in paper else None
         out.append({"baseline": base, "treatment": treat, "seeds": common, **c, "paper_diff_pp": pub})
     return out
@@ -399,14 +400,17 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
                          f"{s['only_b']} / {s['only_a']}", f"{s['p_value']:.4g}", verdict, f"{100 * s['mde']:.2f}",
                          "–" if pub is None else f"{pub:+.2f}", seen])
         d.append(("table", ["Comparison", "n", "Δ Acc (pp)", "95% paired bootstrap CI", "wins / losses",
-                            "McNemar exact p", "at α=0.05", "MDE (pp)", "paper Δ (pp)", "paper Δ detectable?"], rows))
+                            "p (McNemar exact; pooled: sign-flip over questions)", "at α=0.05", "MDE (pp)", "paper Δ (pp)", "paper Δ detectable?"], rows))
         d.append(("p", "Δ = treatment − baseline on the questions both arms answered; wins / losses count the "
                        "questions only the treatment / only the baseline got right (the discordant pairs McNemar's "
                        "test uses). Called significant when McNemar's p < 0.05 and the paired CI excludes 0. "
                        "MDE: the smallest difference this comparison detects 80% of the time at α = 0.05, given its n "
                        "and its share of discordant pairs ((1.96 + 0.84)·√(discordant/n)); a paper Δ below it could "
                        "not be seen here. Pooled rows pair each (question, seed) of the treatment with the same "
-                       "question and seed of the baseline."))
+                       "question and seed of the baseline; since a question's pairs are not independent, their p is "
+                       "a sign-flip permutation test over questions (all seeds of a question flip together), their "
+                       "CI resamples questions, and their MDE comes from the per-question mean differences "
+                       "((1.96 + 0.84)·√(mean d²/questions)); n counts pairs."))
     else:
         d.append(("p", "Needs both arms of a pair (SERT+RD and RD, or SERT and Finetune) evaluated."))
 
