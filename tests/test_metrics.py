@@ -79,3 +79,35 @@ def test_clustered_comparison_is_exact_on_few_discordant_questions():
     c = compare_clustered(a, b, cluster=lambda r: r["id"].split("#")[0])
     assert c["p_value"] == pytest.approx(0.25)
     assert (c["only_b"], c["only_a"], c["diff"]) == (6, 0, pytest.approx(0.6))
+
+
+def test_class_balance_separates_a_lean_from_knowledge():
+    from sert.metrics import class_balance
+
+    gold = ["no"] * 60 + ["yes"] * 40
+    rec = lambda preds: [{"gold": g, "pred": p, "correct": g == p} for g, p in zip(gold, preds)]  # noqa: E731
+    always_no = class_balance(rec(["no"] * 100))
+    assert always_no["balanced_acc"] == pytest.approx(0.5) and always_no["majority_acc"] == pytest.approx(0.6)
+    assert always_no["answers"] == {"no": 1.0} and always_no["recall"] == {"no": 1.0, "yes": 0.0}
+    # answers "no" 80% of the time whatever the gold: accuracy moves with the lean, balanced accuracy stays at 50%
+    lean = ["no" if i % 5 else "yes" for i in range(100)]
+    cb = class_balance(rec(lean))
+    assert sum(p == g for p, g in zip(lean, gold)) / 100 == pytest.approx(0.56)
+    assert cb["balanced_acc"] == pytest.approx(0.5) and cb["balanced_acc_ci"][0] < 0.5 < cb["balanced_acc_ci"][1]
+    # knows 3 in 4 of each class: 75%, and a missing answer counts as wrong
+    knows = [g if i % 4 else ("yes" if g == "no" else None) for i, g in enumerate(gold)]
+    cb = class_balance(rec(knows))
+    assert cb["balanced_acc"] == pytest.approx(0.75) and cb["balanced_acc_ci"][0] > 0.6
+    assert cb["answers"]["none"] == pytest.approx(0.1)
+    # multiple choice: five letters, chance 1/5; numbers: not a class task
+    mc = class_balance([{"gold": g, "pred": "A", "correct": g == "A"} for g in "ABCDE" * 4])
+    assert mc["chance"] == pytest.approx(0.2) and mc["balanced_acc"] == pytest.approx(0.2)
+    assert class_balance([{"gold": "12", "pred": "12", "correct": True}]) is None
+
+
+def test_metrics_json_reports_the_balanced_accuracy():
+    recs = [{"id": str(i), "gold": g, "pred": "no", "correct": g == "no", "method": "strict", "fmt_ok": True,
+             "reasoning_tokens": 3, "rep1": 0.0, "n_tokens": 5} for i, g in enumerate(["no", "no", "no", "yes"])]
+    m = summarize(recs, n_boot=50)
+    assert m["acc"] == pytest.approx(0.75) and m["balanced_acc"] == pytest.approx(0.5)
+    assert m["answers"] == {"no": 1.0}

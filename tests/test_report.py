@@ -183,3 +183,23 @@ def test_rescore_refreshes_stale_predictions_without_decoding(tmp_path, capsys):
     assert rescore_dir(d)["changed"] == 0
     assert json.loads((d / "metrics.json").read_text())["acc_ci"] == summarize(
         [next(r for r in new if r["id"] == e.id) for e in exs])["acc_ci"]
+
+
+def test_answers_by_class_shows_a_lean_as_chance(tmp_path):
+    """An arm that always answers the majority class gets the majority's accuracy and a balanced accuracy of
+    50%; one that knows the answers gets both high. The section is built from the stored predictions."""
+    run = make_run(tmp_path, arms=("finetune", "rd"))
+    gold = ["no" if i % 4 else "yes" for i in range(N)]                 # 15 no, 5 yes
+    for arm, preds in (("finetune", ["no"] * N), ("rd", gold)):
+        rows = [{"id": f"q{i}", "question": f"Q{i}?", "gold": g, "output": f"So the answer is {p}.", "pred": p,
+                 "correct": p == g, "method": "strict", "fmt_ok": True, "reasoning_tokens": 3, "rep1": 0.0,
+                 "n_tokens": 9} for i, (g, p) in enumerate(zip(gold, preds))]
+        (run / "eval" / arm / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    md = write_report(run)[0].read_text()
+    sect = md.split("### Answers by class")[1].split("\n### ")[0].split("\n## ")[0]
+    cells = {ln.split(" | ")[0].strip("| "): ln.strip("|").split(" | ") for ln in sect.splitlines()
+             if ln.startswith("| ") and not ln.startswith("| Arm")}
+    assert cells["Finetune"][1:3] == ["75.00", "50.00 [50.00, 50.00]"]
+    assert cells["Finetune"][3:6] == ["100.0", "0.0", "0.0"]            # answers no / yes / none
+    assert cells["RD"][1] == "100.00" and cells["RD"][2].startswith("100.00")
+    assert "any constant answer scores 50%" in sect and "('no', 75.00% of the test questions)" in sect

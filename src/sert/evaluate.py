@@ -27,7 +27,7 @@ from .config import EvalConfig
 from .errors import SertError
 from .identity import refuse_other
 from .io import JsonlLog, RunLock, atomic_write_json, atomic_write_jsonl, ensure_dir, read_json, read_jsonl
-from .metrics import SEVERE_REP4, bootstrap_ci, format_issues, rep_n
+from .metrics import SEVERE_REP4, bootstrap_ci, class_balance, format_issues, rep_n
 from .tasks import Example, load_examples
 from .templates import ANSWER_PHRASE, COT_TRIGGER, STOP_STRINGS, train_prompt
 
@@ -169,6 +169,10 @@ def summarize(records: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dic
         "cut_budget": sum(1 for c in cut if c == "budget") / n,  # ... still reasoning (the budget's)
         "max_output_tokens": max((r.get("n_tokens") or 0) for r in records),
     }
+    cb = class_balance(records, n_boot, seed)  # yes/no and multiple choice: does the arm only lean to a class?
+    if cb is not None:
+        m["balanced_acc"], m["balanced_acc_ci"] = cb["balanced_acc"], cb["balanced_acc_ci"]
+        m["answers"] = cb["answers"]
     if any("judge" in r for r in records):  # judge = mean of the scored only, beside its coverage
         from .openai_client import coverage
         m.update(coverage(records))

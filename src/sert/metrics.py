@@ -154,6 +154,49 @@ def compare_clustered(a: Sequence[dict], b: Sequence[dict], cluster, n_boot: int
     return out
 
 
+def class_balance(records: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dict | None:
+    """How an arm's answers split over the classes of a yes/no or multiple-choice task (records with
+    ``gold``, ``pred``): the balanced accuracy (mean over gold classes of the share answered right, i.e.
+    macro recall; any constant answer scores 1 / number of classes, 50% on yes/no) with a 95% bootstrap
+    CI over records, each gold class's recall, the share of each answer
+    (``None`` = no answer), and the majority-class accuracy. A small model can gain or lose accuracy just
+    by leaning to the majority class; the balanced accuracy does not move with that lean, so it says whether
+    the answers carry any information about the gold. None for other tasks (numbers, free text)."""
+    import numpy as np
+
+    if not records or any("gold" not in r for r in records):
+        return None
+    golds = [str(r["gold"]) for r in records]
+    classes = sorted(set(golds))
+    if not records or not (set(classes) <= {"yes", "no"} or all(len(g) == 1 and g.isupper() for g in classes)):
+        return None
+    gi = np.array([classes.index(g) for g in golds])
+    ok = np.array([r["pred"] == r["gold"] for r in records], dtype=float)
+    k = len(classes)
+
+    def bal(idx):
+        g, o = gi[idx], ok[idx]
+        counts = np.bincount(g, minlength=k)
+        hits = np.bincount(g, weights=o, minlength=k)
+        seen = counts > 0
+        return float(np.mean(hits[seen] / counts[seen]))
+
+    rng = np.random.default_rng(seed)
+    boots = np.sort([bal(rng.integers(0, len(gi), len(gi))) for _ in range(max(n_boot, 1))])
+    lo = boots[int(math.floor(0.025 * len(boots)))]
+    hi = boots[min(len(boots) - 1, int(math.ceil(0.975 * len(boots))) - 1)]
+    counts = np.bincount(gi, minlength=k)
+    hits = np.bincount(gi, weights=ok, minlength=k)
+    answers: dict = {}
+    for r in records:
+        key = "none" if r["pred"] is None else str(r["pred"])
+        answers[key] = answers.get(key, 0) + 1
+    return {"balanced_acc": bal(np.arange(len(gi))), "balanced_acc_ci": [float(lo), float(hi)],
+            "chance": 1.0 / k, "recall": {c: float(hits[i] / counts[i]) for i, c in enumerate(classes)},
+            "answers": {a: c / len(records) for a, c in sorted(answers.items())},
+            "majority": max(classes, key=golds.count), "majority_acc": float(counts.max() / len(records))}
+
+
 def mde_paired(n: int, discordant_rate: float, alpha: float = 0.05, power: float = 0.8) -> float:
     """Minimum detectable effect (accuracy difference, as a fraction) of a paired comparison of ``n``
     questions whose share of discordant pairs is ``discordant_rate``, at two-sided ``alpha`` and

@@ -231,6 +231,43 @@ def seed_rows(run: dict) -> list[list[str]]:
     return rows
 
 
+def class_rows(run: dict) -> tuple[list[str], list[list[str]], str]:
+    """Yes/no and multiple-choice tasks: per evaluated arm and seed, accuracy beside the balanced accuracy
+    (:func:`sert.metrics.class_balance`), the share of each answer and each gold class's recall."""
+    from .metrics import class_balance
+
+    insts = []
+    for arm, a in run["arms"].items():
+        label = run["labels"].get(arm, arm)
+        by_seed = run["seeds"].get(arm) or {}
+        own = [s for s, x in by_seed.items() if x is a]
+        insts.append((label + (f" (seed {own[0]})" if own and len(by_seed) > 1 else ""), a["preds"]))
+        insts += [(f"{label} (seed {s})", x["preds"]) for s, x in sorted(by_seed.items()) if x is not a]
+    rows, head, first = [], [], None
+    for label, preds in insts:
+        cb = class_balance(preds, n_boot=1000) if preds else None
+        if cb is None:
+            continue
+        if first is None:
+            first = cb
+            classes = list(cb["recall"])
+            head = ["Arm", "Acc %", "Balanced acc % (95% CI)", *(f"answers {c} %" for c in classes),
+                    "no answer %", *(f"recall gold {c} %" for c in classes)]
+        lo, hi = cb["balanced_acc_ci"]
+        acc = sum(1 for r in preds if r["correct"]) / len(preds)
+        rows.append([label, _pct(acc), f"{_pct(cb['balanced_acc'])} [{_pct(lo)}, {_pct(hi)}]",
+                     *(_pct(cb["answers"].get(c, 0.0), 1) for c in classes), _pct(cb["answers"].get("none", 0.0), 1),
+                     *(_pct(cb["recall"].get(c), 1) for c in classes)])
+    if first is None:
+        return [], [], ""
+    note = (f"Balanced accuracy: the mean over the gold classes of the share of that class answered right; any "
+            f"constant answer scores {100 * first['chance']:.0f}%. Accuracy can rise or fall with how often an arm "
+            f"gives the majority answer ('{first['majority']}', {100 * first['majority_acc']:.2f}% of the test "
+            "questions) without any knowledge of the questions; the balanced accuracy does not move with that lean. "
+            "CI: 1000 bootstrap resamples of the questions.")
+    return head, rows, note
+
+
 def budget_rows(run: dict) -> list[list[str]]:
     """Per arm: the generation budget, the longest completion it was trained on, and where outputs stopped."""
     rows = []
@@ -375,6 +412,11 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
                        f"Arms with more than {100 * CUT_FLAG:.0f}% of outputs cut are flagged. The automatic budget "
                        "is the longest completion the checkpoint was trained on (student tokens, answer phrase and "
                        "EOS included) plus a margin."))
+        ch, crows, cnote = class_rows(run)
+        if crows:
+            d.append(("h3", "Answers by class (does an arm know, or only lean?)"))
+            d.append(("table", ch, crows))
+            d.append(("p", cnote))
         srows = seed_rows(run)
         if srows:
             d.append(("h3", "Training seeds"))
