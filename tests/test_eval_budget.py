@@ -120,6 +120,8 @@ def test_two_seeds_auto_budget_and_budget_change_redoes_evals(tiny_dir, tmp_path
     assert "Training seeds" in md and "±" in md
     pooled = [ln for ln in md.splitlines() if "pooled over seeds 1, 2" in ln]
     assert pooled and pooled[0].split(" | ")[1] == "8"               # 4 questions x 2 seeds
+    for seed in (1, 2):                                                # and one row per seed
+        assert [ln for ln in md.splitlines() if f"| SERT+RD vs RD (seed {seed}) | 4 |" in ln]
     assert "MDE (pp)" in md and "budget (new tokens)" in md
 
     # a smaller budget: the same run directory is accepted, the evaluations are redone, trainings skipped,

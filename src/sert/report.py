@@ -191,7 +191,12 @@ def significance(run: dict) -> list[dict]:
         pub = None
         if paper and base in paper and treat in paper:
             pub = paper[treat] - paper[base]
-        out.append({"baseline": base, "treatment": treat, **c, "paper_diff_pp": pub})
+        row = {"baseline": base, "treatment": treat, **c, "paper_diff_pp": pub}
+        sb, st = run.get("seeds", {}).get(base, {}), run.get("seeds", {}).get(treat, {})
+        own = [s for s, x in st.items() if x is run["arms"][treat]]
+        if len(set(sb) & set(st)) > 1 and own:
+            row["seed"] = own[0]              # several seeds: name the one this row compares
+        out.append(row)
     return out
 
 
@@ -199,7 +204,7 @@ def pooled_significance(run: dict) -> list[dict]:
     """The paper's comparisons pooled over training seeds: every (question, seed) is one pair, the
     treatment of seed s against the baseline of seed s, and the question is the unit of the test
     (:func:`sert.metrics.compare_clustered`). Only where both arms have several seeds."""
-    from .metrics import compare_clustered
+    from .metrics import compare_clustered, compare_runs
 
     out = []
     _, paper, _ = paper_row(run["model"] or "", run["task"] or "")
@@ -208,10 +213,16 @@ def pooled_significance(run: dict) -> list[dict]:
         common = sorted(set(sb) & set(st))
         if len(common) < 2:
             continue
+        pub = paper[treat] - paper[base] if paper and base in paper and treat in paper else None
+        for s in common:   # the first seed's row is significance()'s; the others here, then the pooled row
+            if sb[s] is run["arms"].get(base) and st[s] is run["arms"].get(treat):
+                continue
+            c = compare_runs(sb[s]["preds"], st[s]["preds"])
+            if c["n"]:
+                out.append({"baseline": base, "treatment": treat, "seed": s, **c, "paper_diff_pp": pub})
         pa = [dict(r, id=f"{r['id']}#s{s}") for s in common for r in sb[s]["preds"]]
         pb = [dict(r, id=f"{r['id']}#s{s}") for s in common for r in st[s]["preds"]]
         c = compare_clustered(pa, pb, cluster=lambda r: r["id"].rsplit("#s", 1)[0])
-        pub = paper[treat] - paper[base] if paper and base in paper and treat in paper else None
         out.append({"baseline": base, "treatment": treat, "seeds": common, **c, "paper_diff_pp": pub})
     return out
 
@@ -437,6 +448,8 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
             what = f"{run['labels'][s['treatment']]} vs {run['labels'][s['baseline']]}"
             if "seeds" in s:
                 what += f" (pooled over seeds {', '.join(map(str, s['seeds']))})"
+            elif "seed" in s:
+                what += f" (seed {s['seed']})"
             rows.append([what, str(s["n"]), f"{100 * s['diff']:+.2f}",
                          f"[{100 * s['ci'][0]:+.2f}, {100 * s['ci'][1]:+.2f}]",
                          f"{s['only_b']} / {s['only_a']}", f"{s['p_value']:.4g}", verdict, f"{100 * s['mde']:.2f}",
