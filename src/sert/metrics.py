@@ -50,10 +50,14 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0, alp
         m = sum(values) / n
         return (m, m)
     rng = random.Random(seed)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
-    lo = means[int(math.floor(alpha / 2 * n_boot))]
-    hi = means[min(n_boot - 1, int(math.ceil((1 - alpha / 2) * n_boot)) - 1)]
-    return (lo, hi)
+    return _percentile_ci(sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot)), alpha)
+
+
+def _percentile_ci(boots: Sequence[float], alpha: float = 0.05) -> tuple[float, float]:
+    """The (alpha/2, 1 - alpha/2) percentiles of sorted bootstrap statistics ``boots``."""
+    k = len(boots)
+    lo = boots[int(math.floor(alpha / 2 * k))]
+    return float(lo), float(boots[min(k - 1, int(math.ceil((1 - alpha / 2) * k)) - 1)])
 
 
 def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
@@ -106,7 +110,6 @@ def compare_clustered(a: Sequence[dict], b: Sequence[dict], cluster, n_boot: int
     over the Q per-question mean differences d_q, which for one pair per question is the McNemar-based
     :func:`mde_paired`. Returns the keys of :func:`compare_runs` plus ``questions``."""
     import itertools
-    from statistics import NormalDist
 
     import numpy as np
 
@@ -131,8 +134,7 @@ def compare_clustered(a: Sequence[dict], b: Sequence[dict], cluster, n_boot: int
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(sums), size=(n_boot, len(sums)))
     boot = np.sort(sums[idx].sum(axis=1) / sizes[idx].sum(axis=1))
-    out["ci"] = [float(boot[int(math.floor(0.025 * n_boot))]),
-                 float(boot[min(n_boot - 1, int(math.ceil(0.975 * n_boot)) - 1)])]
+    out["ci"] = list(_percentile_ci(boot))
     nz = sums[sums != 0]
     t = abs(nz.sum())
     if len(nz) == 0:
@@ -148,9 +150,7 @@ def compare_clustered(a: Sequence[dict], b: Sequence[dict], cluster, n_boot: int
             hits += int(np.sum(np.abs(signs @ nz) >= t - 1e-9))
         p = (1 + hits) / (1 + n_perm)
     out["p_value"] = min(1.0, p)
-    d = sums / sizes
-    z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.8)
-    out["mde"] = z * math.sqrt(float(np.mean(d ** 2)) / len(d))
+    out["mde"] = mde_paired(len(sums), float(np.mean((sums / sizes) ** 2)))
     return out
 
 
@@ -168,7 +168,7 @@ def class_balance(records: Sequence[dict], n_boot: int = 1000, seed: int = 0) ->
         return None
     golds = [str(r["gold"]) for r in records]
     classes = sorted(set(golds))
-    if not records or not (set(classes) <= {"yes", "no"} or all(len(g) == 1 and g.isupper() for g in classes)):
+    if not (set(classes) <= {"yes", "no"} or all(len(g) == 1 and g.isupper() for g in classes)):
         return None
     gi = np.array([classes.index(g) for g in golds])
     ok = np.array([r["pred"] == r["gold"] for r in records], dtype=float)
@@ -183,8 +183,7 @@ def class_balance(records: Sequence[dict], n_boot: int = 1000, seed: int = 0) ->
 
     rng = np.random.default_rng(seed)
     boots = np.sort([bal(rng.integers(0, len(gi), len(gi))) for _ in range(max(n_boot, 1))])
-    lo = boots[int(math.floor(0.025 * len(boots)))]
-    hi = boots[min(len(boots) - 1, int(math.ceil(0.975 * len(boots))) - 1)]
+    lo, hi = _percentile_ci(boots)
     counts = np.bincount(gi, minlength=k)
     hits = np.bincount(gi, weights=ok, minlength=k)
     answers: dict = {}
