@@ -141,6 +141,16 @@ def test_real_palm_csqa_rationales_parse():
     assert 0.65 <= ok / 200 <= 0.85
 
 
+def test_an_answer_turn_marker_is_not_option_a():
+    """Real base-model outputs on CommonsenseQA: a line that is only "A:" opens the next dialogue turn."""
+    ch = ["bank", "library", "mall", "zoo", "park"]
+    assert extract_answer("\nA:", "choice", ch).answer is None
+    assert extract_answer(" \n\nA: ", "choice", ch).answer is None
+    assert extract_answer(" D\nA:", "choice", ch).answer == "D"
+    assert extract_answer(" A.\n\nA:", "choice", ch).answer == "A"
+    assert extract_answer("A: bank", "choice", ch).answer == "A"  # a line with more than "A:" reads as before
+
+
 def test_hedged_choice_is_no_answer():
     ch = ["aquarium", "lake", "sea", "river", "pond"]
     assert extract_answer("So the answer is either (a) aquarium or (e) pond.", "choice", ch).answer is None

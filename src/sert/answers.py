@@ -49,6 +49,9 @@ answer is read (extraction, evaluation's reasoning length and repetition), :func
 Case-sensitive; a bare ``Q:`` mid-sentence ("the Q: ...") is not a new example."""
 
 _ANSWER_IS = re.compile(r"the answer is\s*:?\s*", re.IGNORECASE)
+_TURN_MARKER = re.compile(r"^[^\S\n]*A:[^\S\n]*$", re.MULTILINE)
+"""A line that is only ``A:``: an untrained model continuing a Q:/A: dialogue opens the next answer
+turn with it ("' A\nA:'", "'\nA:'"); it names no option, so the flexible choice reader skips it."""
 _YES = {"yes", "true", "correct"}
 _NO = {"no", "false", "incorrect"}
 _NUMBER = re.compile(r"-?\$?\s?\d[\d,]*(?:\.\d+)?|-?\.\d+")
@@ -180,6 +183,9 @@ def _flexible(body: str, kind: str, choices: Sequence[str] | None) -> str | None
                 return w
         return None
     if kind == "choice":
+        s = _TURN_MARKER.sub("", s).strip()
+        if not s:
+            return None
         m = re.search(r"\(([A-Za-z])\)", s)
         letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices or ()) or 26]
         if m and m.group(1).upper() in letters:
