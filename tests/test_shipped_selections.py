@@ -3,7 +3,6 @@ the mined paths committed in ``notes/`` (issue 13): a change to a filter rule, t
 format that would make them unreproducible fails here."""
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 import shutil
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sert.config import FilterConfig
+from sert.config import FilterConfig, from_dict
 from sert.filters import run_filter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +29,9 @@ def test_shipped_selections_are_reproduced_by_sert_filter(task, mined, tmp_path)
     shipped = DATA / task / "selected" / "smollm2-135m_full"
     names = sorted(p.name[: -len(".funnel.json")] for p in shipped.glob("*.funnel.json"))
     assert names == ["sert", "sert_ac", "sert_ppl"]
-    fields = {f.name for f in dataclasses.fields(FilterConfig)}
     for name in names:
         funnel = json.loads((shipped / f"{name}.funnel.json").read_text())
-        cfg = FilterConfig(**{k: v for k, v in funnel["config"].items() if k in fields})
+        cfg = from_dict(FilterConfig, funnel["config"], source=f"{name}.funnel.json")
         out = run_filter(paths, tmp_path / name, cfg)
         got = (tmp_path / name / "selected.jsonl").read_text(encoding="utf-8")
         want = (shipped / f"{name}.jsonl").read_text(encoding="utf-8")
