@@ -1,6 +1,6 @@
 #!/bin/bash
-# Independent check of CommonsenseQA evaluations (issue 13): sert eval fp32 on the first 100 test questions,
-# then bench/check_eval_plain.py (plain transformers loop, batch 1) on the same 100; run alone, the run paused.
+# Independent check of CommonsenseQA evaluations (issue 13): sert eval fp32 on the first LIMIT (default 100) test
+# questions, then bench/check_eval_plain.py (plain transformers loop, batch 1) on the same ones; run alone, the run paused.
 cd /work/main
 RUN=/work/runs/commonsense_qa_smollm2_full
 OUT=/work/checks/cqa

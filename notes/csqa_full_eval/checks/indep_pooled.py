@@ -2,15 +2,11 @@
 seeds of (treatment correct - baseline correct); delta = mean over questions; wins/losses summed over
 seeds; p from 5000 random sign flips of the per-question differences; CI from 2000 question resamples.
 Usage: indep_pooled.py T_SEED1 B_SEED1 T_SEED2 B_SEED2 ..."""
-import gzip, json, random, sys
-from pathlib import Path
+import json, random, sys
 
-def load(d):
-    p = Path(d) / "predictions.jsonl"
-    rows = [json.loads(l) for l in (open(p) if p.exists() else gzip.open(str(p) + ".gz", "rt"))]
-    return {r["id"]: int(bool(r["correct"])) for r in rows}
+from indep_paired import load  # the same reader: {id: correct} from predictions.jsonl(.gz)
 
-pairs = [(load(a), load(b)) for a, b in zip(sys.argv[1::2], sys.argv[2::2])]
+pairs = [({i: int(c) for i, c in load(a).items()}, {i: int(c) for i, c in load(b).items()}) for a, b in zip(sys.argv[1::2], sys.argv[2::2])]
 ids = sorted(pairs[0][0])
 assert all(set(t) == set(ids) == set(b) for t, b in pairs)
 d = [sum(t[i] - b[i] for t, b in pairs) / len(pairs) for i in ids]
