@@ -1,0 +1,21 @@
+"""SERT+RD vs RD on CommonsenseQA from the float32 re-evaluations (RUN/eval_fp32/<arm>) beside bf16 (RUN/eval/<arm>):
+per seed (sert.metrics.compare_runs: McNemar, paired bootstrap, MDE) and pooled over seeds 42, 43 with the question as
+the unit (sert.metrics.compare_clustered), as `sert report` computes them. Usage: python fp32_pooled.py RUN"""
+import json, sys
+from sert.metrics import compare_clustered, compare_runs
+
+run = sys.argv[1]
+ld = lambda sub, arm: [json.loads(l) for l in open(f"{run}/{sub}/{arm}/predictions.jsonl")]
+for sub in ("eval", "eval_fp32"):
+    pa, pb = [], []
+    for s, sfx in ((42, ""), (43, "-s43")):
+        t, b = ld(sub, "sert_rd" + sfx), ld(sub, "rd" + sfx)
+        c = compare_runs(t, b)   # diff = mean(t) - mean(b) sign as compare_runs defines; report the treatment minus baseline
+        acc_t, acc_b = (sum(r["correct"] for r in x) / len(x) for x in (t, b))
+        print(f"{sub} seed {s}: RD {100*acc_b:.2f}  SERT+RD {100*acc_t:.2f}  delta {100*(acc_t-acc_b):+.2f} pp  "
+              f"wins/losses {c['only_a']}/{c['only_b']}  p {c['p_value']:.4f}  MDE {100*c['mde']:.2f}")
+        pa += [dict(r, id=f"{r['id']}#s{s}") for r in b]
+        pb += [dict(r, id=f"{r['id']}#s{s}") for r in t]
+    c = compare_clustered(pa, pb, cluster=lambda r: r["id"].rsplit("#s", 1)[0])
+    print(f"{sub} pooled: {json.dumps({k: v for k, v in c.items() if not isinstance(v, list)})}")
+    print(f"{sub} pooled CI: {[k for k, v in c.items() if isinstance(v, list)]} {[v for v in c.values() if isinstance(v, list)]}")
