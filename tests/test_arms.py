@@ -28,7 +28,7 @@ def test_training_order_puts_each_arm_after_the_one_it_starts_from():
      "arm_specs[x].init: unknown arm 'sert_ppl'"),
     ([{"name": "rd", "kind": "distill", "data": "teach"}], ["rd"], "'rd' is one of the paper's arms"),
     ([{"name": "x", "kind": "self", "data": "selection"}], ["x"], "data 'selection' and filter overrides go together"),
-    ([{"name": "x", "kind": "train", "data": "teach"}], ["x"], "arm_specs[x].kind: expected finetune, self or distill"),
+    ([{"name": "x", "kind": "train", "data": "teach"}], ["x"], "arm_specs[x].kind: expected finetune, self, distill or joint"),
     ([{"name": "x", "kind": "distill", "data": "teach", "init": "y"},
       {"name": "y", "kind": "distill", "data": "teach", "init": "x"}], ["x"], "a cycle of initialisations"),
     ([], ["sert_rdd"], "unknown arm 'sert_rdd' (did you mean 'sert_rd'?)"),

@@ -71,7 +71,7 @@ def test_table_numbers_paper_row_and_significance(tmp_path):
     md = md_path.read_text()
     rows = table_rows(md)
     assert list(rows) == ["Base (untrained)", "Finetune", "RD", "SERT", "SERT+RD"]
-    assert rows["RD"][1:8] == ["40.00 [30.00, 50.00]", "95.0", "12.3", "0.123", "20", "52.69", "56.19"]
+    assert rows["RD"][1:9] == ["40.00 [30.00, 50.00]", "95.0", "–", "12.3", "0.123", "20", "52.69", "56.19"]
     assert rows["SERT+RD"][1] == "70.00 [60.00, 80.00]" and rows["SERT+RD"][-2:] == ["56.34", "–"]  # GPT-2-medium
     assert rows["Finetune"][-2:] == ["50.22", "54.59"]    # the paper's Finetune; Fine-tune-CoT's vanilla fine-tuning
     assert rows["Base (untrained)"][-2:] == ["–", "–"]
@@ -107,7 +107,7 @@ def test_missing_arms_and_judge_and_other_model(tmp_path):
     md = write_report(run)[0].read_text()
     rows = table_rows(md)
     assert list(rows) == ["Base (untrained)", "RD"]
-    assert "Judge (0-10)" in md and rows["RD"][5] == f"6.50 (9/{N} scored)"  # the mean beside its coverage
+    assert "Judge (0-10)" in md and rows["RD"][6] == f"6.50 (9/{N} scored)"  # the mean beside its coverage
     assert "GPT-2 (124M), for reference" in md and rows["RD"][-2:] == ["52.69", "55.75"]  # paper; Fine-tune-CoT
     assert "Needs both arms of a pair" in md and "SERT+RD vs RD" not in md
 

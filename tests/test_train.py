@@ -17,8 +17,7 @@ from sert.config import TrainConfig
 from sert.errors import SertError
 from sert.tasks import get_task
 from sert.templates import self_training_target
-from sert.train import (PadCollator, build_pairs, example_losses, run_train, tokenize_pairs,
-                        weighted_loss)
+from sert.train import PadCollator, build_pairs, run_train, token_losses, tokenize_pairs, weighted_loss
 
 
 @pytest.fixture(scope="module")
@@ -122,16 +121,21 @@ def test_weighted_loss_matches_hand_computation(tiny, tok, sqa_self_records):
         unweighted = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}).loss
     w = batch["weight"]
     got = weighted_loss(logits, batch["labels"], w)
-    # by hand: each example's mean negative log-likelihood of its own completion tokens
-    per_ex = []
+    # by hand: each example's summed negative log-likelihood of its own completion tokens, weighted, over
+    # the batch's completion tokens (transformers' own causal-LM loss when every weight is 1)
+    per_ex, n = [], 0
     for i, f in enumerate(feats):
         lp = torch.log_softmax(logits[i].double(), -1)
         nll = [-lp[t - 1, f["labels"][t]] for t in range(1, len(f["labels"])) if f["labels"][t] != -100]
-        per_ex.append(torch.stack(nll).mean())
-    hand = sum(wi * li for wi, li in zip(w.double(), per_ex)) / len(per_ex)
-    assert torch.allclose(example_losses(logits, batch["labels"]).double(), torch.stack(per_ex), atol=1e-5)
+        per_ex.append(torch.stack(nll).sum())
+        n += len(nll)
+    hand = sum(wi * li for wi, li in zip(w.double(), per_ex)) / n
+    ce, mask = token_losses(logits, batch["labels"])
+    assert torch.allclose((ce * mask).sum(1).double(), torch.stack(per_ex), atol=1e-4)
     assert got.item() == pytest.approx(hand.item(), abs=1e-5)
     assert abs(got.item() - unweighted.item()) > 1e-3
+    ones = weighted_loss(logits, batch["labels"], torch.ones(3))
+    assert ones.item() == pytest.approx(unweighted.item(), abs=1e-6)  # weights 1: the plain loss
 
 
 # ------------------------------------------------------------------ training
@@ -147,8 +151,9 @@ def _data_loss(path, tok, pairs):
     feats, _ = tokenize_pairs(pairs, tok, 512)
     b = PadCollator(tok.pad_token_id)(feats)
     with torch.no_grad():
-        return example_losses(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
-                              b["labels"]).mean().item()
+        ce, mask = token_losses(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                                b["labels"])
+        return ((ce * mask).sum(1) / mask.sum(1)).mean().item()
 
 
 def test_training_lowers_loss_and_changes_every_parameter(tiny, tok, sqa_self_records, tmp_path):
@@ -245,7 +250,9 @@ def test_gradient_accumulation_matches_the_full_batch(tiny, sqa_self_records, tm
     b = run_train(str(tiny), recs, "self", _cfg(use_weights=True, learning_rate=1e-2, batch_size=4, grad_accum=2),
                   tmp_path / "b", device="cpu")
     pa, pb, p0 = _params(a), _params(b), _params(tiny)
-    assert all(torch.allclose(pa[k], pb[k], atol=1e-5) for k in pa)
+    # Adam's first step is about lr x g/|g|: a gradient element near 0 moves by a share of lr (1e-2) with
+    # summation order; 1e-4 allows that and nothing like a rescaled or unweighted loss
+    assert all(torch.allclose(pa[k], pb[k], atol=1e-4) for k in pa)
     # Adam hides a constant loss scale from the weights; the logged loss and gradient norm do not
     (ca,), (cb,) = (json.loads((d.parent / "train_summary.json").read_text())["loss_curve"] for d in (a, b))
     assert ca["loss"] == pytest.approx(cb["loss"], rel=1e-4)

@@ -256,3 +256,57 @@ def _locate(body, a, b, kind, ans, choices, last) -> tuple[int, int] | None:
     start = a + len(seg) - len(s)
     stop = re.search(r"[.\n]", s)
     return start, start + (stop.start() if stop else len(s))
+
+
+# ---------------------------------------------------------------- does the final answer follow from the text?
+_LETTER_MARK = re.compile(r"\(([A-Za-z])\)")
+
+
+def last_named_option(text: str, choices: Sequence[str] | None) -> str | None:
+    """The letter of the option ``text`` names last: an option's text (whole words, any case) or a marker
+    ``(C)``; at the same end, the longer mention. None if it names none."""
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices or ()) or 26]
+    best: tuple[int, int, str] | None = None
+    for m in _LETTER_MARK.finditer(text):
+        if m.group(1).upper() in letters:
+            cand = (m.end(), m.end() - m.start(), m.group(1).upper())
+            best = cand if best is None or cand[:2] > best[:2] else best
+    low = text.lower()
+    for i, c in enumerate(choices or ()):
+        words = " ".join(re.sub(r"[^\w\s]", " ", c.lower()).split())
+        if not words:
+            continue
+        pat = r"(?<!\w)" + r"[^\w]+".join(map(re.escape, words.split())) + r"(?!\w)"
+        for m in re.finditer(pat, low):
+            cand = (m.end(), m.end() - m.start(), letters[i])
+            best = cand if best is None or cand[:2] > best[:2] else best
+    return best[2] if best else None
+
+
+def answer_consistent(text: str, kind: str, choices: Sequence[str] | None = None) -> bool | None:
+    """Does an output's final answer follow from its own text? None when there is nothing to check.
+
+    The final answer is the strict one (:func:`extract_answer`: the last ``the answer is`` that states a
+    usable answer); without one, None. False when an earlier ``the answer is`` states another answer.
+    Multiple choice, besides: the final letter must be the option the reasoning names last (its text or
+    ``(X)``); a reasoning that names no option gives None. Other kinds: True when nothing contradicts.
+    A self-training target that appends the gold letter to a path naming another option teaches exactly
+    the inconsistency this measures."""
+    if not text:
+        return None
+    body = truncate_continuation(text)
+    stated = []  # (start of the statement, its answer) for every "the answer is" that states one
+    for m in _ANSWER_IS.finditer(body):
+        tail = _first_sentence(body[m.end():]) if kind != "number" else body[m.end():].split("\n")[0]
+        a = normalize_answer(tail, kind, choices)
+        if a is not None:
+            stated.append((m.start(), a))
+    if not stated:
+        return None
+    start, final = stated[-1]
+    if any(not is_correct(a, final, kind) for _, a in stated[:-1]):
+        return False
+    if kind == "choice":
+        named = last_named_option(body[:start], choices)
+        return None if named is None else named == final
+    return True

@@ -50,9 +50,14 @@ class MineConfig:
     batch_questions: int | str = opt("auto", "questions decoded together (x25 rows); (D) auto: 8 on a CPU "
                                              "(measured best there), on a GPU as many as half its free memory holds")
     seed: int = opt(0, "sampling seed (each question's draws come from (seed, question id)); (D)")
+    prompt: str = opt("zero-shot", "zero-shot (the paper's mining prompt 'Question: {q} Answer:') or train (the "
+                                   "trained arms' prompt 'Question: {q}. Answer:', for mining with a checkpoint sert "
+                                   "trained: a self-improvement arm's mine_from); (S) paper: zero-shot")
 
     def validate(self) -> list[str]:
         e = []
+        if self.prompt not in ("zero-shot", "train"):
+            e.append(f"mine.prompt: expected zero-shot or train, got {self.prompt!r}")
         if self.mode not in ("sert", "cot-decoding"):
             e.append(f"mine.mode: expected 'sert' or 'cot-decoding', got {self.mode!r}")
         if self.batch_questions != "auto" and not isinstance(self.batch_questions, int):
@@ -86,7 +91,17 @@ class FilterConfig:
                                           "(D) off = paper")
     answer_consistency_strict: bool = opt(False, "with answer_consistency: also drop paths that state no answer, "
                                                  "keeping only those that reach the gold answer (STaR's rule); (D)")
-    confidence_weight: str | None = opt(None, "none, ppl or delta: a per-example loss weight for training; (D)")
+    confidence_weight: str | None = opt(None, "none, ppl or delta: a per-example loss weight for training (1/PPL or "
+                                              "the CoT-decoding confidence delta, mean 1 over the selection); (D) "
+                                              "the shipped confidence-weighted arms use delta: on the committed "
+                                              "mines it separates gold-stating paths no worse than 1/PPL "
+                                              "(docs/METHOD.md)")
+    drop_unfinished: bool = opt(False, "drop paths that ran to the mining cap (mine.max_new_tokens) without ending "
+                                       "(cut mid-sentence before the gold answer is appended); (D) off = paper: on "
+                                       "the committed mines they state the gold answer as often as finished paths")
+    ppl_branch_token: bool = opt(True, "the branch token's log-prob counts in a path's perplexity (the path's text "
+                                       "starts with it); false = the perplexity of the sampled continuation only; "
+                                       "(D) true = the paper's 'PPL of the path'")
     direct_answer_min_words: int = opt(5, "pattern direct_answer: fewer reasoning words than this = no "
                                           "reasoning; (D)")
     option_listing_min: int = opt(3, "pattern option_listing: this many option markers/items = a listing; (D)")
@@ -137,7 +152,16 @@ class TrainConfig:
     lora_r: int = opt(16, "LoRA rank; (D)")
     lora_alpha: int = opt(32, "LoRA alpha; (D)")
     lora_dropout: float = opt(0.05, "LoRA dropout; (D)")
-    use_weights: bool = opt(False, "per-example loss weights from the filter stage (filter.confidence_weight); (D)")
+    use_weights: bool = opt(False, "per-example loss weights from the filter stage (filter.confidence_weight); "
+                                   "an arm whose own selection sets confidence_weight uses them anyway; (D)")
+    self_weight: float = opt(1.0, "lambda: the weight of the self-training examples beside the teacher's rationales "
+                                  "in a joint (or with_teacher) training; no effect on one source; (D) the method "
+                                  "summary's joint optimisation, 1 = the union as it is")
+    eval_epochs: list[int] | None = opt(None, "learning curve: keep each trained arm's checkpoint at the end of "
+                                              "these epochs and evaluate it like an arm (ARM@E); the last epoch is "
+                                              "the arm itself; (D)")
+    curve_arms: list[str] | None = opt(None, "the arms that get the eval_epochs points (none = every evaluated "
+                                             "trained arm); (D)")
     group_by_length: bool = opt(True, "batch examples of similar length (less padding; same examples, same "
                                       "epochs); (D)")
     save_total_limit: int = opt(1, "checkpoints kept while training; (D)")
@@ -165,6 +189,14 @@ class TrainConfig:
         if self.grad_accum >= 1 and self.batch_size % self.grad_accum:
             e.append(f"train.batch_size: the effective batch {self.batch_size} is not a multiple of "
                      f"train.grad_accum {self.grad_accum}")
+        if not self.self_weight > 0:
+            e.append(f"train.self_weight: expected > 0, got {self.self_weight}")
+        bad = [x for x in self.eval_epochs or () if x < 1]
+        if bad:
+            e.append(f"train.eval_epochs: expected positive epoch numbers, got {bad[0]}")
+        late = [x for x in self.eval_epochs or () if x > self.epochs]
+        if late:
+            e.append(f"train.eval_epochs: epoch {late[0]} is after the last one (train.epochs {self.epochs:g})")
         return e
 
 
@@ -262,11 +294,20 @@ class ArmConfig:
     """An arm beyond the paper's five, declared in the config (see sert/arms.py for the table)."""
     name: str = opt("", "the arm's name (its directories: train/NAME, eval/NAME)")
     label: str | None = opt(None, "its name in the report (default: the name)")
-    kind: str = opt("self", "finetune | self | distill")
+    kind: str = opt("self", "finetune | self | distill | joint (one training on a selection and the teacher's "
+                            "rationales together, from init; the method summary's joint optimisation, (D))")
     init: str = opt("base", "base, or the arm (same seed) whose checkpoint it starts from")
-    data: str = opt("selection", "task | teach | filter (the run's selection) | selection (its own)")
+    data: list[str] | str = opt("selection", "task | teach | filter (the run's selection) | selection (its own); "
+                                             "joint: [selection, teach] or [filter, teach]")
     filter: dict | None = opt(None, "data selection: the FilterConfig keys that differ from the run's filter")
-    baseline: str | None = opt(None, "the arm it is compared with question by question in the report")
+    baseline: list[str] | str | None = opt(None, "the arm (or arms) it is compared with question by question in "
+                                                 "the report")
+    mine_from: str | None = opt(None, "a self-improvement arm (STaR / ReST style, beyond the paper): mine with this "
+                                      "trained arm's checkpoint (same seed, its training prompt), keep this arm's own "
+                                      "selection, continue training that checkpoint (init must name it); (D)")
+    with_teacher: bool = opt(False, "kind self: add the teacher's rationales to the training mix; (D)")
+    rounds: int = opt(1, "with mine_from: mine -> filter -> train rounds, each from the previous round's "
+                         "checkpoint; (D)")
 
 
 @dataclass
@@ -308,6 +349,12 @@ class RunConfig:
             e.append(f"train_limit: expected a positive integer, got {self.train_limit}")
         for sub in (self.mine, self.filter, self.train, self.teach, self.eval, self.judge):
             e += sub.validate()
+        if self.train.curve_arms is not None:
+            bad = [a for a in self.train.curve_arms if a not in self.arms or a == "base"]
+            if bad:
+                e.append(f"train.curve_arms: {', '.join(map(str, bad))} not among the trained arms of this run")
+        if self.train.eval_epochs and not float(self.train.epochs).is_integer():
+            e.append(f"train.eval_epochs: needs whole train.epochs, got {self.train.epochs}")
         if self.filter.confidence_weight and not self.train.use_weights:
             e.append(f"filter.confidence_weight {self.filter.confidence_weight!r} has no effect unless "
                      "train.use_weights is true; set train.use_weights: true or drop filter.confidence_weight")

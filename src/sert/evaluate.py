@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .answers import extract_answer, is_correct, truncate_continuation
+from .answers import answer_consistent, extract_answer, is_correct, truncate_continuation
 from .config import EvalConfig
 from .errors import SertError
 from .identity import refuse_other
@@ -104,9 +104,11 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], batch_size: int = 
 
 
 def _answer_fields(example: Example, text: str) -> dict:
-    """What the shared extractor reads from ``text``: pred, method, correct."""
+    """What the shared extractor reads from ``text``: pred, method, correct, and whether the final answer
+    follows from the output's own text (``consistent``, :func:`sert.answers.answer_consistent`)."""
     ex = extract_answer(text, example.kind, example.choices)
-    return {"pred": ex.answer, "method": ex.method, "correct": is_correct(ex.answer, example.answer, example.kind)}
+    return {"pred": ex.answer, "method": ex.method, "correct": is_correct(ex.answer, example.answer, example.kind),
+            "consistent": answer_consistent(text, example.kind, example.choices)}
 
 
 def cut_kind(finish: str, token_ids: Sequence[int]) -> str | None:
@@ -169,6 +171,9 @@ def summarize(records: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dic
         "cut_budget": sum(1 for c in cut if c == "budget") / n,  # ... still reasoning (the budget's)
         "max_output_tokens": max((r.get("n_tokens") or 0) for r in records),
     }
+    checked = [r["consistent"] for r in records if r.get("consistent") is not None]
+    m["answer_consistency"] = sum(checked) / len(checked) if checked else None  # final answer follows the text
+    m["answer_consistency_n"] = len(checked)
     cb = class_balance(records, n_boot, seed)  # yes/no and multiple choice: does the arm only lean to a class?
     if cb is not None:
         m["balanced_acc"], m["balanced_acc_ci"] = cb["balanced_acc"], cb["balanced_acc_ci"]

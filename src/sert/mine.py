@@ -64,7 +64,7 @@ PATHS_FILE = "paths.jsonl"
 META_FILE = "mine_meta.json"
 # Settings that must match for a rerun to resume the same paths file.
 _RESUME_KEYS = ("mode", "split", "top_k_branches", "samples_per_branch", "top_k", "top_p",
-                "temperature", "max_new_tokens", "seed", "skip_eos_branch")
+                "temperature", "max_new_tokens", "seed", "skip_eos_branch", "prompt")
 # Compact the batch (drop finished rows from it and from the KV cache) once this share of
 # its rows is finished: a compaction copies the cache once, about one step's attention cost.
 _COMPACT_SHARE = 0.125
@@ -100,7 +100,8 @@ def model_context(model, tokenizer, cfg: MineConfig) -> int | None:
     return ctx
 
 
-def prompt_ids(tokenizer, exs, ctx: int | None, max_new_tokens: int, where: str = "question") -> list[list[int]]:
+def prompt_ids(tokenizer, exs, ctx: int | None, max_new_tokens: int, where: str = "question",
+               style: str = "zero-shot") -> list[list[int]]:
     """Each question's mining-prompt ids (:func:`sert.tokens.encode_prompt`), fitted to ``ctx - max_new_tokens``.
 
     A longer prompt keeps its leading special tokens (BOS) and its last tokens (the question's
@@ -111,7 +112,7 @@ def prompt_ids(tokenizer, exs, ctx: int | None, max_new_tokens: int, where: str 
     head = n_special_prefix(tokenizer) if limit is not None else 0
     out = []
     for e in exs:
-        ids = encode_prompt(tokenizer, mining_prompt(e.question))
+        ids = encode_prompt(tokenizer, mining_prompt(e.question, style))
         fit, dropped = fit_prompt(ids, limit, head)
         if dropped:
             print(f"sert: warning: {getattr(e, 'source', None) or where} (id {e.id}): prompt of {len(ids)} tokens "
@@ -334,7 +335,7 @@ def _mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool 
             todo = [e for e in examples[c:c + B] if e.id not in have]
             if not todo:
                 continue
-            enc = prompt_ids(tokenizer, todo, ctx, cfg.max_new_tokens, where)
+            enc = prompt_ids(tokenizer, todo, ctx, cfg.max_new_tokens, where, cfg.prompt)
             res = decode(tokenizer, todo, enc, cfg, eos)
             log.append_many([r for e in todo for r in res[e.id]])   # whole questions, one append
             for e in todo:
@@ -375,7 +376,7 @@ def questions_per_batch(cfg: MineConfig, model, tokenizer, examples) -> int:
         return 8
     from .models import fit_rows
 
-    longest = max(len(tokenizer(mining_prompt(e.question))["input_ids"]) for e in examples)
+    longest = max(len(tokenizer(mining_prompt(e.question, cfg.prompt))["input_ids"]) for e in examples)
     free, _ = torch.cuda.mem_get_info(dev)
     rows = fit_rows(model.config, longest + cfg.max_new_tokens, model.dtype.itemsize, free)
     B = max(1, min(256, rows // paths_per_question(cfg)))

@@ -40,8 +40,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .arms import PAPER_ARMS, arm_table, training_order
-from .config import RunConfig, check, from_dict, to_dict
+from .arms import (PAPER_ARMS, Source, arm_identity, arm_sources, arm_table, curve_arms, curve_epochs, curve_name,
+                   round_instance, training_order)
+from .config import FilterConfig, RunConfig, TrainConfig, check, from_dict, to_dict
 from .errors import SertError, did_you_mean
 from .identity import refuse_other
 from .io import RunLock, atomic_write_json, atomic_write_text, read_json, read_jsonl
@@ -57,8 +58,13 @@ OPERATIONAL_KEYS = {"out", "arms", "device", "mine.batch_questions", "eval.batch
                     # Keys a run may change and still be the same run: the stages they affect record what
                     # they were built with (Stage.identity) and are redone when it differs.
                     "eval.max_new_tokens", "eval.budget_margin", "eval.budget_factor", "eval.default_budget", "train.seeds",
-                    "train.seed_arms",
+                    "train.seed_arms", "train.eval_epochs", "train.curve_arms",
                     "arm_specs"}
+# Keys added after runs were made, at the value that stands for their absence: a config at that value
+# keeps the identity (hash) it had before the key existed, so such a run directory still resumes.
+ADDED_KEYS = {"mine.prompt": "zero-shot", "filter.drop_unfinished": False, "filter.ppl_branch_token": True,
+              "train.self_weight": 1.0}
+ADDED_FILTER_KEYS = {k.split(".", 1)[1]: v for k, v in ADDED_KEYS.items() if k.startswith("filter.")}
 MARKER = ".done.json"
 VERB = {"ran": "running", "resumed": "resuming (torn earlier)",
         "redone": "redoing (its input was rebuilt or its settings changed)"}
@@ -76,8 +82,10 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def config_identity(cfg: RunConfig) -> dict:
-    """The resolved config without operational keys: what defines the experiment."""
-    return {k: v for k, v in _flatten(to_dict(cfg)).items() if k not in OPERATIONAL_KEYS}
+    """The resolved config without operational keys (and keys added later, at their defaults): what defines
+    the experiment."""
+    return {k: v for k, v in _flatten(to_dict(cfg)).items()
+            if k not in OPERATIONAL_KEYS and not (k in ADDED_KEYS and v == ADDED_KEYS[k])}
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -126,14 +134,15 @@ def _check_inputs(cfg: RunConfig) -> None:
 
     task = get_task(cfg.task)
     sources = data_sources(cfg)
+    kinds = {s.kind for s in sources}
     task.examples(cfg.eval.split, cfg.eval.limit)
-    if any(x == "filter" or x.startswith("selection:") for x in sources):
+    if any(s.mined for s in sources):
         task.examples(cfg.mine.split, cfg.mine.limit)
-    if sources & {"task", "teach"}:
+    if kinds & {"task", "teach"}:
         task.examples("train", cfg.train_limit)
     check_model(cfg.model)
     online = []
-    if "teach" in sources:
+    if "teach" in kinds:
         from .teach import resolve_teacher
         if resolve_teacher(task, cfg.teach.teacher).startswith("openai:"):
             online.append(("teach.base_url", cfg.teach.base_url))
@@ -142,7 +151,7 @@ def _check_inputs(cfg: RunConfig) -> None:
         if not spec.startswith("openai:") or not spec[len("openai:"):].strip():
             raise SertError(f"eval.judge: expected openai:MODEL (any OpenAI-compatible endpoint), got {spec!r}")
         online.append(("eval.judge_base_url", cfg.eval.judge_base_url))
-    if cfg.judge.enabled and "filter" in sources:
+    if cfg.judge.enabled and "filter" in kinds:
         online.append(("judge.base_url", cfg.judge.base_url))
     for key, url in online:
         if url is None and not os.environ.get("OPENAI_API_KEY"):
@@ -199,157 +208,107 @@ def _count(path: Path) -> int:
     return len(read_jsonl(path, tolerate_torn_tail=True)) if path.exists() else 0
 
 
-def data_sources(cfg: RunConfig) -> set[str]:
-    """What the trained arms read: "task", "teach", "filter" and "selection:<arm>"."""
+def data_sources(cfg: RunConfig) -> set[Source]:
+    """What the trained arms read (:class:`sert.arms.Source`): the task, the teacher's rationales, the run's
+    selection, arms' own selections of the run's mined paths, and (``mine_from`` arms) the selections of
+    paths an arm's checkpoint mines, one per arm (its seeds and rounds each mine their own)."""
     table = arm_table(cfg.arm_specs)
-    out = set()
+    out: set[Source] = set()
     for a in training_order(cfg.arms, table):
-        out.add(f"selection:{a}" if table[a].data == "selection" else table[a].data)
+        out.update(arm_sources(table[a], miner=a if table[a].mine_from else None))
     return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every stage builder reads: the config, the run directory, the arm table, the seeds."""
+    cfg: RunConfig
+    run_dir: Path
+    table: dict
+    seeds: list[int]
+    progress: bool = True
+
+    @property
+    def dev(self) -> str | None:
+        return _device(self.cfg.device)
+
+    @property
+    def dt(self) -> str | None:
+        return _device(self.cfg.dtype)
+
+    @property
+    def conf(self) -> str:
+        return shlex.quote(str(self.run_dir / "config.yaml"))
+
+    @property
+    def devflags(self) -> str:
+        c = self.cfg
+        return (f" --device {shlex.quote(c.device)}" if c.device != "auto" else "") + \
+            (f" --dtype {shlex.quote(c.dtype)}" if c.dtype != "auto" else "")
+
+    def dir(self, name: str | None) -> Path:
+        return self.run_dir / name if name else self.run_dir
+
+    def instance(self, arm: str, seed: int) -> str:
+        return instance_name(arm, seed, self.seeds)
+
+    def filter_config(self, src: Source) -> FilterConfig:
+        """The run's filter, with the owning arm's overrides for its own selection."""
+        over = self.table[src.arm].filter if src.kind == "selection" else None
+        return from_dict(FilterConfig, {**to_dict(self.cfg.filter), **over}) if over else self.cfg.filter
 
 
 def build_stages(cfg: RunConfig, run_dir: Path, progress: bool = True) -> list[Stage]:
     """The stages the configured arms need, in execution order (the arm table: :mod:`sert.arms`)."""
-    table = arm_table(cfg.arm_specs)
-    dev, dt = _device(cfg.device), _device(cfg.dtype)
-    q = shlex.quote
-    conf = q(str(run_dir / "config.yaml"))
-    devflags = (f" --device {q(cfg.device)}" if cfg.device != "auto" else "") + \
-        (f" --dtype {q(cfg.dtype)}" if cfg.dtype != "auto" else "")
+    plan = Plan(cfg, run_dir, arm_table(cfg.arm_specs), cfg.train.seed_list(), progress)
     sources = data_sources(cfg)
-    mine_dir, teach_dir = run_dir / "mine", run_dir / "teach"
-    teach_limit = cfg.teach.limit if cfg.teach.limit is not None else cfg.train_limit
+    shared = sorted((s for s in sources if s.mined and s.miner is None), key=lambda s: s.stage)
     stages: list[Stage] = []
-
-    def selection_dir(src: str) -> Path:
-        return run_dir / ("filter" if src == "filter" else f"filter-{src.split(':', 1)[1]}")
-
-    if any(x == "filter" or x.startswith("selection:") for x in sources):
-        def mine(resume: bool) -> dict:
-            from .mine import run_mine
-            run_mine(cfg.model, cfg.task, cfg.mine, mine_dir, device=dev, dtype=dt, progress=progress)
-            return {"paths": _count(mine_dir / "paths.jsonl")}
-
-        stages.append(Stage("mine", mine_dir, ["paths.jsonl", "mine_meta.json"], mine,
-                            command=f"sert mine --model {q(cfg.model)} --task {q(cfg.task)} --config {conf} "
-                                    f"--out {q(str(mine_dir))}{devflags}"))
-        for src in sorted(x for x in sources if x == "filter" or x.startswith("selection:")):
-            stages.append(filter_stage(cfg, src, selection_dir(src), mine_dir, conf, table))
-        if "filter" in sources and cfg.judge.enabled:
-            stages.append(_judge_stage(cfg, run_dir, conf))
-    if "teach" in sources:
-        def teach(resume: bool) -> dict:
-            from .teach import run_teach
-            run_teach(cfg.task, cfg.teach, teach_dir, split="train", limit=teach_limit)
-            info = {"rationales": _count(teach_dir / "rationales.jsonl")}
-            failed = read_json(teach_dir / "teach_summary.json").get("failed_requests", 0)
-            if failed:  # the next run retries them (a marker with "retry" is not skipped)
-                info["retry"] = f"{failed} teacher requests failed"
-            return info
-
-        def teach_check() -> None:
-            if _count(teach_dir / "rationales.jsonl") == 0:
-                raise SertError(f"the teacher stage kept no rationale ({teach_dir / 'teach_summary.json'}): the rd "
-                                "arms have no training data; raise train_limit or set teach.keep_correct_only false")
-
-        stages.append(Stage("teach", teach_dir, ["rationales.jsonl", "teach_summary.json"], teach, [], teach_check,
-                            command=f"sert teach --task {q(cfg.task)} --config {conf} --out {q(str(teach_dir))}"
-                                    + (f" --limit {teach_limit}" if teach_limit is not None else "")))
-
-    seeds = cfg.train.seed_list()
-
-    def eval_stage(arm: str, seed: int | None = None) -> Stage:
-        inst = arm if seed is None else instance_name(arm, seed, seeds)
-        out = run_dir / "eval" / inst
-        untrained = table[arm].kind == "none"
-
-        def budget() -> dict:
-            from .evaluate import longest_training_completion, resolve_budget
-            longest = None if untrained else longest_training_completion(str(_checkpoint(run_dir, inst)))
-            return resolve_budget(cfg.eval, longest, label=f"arm {inst}")
-
-        def ev(resume: bool) -> dict:
-            from .evaluate import run_eval
-            model = cfg.model if untrained else str(_checkpoint(run_dir, inst))
-            m = run_eval(model, cfg.task, cfg.eval, out, device=dev, dtype=dt, progress=progress)
-            info = {"accuracy": f"{100 * m['acc']:.1f}%", "n": m["n"], "max_new_tokens": m["max_new_tokens"],
-                    "cut": f"{100 * m['cut']:.1f}%"}
-            failed = m.get("judge_failed", m["n"] - m.get("judge_n", 0))  # unscored replies are final
-            if cfg.eval.judge and failed:
-                info["retry"] = f"{failed} judge requests failed"
-            return info
-
-        model = q(cfg.model) if untrained else q(str(run_dir / "arms" / inst / "final"))
-        return Stage(f"eval:{inst}", out, ["metrics.json", "predictions.jsonl"], ev,
-                     [] if untrained else [f"train:{inst}"],
-                     command=f"sert eval --model {model} --task {q(cfg.task)} --config {conf} "
-                             f"--out {q(str(out))}{devflags}",
-                     identity=lambda: {"max_new_tokens": budget()["max_new_tokens"]})
-
-    def train_stage(arm: str, seed: int) -> Stage:
-        spec = table[arm]
-        inst = instance_name(arm, seed, seeds)
-        out = run_dir / "arms" / inst
-        tcfg = dataclasses.replace(cfg.train, seed=seed, seeds=None)
-        src = f"selection:{arm}" if spec.data == "selection" else spec.data
-        data = cfg.task if src == "task" else str(teach_dir / "rationales.jsonl") if src == "teach" \
-            else str(selection_dir(src) / "selected.jsonl")
-        limit = cfg.train_limit if spec.data == "task" else None
-        deps = [] if spec.data == "task" else ["teach" if src == "teach" else f"filter{src[len('selection'):]}"
-                                                 if src.startswith("selection:") else "filter"]
-        init_inst = None if spec.init == "base" else instance_name(spec.init, seed, seeds)
-        if init_inst:
-            deps.append(f"train:{init_inst}")
-        init = cfg.model if init_inst is None else str(run_dir / "arms" / init_inst / "final")
-
-        def tr(resume: bool) -> dict:
-            from .train import run_train
-            t0 = time.time()
-            start = init if init_inst is None else str(_checkpoint(run_dir, init_inst))
-            final = run_train(start, data, spec.kind, tcfg, out, resume=resume, device=dev, dtype=dt, limit=limit)
-            ts = out / "train_summary.json"
-            summ = read_json(ts) if ts.exists() else {}
-            info = {"arm": arm, "instance": inst, "seed": seed, "stage": spec.kind,
-                    "init": _rel(Path(start), run_dir) if init_inst else init,
-                    "data": _rel(Path(data), run_dir) if spec.data != "task" else data, "limit": limit,
-                    "n_examples": summ.get("n_examples"), "max_completion_tokens": summ.get("max_completion_tokens"),
-                    "checkpoint": _rel(Path(final), run_dir), "wall_s": round(time.time() - t0, 1)}
-            atomic_write_json(out / "arm.json", info)
-            # Trainer checkpoints (weights + Adam state, ~12 bytes/parameter) only serve a resume;
-            # final/ is the arm's checkpoint from here on.
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
-            return {"checkpoint": info["checkpoint"]}
-
-        return Stage(f"train:{inst}", out, ["arm.json", "final/config.json"], tr, deps,
-                     command=f"sert train --stage {spec.kind} --model {q(init)} --data {q(data)} --config {conf} "
-                             f"--out {q(str(out))}" + (f" --limit {limit}" if limit is not None else "")
-                             + (f" --seed {seed}" if len(seeds) > 1 else "") + devflags,
-                     identity=lambda: {"seed": seed, **({"arm": dataclasses.asdict(spec)}
-                                                         if arm not in PAPER_ARMS else {})},
-                     legacy_identity={"seed": cfg.train.seed} if arm in PAPER_ARMS else None)
-
-    untrained = [a for a in cfg.arms if table[a].kind == "none"]
-    for a in untrained:
-        stages.append(eval_stage(a))
-    for i, seed in enumerate(seeds):
-        arms = cfg.arms if i == 0 or cfg.train.seed_arms is None else \
-            [a for a in cfg.arms if a in cfg.train.seed_arms]
-        for arm in training_order(arms, table):
-            stages.append(train_stage(arm, seed))
+    if shared:
+        stages.append(mine_stage(plan, shared[0]))
+        stages += [filter_stage(plan, s) for s in shared]
+        if Source("filter") in sources and cfg.judge.enabled:
+            stages.append(_judge_stage(cfg, run_dir, plan.conf))
+    if Source("teach") in sources:
+        stages.append(teach_stage(plan))
+    stages += [eval_stage(plan, a) for a in cfg.arms if plan.table[a].kind == "none"]
+    curve = set(curve_arms(cfg.arms, plan.table, cfg.train.curve_arms))
+    epochs = curve_epochs(cfg.train.eval_epochs, cfg.train.epochs)
+    for i, seed in enumerate(plan.seeds):
+        arms = cfg.arms if i == 0 or cfg.train.seed_arms is None else [a for a in cfg.arms if a in cfg.train.seed_arms]
+        for arm in training_order(arms, plan.table):
+            stages += arm_training_stages(plan, arm, seed, epochs if arm in curve and arm in arms else [])
             if arm in arms:
-                stages.append(eval_stage(arm, seed))
+                stages.append(eval_stage(plan, arm, seed))
+                stages += [eval_stage(plan, arm, seed, epoch=e) for e in (epochs if arm in curve else [])]
     return stages
 
 
-def filter_stage(cfg: RunConfig, src: str, out: Path, mine_dir: Path, conf: str, table: dict) -> Stage:
-    """The run's filter stage (``filter``), or an arm's own selection of the same mined paths
-    (``filter:<arm>``, FilterConfig = the run's with the arm's overrides)."""
-    from .config import FilterConfig
+def mine_stage(plan: Plan, src: Source, model: str | None = None, dep: str | None = None) -> Stage:
+    """Stage 1: the run's mining (``mine``), or an arm instance's own mining with a trained checkpoint
+    (``mine:<instance>``: ``model`` is that checkpoint, mined with the trained arms' prompt)."""
+    cfg, q = plan.cfg, shlex.quote
+    out = plan.dir(src.mine_dirname)
+    mcfg = cfg.mine if src.miner is None else dataclasses.replace(cfg.mine, prompt="train")
 
-    own = src.startswith("selection:")
-    arm = src.split(":", 1)[1] if own else None
-    fcfg = from_dict(FilterConfig, {**to_dict(cfg.filter), **(table[arm].filter or {})}) if own else cfg.filter
-    name = f"filter:{arm}" if own else "filter"
+    def mine(resume: bool) -> dict:
+        from .mine import run_mine
+        start = cfg.model if dep is None else str(_checkpoint(plan.run_dir, dep.split(":", 1)[1]))
+        run_mine(start, cfg.task, mcfg, out, device=plan.dev, dtype=plan.dt, progress=plan.progress)
+        return {"paths": _count(out / "paths.jsonl")}
+
+    extra = " --prompt train" if src.miner is not None else ""
+    return Stage(src.mine_stage, out, ["paths.jsonl", "mine_meta.json"], mine, [dep] if dep else [],
+                 command=f"sert mine --model {q(model or cfg.model)} --task {q(cfg.task)} --config {plan.conf}"
+                         f"{extra} --out {q(str(out))}{plan.devflags}")
+
+
+def filter_stage(plan: Plan, src: Source) -> Stage:
+    """The run's filter stage (``filter``), an arm's own selection of the run's mined paths (``filter:<arm>``),
+    or of the paths its checkpoint mined (``filter:<instance>``); FilterConfig = the run's with the arm's
+    overrides."""
+    fcfg = plan.filter_config(src)
+    out, mine_dir = plan.dir(src.dirname), plan.dir(src.mine_dirname)
 
     def filt(resume: bool) -> dict:
         from .filters import run_filter
@@ -359,16 +318,169 @@ def filter_stage(cfg: RunConfig, src: str, out: Path, mine_dir: Path, conf: str,
     def filt_check() -> None:
         if _count(out / "selected.jsonl") == 0:
             raise SertError(f"the filters kept no latent path ({out / 'funnel.json'}): "
-                            f"{'arm ' + arm if own else 'the sert arms'} have no training data; mine more questions "
-                            "(mine.limit), sample longer paths (mine.max_new_tokens) or relax the filters")
+                            f"{'arm ' + src.owner if src.owner else 'the sert arms'} have no training data; mine more "
+                            "questions (mine.limit), sample longer paths (mine.max_new_tokens) or relax the filters")
 
     q = shlex.quote
+    over = plan.table[src.arm].filter if src.kind == "selection" else None
     sets = "".join(f" --{k.replace('_', '-')} {q(str(v).lower() if isinstance(v, bool) else str(v))}"
-                   for k, v in (table[arm].filter or {}).items()) if own else ""
-    return Stage(name, out, ["selected.jsonl", "funnel.json"], filt, ["mine"], filt_check,
-                 command=f"sert filter --paths {q(str(mine_dir / 'paths.jsonl'))} --config {conf}{sets} "
+                   for k, v in (over or {}).items())
+    return Stage(src.stage, out, ["selected.jsonl", "funnel.json"], filt, [src.mine_stage], filt_check,
+                 command=f"sert filter --paths {q(str(mine_dir / 'paths.jsonl'))} --config {plan.conf}{sets} "
                          f"--out {q(str(out))}",
-                 identity=(lambda: {"filter": to_dict(fcfg)}) if own else None)
+                 identity=(lambda: {"filter": filter_identity(fcfg)}) if src.kind == "selection" else None)
+
+
+def filter_identity(fcfg: FilterConfig) -> dict:
+    """A selection's settings as its stage records them; keys added since at their defaults left out, so a
+    run resumed with today's code keeps its finished selections."""
+    return {k: v for k, v in to_dict(fcfg).items() if not (k in ADDED_FILTER_KEYS and v == ADDED_FILTER_KEYS[k])}
+
+
+def teach_stage(plan: Plan) -> Stage:
+    cfg, q = plan.cfg, shlex.quote
+    teach_dir = plan.dir("teach")
+    limit = cfg.teach.limit if cfg.teach.limit is not None else cfg.train_limit
+
+    def teach(resume: bool) -> dict:
+        from .teach import run_teach
+        run_teach(cfg.task, cfg.teach, teach_dir, split="train", limit=limit)
+        info = {"rationales": _count(teach_dir / "rationales.jsonl")}
+        failed = read_json(teach_dir / "teach_summary.json").get("failed_requests", 0)
+        if failed:  # the next run retries them (a marker with "retry" is not skipped)
+            info["retry"] = f"{failed} teacher requests failed"
+        return info
+
+    def teach_check() -> None:
+        if _count(teach_dir / "rationales.jsonl") == 0:
+            raise SertError(f"the teacher stage kept no rationale ({teach_dir / 'teach_summary.json'}): the rd "
+                            "arms have no training data; raise train_limit or set teach.keep_correct_only false")
+
+    return Stage("teach", teach_dir, ["rationales.jsonl", "teach_summary.json"], teach, [], teach_check,
+                 command=f"sert teach --task {q(cfg.task)} --config {plan.conf} --out {q(str(teach_dir))}"
+                         + (f" --limit {limit}" if limit is not None else ""))
+
+
+def eval_stage(plan: Plan, arm: str, seed: int | None = None, epoch: int | None = None) -> Stage:
+    """Evaluation of an arm (``eval:<instance>``), or of its learning-curve point at the end of ``epoch``
+    (``eval:<arm>@<epoch>[-s<seed>]``: the checkpoint ``arms/<instance>/epoch-<epoch>``)."""
+    cfg, q = plan.cfg, shlex.quote
+    trained_inst = arm if seed is None else plan.instance(arm, seed)
+    name = trained_inst if epoch is None else plan.instance(curve_name(arm, epoch), seed)
+    out = plan.dir("eval") / name
+    untrained = plan.table[arm].kind == "none"
+
+    def checkpoint() -> Path:
+        if epoch is not None:
+            return plan.run_dir / "arms" / trained_inst / f"epoch-{epoch}"
+        return _checkpoint(plan.run_dir, trained_inst)
+
+    def budget() -> dict:
+        from .evaluate import longest_training_completion, resolve_budget
+        longest = None if untrained else longest_training_completion(str(checkpoint()))
+        return resolve_budget(cfg.eval, longest, label=f"arm {name}")
+
+    def ev(resume: bool) -> dict:
+        from .evaluate import run_eval
+        model = cfg.model if untrained else str(checkpoint())
+        m = run_eval(model, cfg.task, cfg.eval, out, device=plan.dev, dtype=plan.dt, progress=plan.progress)
+        info = {"accuracy": f"{100 * m['acc']:.1f}%", "n": m["n"], "max_new_tokens": m["max_new_tokens"],
+                "cut": f"{100 * m['cut']:.1f}%"}
+        failed = m.get("judge_failed", m["n"] - m.get("judge_n", 0))  # unscored replies are final
+        if cfg.eval.judge and failed:
+            info["retry"] = f"{failed} judge requests failed"
+        return info
+
+    model = q(cfg.model) if untrained else q(str(plan.run_dir / "arms" / trained_inst /
+                                               ("final" if epoch is None else f"epoch-{epoch}")))
+    return Stage(f"eval:{name}", out, ["metrics.json", "predictions.jsonl"], ev,
+                 [] if untrained else [f"train:{trained_inst}"],
+                 command=f"sert eval --model {model} --task {q(cfg.task)} --config {plan.conf} "
+                         f"--out {q(str(out))}{plan.devflags}",
+                 identity=lambda: {"max_new_tokens": budget()["max_new_tokens"]})
+
+
+def arm_training_stages(plan: Plan, arm: str, seed: int, epochs: list[int]) -> list[Stage]:
+    """The stages that train ``arm`` with ``seed``: its training, or (``mine_from``) for each round the
+    mining with the previous checkpoint, its own selection and the training from that checkpoint."""
+    spec = plan.table[arm]
+    inst = plan.instance(arm, seed)
+    if spec.mine_from is None:
+        return [train_stage(plan, arm, seed, inst, arm_sources(spec), spec.init, epochs)]
+    out, prev = [], plan.instance(spec.mine_from, seed)
+    for r in range(1, spec.rounds + 1):
+        name = round_instance(inst, r, spec.rounds)
+        (sel,) = [s for s in arm_sources(spec, miner=name) if s.mined]
+        out.append(mine_stage(plan, sel, model=str(plan.run_dir / "arms" / prev / "final"), dep=f"train:{prev}"))
+        out.append(filter_stage(plan, sel))
+        srcs = arm_sources(spec, miner=name)
+        out.append(train_stage(plan, arm, seed, name, srcs, prev, epochs if r == spec.rounds else [],
+                               round_=(r, spec.rounds)))
+        prev = name
+    return out
+
+
+def train_config(plan: Plan, arm: str, seed: int, epochs: list[int], sources) -> TrainConfig:
+    """The training settings of one arm instance: the run's, with its seed, its learning-curve epochs, and
+    per-example weights when its selection carries confidence weights or its self part is weighted."""
+    t = plan.cfg.train
+    weighted = t.use_weights or any(s.mined and plan.filter_config(s).confidence_weight for s in sources) or \
+        (len(sources) > 1 and t.self_weight != 1.0)
+    return dataclasses.replace(t, seed=seed, seeds=None, seed_arms=None, use_weights=weighted,
+                               eval_epochs=list(epochs) or None, curve_arms=None)
+
+
+def train_stage(plan: Plan, arm: str, seed: int, inst: str, sources, init_arm: str, epochs: list[int],
+                round_: tuple[int, int] | None = None) -> Stage:
+    """``train:<instance>``: train ``arm``'s stage kind on its sources, from the base model or from the
+    checkpoint of ``init_arm`` (an arm name, or an instance name for a self-improvement round)."""
+    cfg, spec, q = plan.cfg, plan.table[arm], shlex.quote
+    out = plan.run_dir / "arms" / inst
+    tcfg = train_config(plan, arm, seed, epochs, sources)
+    stage = spec.train_stage
+    files = [cfg.task if s.kind == "task" else str(plan.dir(s.dirname) / s.file) for s in sources]
+    data = files[0] if len(files) == 1 else files
+    limit = cfg.train_limit if sources[0].kind == "task" else None
+    deps = [s.stage for s in sources if s.stage]
+    init_inst = None if init_arm == "base" else init_arm if round_ else plan.instance(init_arm, seed)
+    if init_inst:
+        deps.append(f"train:{init_inst}")
+    init = cfg.model if init_inst is None else str(plan.run_dir / "arms" / init_inst / "final")
+
+    def tr(resume: bool) -> dict:
+        from .train import run_train
+        t0 = time.time()
+        start = init if init_inst is None else str(_checkpoint(plan.run_dir, init_inst))
+        final = run_train(start, data, stage, tcfg, out, resume=resume, device=plan.dev, dtype=plan.dt, limit=limit)
+        ts = out / "train_summary.json"
+        summ = read_json(ts) if ts.exists() else {}
+        info = {"arm": arm, "instance": inst, "seed": seed, "stage": spec.kind,
+                "init": _rel(Path(start), plan.run_dir) if init_inst else init,
+                "data": " + ".join(_rel(Path(f), plan.run_dir) if s.kind != "task" else f
+                                   for s, f in zip(sources, files)), "limit": limit,
+                "n_examples": summ.get("n_examples"), "max_completion_tokens": summ.get("max_completion_tokens"),
+                "checkpoint": _rel(Path(final), plan.run_dir), "wall_s": round(time.time() - t0, 1),
+                **({"weights": summ["weights"]} if summ.get("weights") else {}),
+                **({"round": list(round_)} if round_ else {}),
+                **({"epoch_snapshots": [f"epoch-{e}" for e in epochs]} if epochs else {})}
+        atomic_write_json(out / "arm.json", info)
+        # Trainer checkpoints (weights + Adam state, ~12 bytes/parameter) only serve a resume;
+        # final/ (and epoch-*/) are the arm's checkpoints from here on.
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        return {"checkpoint": info["checkpoint"]}
+
+    ident = {"seed": seed, **({"arm": arm_identity(spec)} if arm not in PAPER_ARMS else {}),
+             **({"eval_epochs": list(epochs)} if epochs else {}), **({"round": list(round_)} if round_ else {})}
+    datas = "".join(f" --data {q(f)}" for f in files)
+    return Stage(f"train:{inst}", out, ["arm.json", "final/config.json", *(f"epoch-{e}/config.json" for e in epochs)],
+                 tr, deps,
+                 command=f"sert train --stage {stage} --model {q(init)}{datas} --config {plan.conf} "
+                         f"--out {q(str(out))}" + (f" --limit {limit}" if limit is not None else "")
+                         + (f" --seed {seed}" if len(plan.seeds) > 1 else "")
+                         + (f" --use-weights true" if tcfg.use_weights and not cfg.train.use_weights else "")
+                         + (f" --eval-epochs {' '.join(map(str, epochs))}" if epochs else "") + plan.devflags,
+                 identity=lambda: ident,
+                 legacy_identity={"seed": cfg.train.seed} if arm in PAPER_ARMS else None)
 
 
 def instance_name(arm: str, seed: int, seeds: list[int]) -> str:

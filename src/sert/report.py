@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from .arms import PAPER_ARMS, arm_table
+from .arms import PAPER_ARMS, report_arms, split_curve
 from .errors import SertError
 from .io import atomic_save_figure, atomic_write_text, read_json, read_jsonl
 from .openai_client import format_judge
@@ -80,12 +80,10 @@ def _load_run(run_dir: Path) -> dict:
     if cfg_file.exists():
         run["config"] = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
         run["config_text"] = cfg_file.read_text(encoding="utf-8")
-    table = arm_table(run["config"].get("arm_specs") or ())
-    run["labels"] = {a.name: a.label for a in table.values()}
-    # (baseline, treatment) pairs: the paper's claims (SERT+RD beats RD, SERT beats Finetune) and declared arms'
-    run["comparisons"] = [(a.baseline, a.name) for a in table.values() if a.baseline]
-    order = list(run["config"].get("arms") or ARMS)
-    order += [a for a in table if a not in order]
+    # the arms in order (learning-curve points after their arm), their labels, and the (baseline, treatment)
+    # pairs: the paper's claims (SERT+RD beats RD, SERT beats Finetune), declared arms', each at every curve epoch
+    order, run["labels"], run["comparisons"] = report_arms(run["config"])
+    run["order"] = order
     for arm in order:
         m = run_dir / "eval" / arm / "metrics.json"
         p = run_dir / "eval" / arm / "predictions.jsonl"
@@ -123,13 +121,14 @@ def _load_seeds(run_dir: Path, run: dict, order: list[str]) -> dict[str, dict[in
     for arm in order:
         if arm == "base" or not (run_dir / "eval").is_dir():
             continue
-        names = [arm] + sorted(p.name for p in (run_dir / "eval").iterdir() if re.fullmatch(rf"{arm}-s-?\d+", p.name))
+        names = [arm] + sorted(p.name for p in (run_dir / "eval").iterdir()
+                               if re.fullmatch(rf"{re.escape(arm)}-s-?\d+", p.name))
         for inst in names:
             if inst == arm and arm not in run["arms"]:
                 continue
             if inst == arm:
                 a = run["arms"][arm]
-                seed = (run["train"].get(arm) or {}).get("seed", default_seed)
+                seed = (run["train"].get(split_curve(arm)[0]) or {}).get("seed", default_seed)
             else:
                 m = run_dir / "eval" / inst / "metrics.json"
                 if not m.exists():
@@ -154,7 +153,7 @@ def results_table(run: dict) -> tuple[list[str], list[list[str]]]:
     label, paper, _ = paper_row(run["model"] or "", run["task"] or "")
     ftc = finetune_cot_row(run["model"] or "", run["task"] or "")
     judge = any("judge" in a["metrics"] for a in run["arms"].values())
-    head = ["Arm", "Acc % (95% CI)", "Fmt %", "Len", "Rep", *(["Judge (0-10)"] if judge else []), "n",
+    head = ["Arm", "Acc % (95% CI)", "Fmt %", "Cons %", "Len", "Rep", *(["Judge (0-10)"] if judge else []), "n",
             f"Paper Acc % ({label})",
             *([f"Fine-tune-CoT Acc % ({label.split(',')[0]}; Finetune: its vanilla fine-tuning)"] if ftc else [])]
     rows = []
@@ -163,11 +162,78 @@ def results_table(run: dict) -> tuple[list[str], list[list[str]]]:
         lo, hi = m.get("acc_ci", [None, None])
         pub = (paper or {}).get(arm)
         rows.append([run["labels"].get(arm, arm), f"{_pct(m.get('acc'))} [{_pct(lo)}, {_pct(hi)}]",
-                     _pct(m.get("fmt"), 1), _num(m.get("len"), ".1f"), _num(m.get("rep"), ".3f"),
+                     _pct(m.get("fmt"), 1), _pct(consistency(run, arm), 1),
+                     _num(m.get("len"), ".1f"), _num(m.get("rep"), ".3f"),
                      *([format_judge(m) if "judge" in m else "–"] if judge else []), str(m.get("n", "–")),
                      "–" if pub is None else f"{pub:.2f}",
                      *(["–" if ftc.get(arm) is None else f"{ftc[arm]:.2f}"] if ftc else [])])
     return head, rows
+
+
+def consistency(run: dict, arm: str) -> float | None:
+    """The share of an arm's outputs whose final answer follows from their own text (metrics.json's
+    ``answer_consistency``; for predictions made before it existed, computed from their outputs)."""
+    a = run["arms"][arm]
+    m = a["metrics"]
+    if "answer_consistency" in m:
+        return m["answer_consistency"]
+    if not a["preds"] or not run.get("task"):
+        return None
+    from .answers import answer_consistent
+    from .tasks import load_examples
+
+    if "_examples" not in run:
+        try:
+            run["_examples"] = {e.id: e for e in load_examples(run["task"], m.get("split", "test"))}
+        except SertError:
+            run["_examples"] = {}
+    ex = run["_examples"]
+    got = [answer_consistent(r.get("output", ""), ex[r["id"]].kind, ex[r["id"]].choices)
+           for r in a["preds"] if r.get("id") in ex]
+    got = [g for g in got if g is not None]
+    return sum(got) / len(got) if got else None
+
+
+def curve_points(run: dict) -> dict[str, list[tuple[int, str]]]:
+    """Per arm with learning-curve points: ``[(epoch, evaluated arm name)]`` ascending, its last epoch
+    (the arm itself) included."""
+    final = (run["config"].get("train") or {}).get("epochs")
+    out: dict[str, list[tuple[int, str]]] = {}
+    for name in run["arms"]:
+        arm, ep = split_curve(name)
+        if ep is not None:
+            out.setdefault(arm, []).append((ep, name))
+    for arm, pts in out.items():
+        if arm in run["arms"] and final is not None:
+            pts.append((int(float(final)), arm))
+        pts.sort()
+    return out
+
+
+def curve_rows(run: dict) -> tuple[list[str], list[list[str]]]:
+    """The learning curves as a table: accuracy [95% CI] per arm and epoch; with several seeds, their mean ± sd."""
+    from .metrics import mean_sd
+
+    pts = curve_points(run)
+    epochs = sorted({e for p in pts.values() for e, _ in p})
+    rows = []
+    for arm, p in pts.items():
+        by = dict(p)
+        cells = []
+        for e in epochs:
+            if e not in by:
+                cells.append("–")
+                continue
+            m = run["arms"][by[e]]["metrics"]
+            lo, hi = m.get("acc_ci", [None, None])
+            cell = f"{_pct(m['acc'])} [{_pct(lo)}, {_pct(hi)}]"
+            seeds = run["seeds"].get(by[e]) or {}
+            if len(seeds) > 1:
+                mu, sd = mean_sd([100 * x["metrics"]["acc"] for x in seeds.values()])
+                cell += f"; seeds {mu:.2f} ± {sd:.2f}"
+            cells.append(cell)
+        rows.append([run["labels"].get(arm, arm), *cells])
+    return ["Arm", *(f"epoch {e}" for e in epochs)], rows
 
 
 def finetune_cot_row(model: str, task: str) -> dict | None:
@@ -353,7 +419,7 @@ def accuracy_plot(run: dict, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     label, paper, _ = paper_row(run["model"] or "", run["task"] or "")
-    arms = list(run["arms"])
+    arms = [a for a in run["arms"] if split_curve(a)[1] is None]  # curve points: the learning-curve plot
     acc = [100 * run["arms"][a]["metrics"]["acc"] for a in arms]
     ci = [run["arms"][a]["metrics"].get("acc_ci", [None, None]) for a in arms]
     err = [[max(0.0, y - 100 * (c[0] if c[0] is not None else y / 100)) for y, c in zip(acc, ci)],
@@ -377,8 +443,40 @@ def accuracy_plot(run: dict, path: Path) -> Path | None:
     return atomic_save_figure(fig, path)
 
 
+def curve_plot(run: dict, path: Path) -> Path | None:
+    """Accuracy against training epoch per arm with learning-curve points (95% CI bars); other seeds as dots."""
+    pts = curve_points(run)
+    if not pts:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
+    for k, (arm, p) in enumerate(pts.items()):
+        xs = [e + 0.04 * (k - len(pts) / 2) for e, _ in p]
+        ms = [run["arms"][n]["metrics"] for _, n in p]
+        ys = [100 * m["acc"] for m in ms]
+        lo = [y - 100 * (m.get("acc_ci") or [m["acc"]] * 2)[0] for y, m in zip(ys, ms)]
+        hi = [100 * (m.get("acc_ci") or [m["acc"]] * 2)[1] - y for y, m in zip(ys, ms)]
+        line = ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=4, label=run["labels"].get(arm, arm))
+        for x, (_, n) in zip(xs, p):
+            others = [100 * v["metrics"]["acc"] for v in (run["seeds"].get(n) or {}).values()
+                      if v is not run["arms"][n]]
+            ax.scatter([x] * len(others), others, color=line[0].get_color(), alpha=0.45, s=14)
+    ax.set_xlabel("training epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xticks(sorted({e for p in pts.values() for e, _ in p}))
+    ax.set_title(f"learning curves · {run['task']} · {Path(str(run['model'])).name}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return atomic_save_figure(fig, path)
+
+
 # ------------------------------------------------------------------ document
-def _build(run: dict, acc_png: Path | None) -> list[tuple]:
+def _build(run: dict, acc_png: Path | None, curve_png: Path | None = None) -> list[tuple]:
     """The report as blocks, rendered once to Markdown and once to HTML."""
     cfg = run["config"]
     d: list[tuple] = []
@@ -398,6 +496,9 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
                  "tokens (per arm: the table below); answer read after the last `the answer is`. "
                  "Acc: accuracy with 95% percentile bootstrap CI; "
                  "Fmt: share of outputs with no format error, hallucinated continuation or severe repetition; "
+                 "Cons: share of the outputs with a final answer and a checkable text whose final answer follows "
+                 "from their own text (multiple choice: the final letter is the option the reasoning names last; "
+                 "no earlier 'the answer is' states another answer); "
                  "Len: mean reasoning tokens; Rep: unigram repetition rep-1."]
         if paper is None:
             notes.append(f"The paper reports no numbers for task `{run['task']}`.")
@@ -432,6 +533,16 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
         if srows:
             d.append(("h3", "Training seeds"))
             d.append(("table", ["Arm", "seeds", "Acc % per seed", "mean ± sd"], srows))
+        chead, crows_ = curve_rows(run)
+        if crows_:
+            d.append(("h3", "Learning curves (accuracy by training epoch)"))
+            d.append(("table", chead, crows_))
+            d.append(("p", "Each point is the arm's checkpoint at the end of that epoch (`train.eval_epochs`), "
+                           "evaluated like an arm (named `ARM@E`); the last epoch is the arm itself. With the "
+                           "constant learning rate, the epoch-E point is the model a run of E epochs gives. "
+                           "Paired rows at each epoch are in the significance table."))
+            if curve_png:
+                d.append(("img", curve_png, "learning curves"))
     else:
         d.append(("p", "No arm has been evaluated yet."))
 
@@ -495,6 +606,14 @@ def _build(run: dict, acc_png: Path | None) -> list[tuple]:
                          _cell(t.get("mean_train_loss")), _cell(t.get("final_loss")), _cell(t.get("wall_s"))])
         d.append(("table", ["Arm", "stage", "initialised from", "data", "examples", "steps", "mean loss",
                             "last logged loss", "wall s"], rows))
+        wrows = [[run["labels"].get(arm, arm), src, _cell(w.get("n")), _cell(w.get("min")), _cell(w.get("q1")),
+                  _cell(w.get("median")), _cell(w.get("q3")), _cell(w.get("max"))]
+                 for arm, t in run["train"].items() for src, w in (t.get("weights") or {}).items()]
+        if wrows:
+            d.append(("p", "Per-example loss weights as trained (per data source: the selection's confidence "
+                           "weights rescaled to mean 1 over its completion tokens, then the self source x "
+                           "train.self_weight beside the teacher's rationales; docs/METHOD.md):"))
+            d.append(("table", ["Arm", "source", "examples", "min", "q1", "median", "q3", "max"], wrows))
 
     ids = _sample_ids(run)
     if ids:
@@ -622,7 +741,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         raise SertError(f"{run_dir}: not a sert run directory (no config.yaml, no eval/)")
     run = _load_run(run_dir)
     png = accuracy_plot(run, run_dir / "plots" / "accuracy.png")
-    blocks = _build(run, png)
+    blocks = _build(run, png, curve_plot(run, run_dir / "plots" / "learning_curves.png"))
     md = atomic_write_text(run_dir / "report.md", render_markdown(blocks, run_dir))
     page = atomic_write_text(run_dir / "report.html", render_html(blocks, f"SERT report: {run['task']}"))
     return md, page

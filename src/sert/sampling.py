@@ -26,6 +26,7 @@ def paths_per_question(cfg: MineConfig) -> int:
 def settings_key(cfg: MineConfig) -> str:
     """What a path depends on besides model and question; records carry it so runs never mix."""
     skip = " skip_eos" if cfg.skip_eos_branch else ""  # absent by default: older paths files still resume
+    skip += " prompt=train" if cfg.prompt == "train" else ""
     if cfg.mode == "cot-decoding":
         return f"cot-decoding k={cfg.top_k_branches} max_new={cfg.max_new_tokens}{skip}"
     return (f"sert k={cfg.top_k_branches} n={cfg.samples_per_branch} top_k={cfg.top_k} top_p={cfg.top_p} "
@@ -127,5 +128,6 @@ def path_record(tokenizer, example, cfg: MineConfig, key: str, path: int, branch
         "branch_token_id": branch_id, "branch_prob": float(f"{branch_prob:.6g}"), "sample": sample,
         "text": text, "token_ids": token_ids, "n_tokens": len(token_ids),
         "logprobs": [round(x, 5) for x in logprobs], "finish": "eos" if eos else "length",
-        "delta": path_delta(tokenizer, token_ids, text, margins, e.kind, e.choices), **extra,
+        "delta": path_delta(tokenizer, token_ids, text, margins, e.kind, e.choices),
+        **({"prompt": cfg.prompt} if cfg.prompt != "zero-shot" else {}), **extra,
     }

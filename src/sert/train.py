@@ -9,11 +9,23 @@ Inputs (``--data``):
   --stage self      the filter stage's ``selected.jsonl`` (question, answer, path, optional weight)
   --stage distill   the teach stage's ``rationales.jsonl`` (question, answer, rationale)
   --stage finetune  a task name (its train split) or a JSONL/CSV file with question, answer
-A directory is accepted for self/distill and means the stage's file inside it.
+  --stage joint     several files, ``--data selected.jsonl --data rationales.jsonl``: one training on
+                    their union, each file's records built as their own stage's targets (the method
+                    summary's joint optimisation; the loss is docs/METHOD.md's, below)
+A directory is accepted for self/distill/joint and means the stage's file inside it.
+
+Loss: the completion tokens' cross-entropy, summed and divided by the batch's completion tokens
+(transformers' own causal-LM loss). With per-example weights (``use_weights``: the selection's
+``filter.confidence_weight``; ``self_weight`` for the self part of a joint mix) each example's token
+losses are multiplied by its weight; weights are rescaled per data source so that their mean over
+that source's completion tokens is 1 (the learning rate keeps its meaning), then the self source is
+multiplied by ``self_weight`` when it trains beside another source. All weights 1 is the plain loss.
 
 Outputs under ``--out DIR``:
   DIR/final/              HF checkpoint (model + tokenizer + README.md model card); LoRA is
                           merged, so evaluation loads a plain model. Written to a temp dir, renamed.
+  DIR/epoch-E/            with ``train.eval_epochs``: the model at the end of epoch E, the same way
+                          (learning curves); written before the Trainer's checkpoint of that step.
   DIR/checkpoints/        Trainer checkpoints; a rerun resumes from the last one.
   DIR/train_config.json   what was asked (model, stage, data, settings) + a fingerprint;
                           resuming with a different fingerprint is refused.
@@ -46,35 +58,43 @@ from .identity import refuse_other
 from .io import RunLock, atomic_write_json, atomic_write_text, ensure_dir, read_json, read_jsonl
 from .templates import distillation_target, finetune_target, self_training_target
 
-STAGES = ("finetune", "self", "distill")
+STAGES = ("finetune", "self", "distill", "joint")
 STAGE_FILES = {"self": "selected.jsonl", "distill": "rationales.jsonl"}
 _FIELDS = {"finetune": ("question", "answer"), "self": ("question", "answer", "path"),
            "distill": ("question", "answer", "rationale")}
 
 
 # ------------------------------------------------------------------ data
-def build_pairs(stage: str, records: Iterable[dict]) -> list[dict]:
-    """Training pairs ``{prompt, completion, weight}`` for ``stage`` from data records.
+def record_stage(r: dict) -> str:
+    """Which stage's target a record of a joint training makes: self (it has a ``path``), distill (a
+    ``rationale``), else finetune."""
+    return "self" if "path" in r else "distill" if "rationale" in r else "finetune"
 
-    ``weight`` is the record's ``weight`` field (default 1.0); it is only used
-    when ``TrainConfig.use_weights`` is set.
+
+def build_pairs(stage: str, records: Iterable[dict]) -> list[dict]:
+    """Training pairs ``{prompt, completion, weight, source}`` for ``stage`` from data records.
+
+    ``weight`` is the record's ``weight`` field (default 1.0); it is only used when
+    ``TrainConfig.use_weights`` is set. ``source``: the stage whose target the pair is (a joint
+    training mixes self and distill pairs; :func:`record_stage` tells them apart).
     """
     if stage not in STAGES:
         from .errors import did_you_mean
         raise SertError(f"unknown stage '{stage}'{did_you_mean(stage, STAGES)}; expected one of {', '.join(STAGES)}")
     out = []
     for n, r in enumerate(records, 1):
+        kind = record_stage(r) if stage == "joint" and isinstance(r, dict) else stage
         if not isinstance(r, dict):
-            raise SertError(f"record {n}: expected an object with {', '.join(_FIELDS[stage])}")
-        for k in _FIELDS[stage]:
+            raise SertError(f"record {n}: expected an object with {', '.join(_FIELDS.get(stage, _FIELDS['self']))}")
+        for k in _FIELDS[kind]:
             v = r.get(k)
             if v is None or (isinstance(v, str) and not v.strip()):
-                raise SertError(f"record {n}: missing field '{k}' for --stage {stage} "
-                                f"(expected {', '.join(_FIELDS[stage])})")
+                raise SertError(f"record {n}: missing field '{k}' for --stage {kind} "
+                                f"(expected {', '.join(_FIELDS[kind])})")
         q, a = str(r["question"]), str(r["answer"])
-        if stage == "self":
-            prompt, completion = self_training_target(q, str(r["path"]), a)
-        elif stage == "distill":
+        if kind == "self":
+            prompt, completion = self_training_target(q, str(r["path"]), a, own_answer=r.get("prompt") == "train")
+        elif kind == "distill":
             prompt, completion = distillation_target(q, str(r["rationale"]), a)
         else:
             prompt, completion = finetune_target(q, a)
@@ -85,13 +105,23 @@ def build_pairs(stage: str, records: Iterable[dict]) -> list[dict]:
             raise SertError(f"record {n}: weight must be a number, got {w!r}") from None
         if not math.isfinite(w) or w < 0:
             raise SertError(f"record {n}: weight must be a finite number >= 0, got {w}")
-        out.append({"prompt": prompt, "completion": completion, "weight": w})
+        out.append({"prompt": prompt, "completion": completion, "weight": w, "source": kind})
     return out
 
 
 def load_records(stage: str, data: str | os.PathLike | Sequence[dict], limit: int | None = None
                  ) -> tuple[list[dict], str]:
-    """The stage's data records and a description of where they came from."""
+    """The stage's data records and a description of where they came from. ``joint``: ``data`` is a list
+    of files (or directories) of the stages it mixes, each checked as its own stage's file."""
+    if _is_file_list(data):
+        if len(data) == 1 and stage != "joint":
+            data = data[0]
+        elif stage != "joint":
+            raise SertError(f"--data given {len(data)} times: only --stage joint trains on several files")
+        else:
+            return _joint_records(data, limit)
+    if stage == "joint":
+        raise SertError("--stage joint: give every file it mixes, e.g. --data selected.jsonl --data rationales.jsonl")
     if not isinstance(data, (str, os.PathLike)):
         recs, src = list(data), "<records>"
     else:
@@ -121,6 +151,35 @@ def load_records(stage: str, data: str | os.PathLike | Sequence[dict], limit: in
     if not recs:
         raise SertError(f"--data {src}: no training records")
     return recs, src
+
+
+def _is_file_list(data) -> bool:
+    return isinstance(data, (list, tuple)) and bool(data) and all(isinstance(d, (str, os.PathLike)) for d in data)
+
+
+def _joint_records(files, limit: int | None) -> tuple[list[dict], str]:
+    """The records of every file of a joint training (each file's stage told by its records' fields)."""
+    recs, srcs = [], []
+    for f in files:
+        p = Path(f)
+        if p.is_dir():
+            found = [p / n for n in STAGE_FILES.values() if (p / n).is_file()]
+            if len(found) != 1:
+                raise SertError(f"--data {p}: expected a directory with selected.jsonl or rationales.jsonl")
+            p = found[0]
+        if not p.is_file():
+            raise SertError(f"--data {p}: file not found")
+        part = read_jsonl(p)
+        if not part:
+            raise SertError(f"--data {p}: no training records")
+        kind = record_stage(part[0]) if isinstance(part[0], dict) else "self"
+        if kind == "finetune":
+            raise SertError(f"{p}: --stage joint mixes selected paths (field 'path') and teacher rationales "
+                            "(field 'rationale'); this file has neither")
+        _check_records(kind, p, part)
+        recs += part[:limit] if limit is not None else part
+        srcs.append(str(p))
+    return recs, " + ".join(srcs)
 
 
 def _check_records(stage: str, path: Path, recs: list[dict]) -> None:
@@ -172,7 +231,8 @@ def tokenize_pairs(pairs: list[dict], tok, max_length: int) -> tuple[list[dict],
             keep_p = max(0, max_length - len(c))
             p = fit_prompt(p, keep_p, n_special_prefix(tok))[0] if keep_p else []
             c = c[: max_length - len(p)]
-        feats.append({"input_ids": list(p) + c, "labels": [-100] * len(p) + c, "weight": pair["weight"]})
+        feats.append({"input_ids": list(p) + c, "labels": [-100] * len(p) + c, "weight": pair["weight"],
+                      "source": pair.get("source", "self")})
     return feats, truncated
 
 
@@ -227,45 +287,71 @@ class PadCollator:
         return batch
 
 
-def example_losses(logits, labels):
-    """Per-example token-mean cross-entropy over the unmasked (completion) tokens."""
+def token_losses(logits, labels):
+    """Per-token cross-entropy of the completion tokens (0 elsewhere) and the mask of those tokens, both
+    ``[batch, length - 1]``: position t predicts token t + 1, as transformers' causal-LM loss shifts."""
     import torch.nn.functional as F
 
     lg = logits[:, :-1, :].float()
     lb = labels[:, 1:]
     ce = F.cross_entropy(lg.reshape(-1, lg.size(-1)), lb.reshape(-1), ignore_index=-100, reduction="none")
-    ce = ce.view(lb.shape)
-    m = (lb != -100).to(ce.dtype)
-    return (ce * m).sum(1) / m.sum(1).clamp(min=1.0)
+    return ce.view(lb.shape), (lb != -100)
 
 
-def weighted_loss(logits, labels, weights):
-    """(D) Weighted loss: mean over the batch of weight x per-example token-mean loss.
+def weighted_loss(logits, labels, weights, n_tokens=None):
+    """(D) The weighted causal-LM loss: sum over examples of weight x the example's summed completion-token
+    cross-entropy, divided by ``n_tokens`` (the completion tokens of the optimizer step's whole batch,
+    as transformers counts them; default: this batch's). Weights 1 give transformers' own loss.
 
-    Weights are rescaled to mean 1 over the whole data set before training (see
-    :func:`run_train`), so the loss scale and lr keep their meaning and an
-    example's weight does not depend on who shares its batch.
-    """
-    return (weights.to(logits.device).float() * example_losses(logits, labels)).mean()
+    Weights are rescaled per data source before training (:func:`normalize_weights`), so the loss
+    scale and the learning rate keep their meaning and an example's weight does not depend on who
+    shares its batch."""
+    ce, mask = token_losses(logits, labels)
+    per_example = (ce * mask).sum(1)
+    denom = mask.sum() if n_tokens is None else n_tokens
+    return (weights.to(per_example.device).float() * per_example).sum() / denom
+
+
+def normalize_weights(feats: list[dict], self_weight: float = 1.0) -> dict:
+    """Rescale the examples' ``weight`` in place, per ``source``: the mean weight over that source's
+    completion tokens becomes 1; then, when several sources train together, the ``self`` source's
+    weights are multiplied by ``self_weight`` (lambda). Returns the weight distribution per source."""
+    from .filters import weight_stats
+
+    by_source: dict[str, list[dict]] = {}
+    for f in feats:
+        by_source.setdefault(f.get("source", "self"), []).append(f)
+    stats = {}
+    for src, group in by_source.items():
+        toks = [sum(1 for t in f["labels"][1:] if t != -100) for f in group]
+        mass = sum(f["weight"] * t for f, t in zip(group, toks))
+        if mass <= 0:
+            raise SertError(f"use_weights: every {src} example has weight 0")
+        scale = sum(toks) / mass * (self_weight if src == "self" and len(by_source) > 1 else 1.0)
+        for f in group:
+            f["weight"] = f["weight"] * scale
+        stats[src] = weight_stats([f["weight"] for f in group])
+    return stats
 
 
 def _trainer_classes():
     from transformers import Trainer
 
     class WeightedTrainer(Trainer):
-        """Trainer whose loss weights each example (its ``weight`` batch field)."""
-        loss_is_scaled_for_ga = False  # a per-batch mean: Trainer divides by the accumulation steps
-
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            # transformers < 5.2x decides the accumulation scaling from this flag alone
-            self.model_accepts_loss_kwargs = False
+        """Trainer whose loss weights each example (its ``weight`` batch field): :func:`weighted_loss`
+        over the step's completion tokens, which transformers counts over the accumulated micro-batches
+        (and processes) as for its own loss; with all weights 1 the gradients are the plain Trainer's."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             weights = inputs.pop("weight")
             labels = inputs.pop("labels")
             outputs = model(**inputs)
-            loss = weighted_loss(outputs.logits, labels, weights)
+            loss = weighted_loss(outputs.logits, labels, weights, num_items_in_batch)
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices \
+                    and self.accelerator.num_processes > 1:
+                loss = loss * self.accelerator.num_processes  # DDP averages; the count is the global one
+            # normalised over the whole accumulated batch when the Trainer counted it: no further division
+            self.loss_is_scaled_for_ga = num_items_in_batch is not None
             return (loss, outputs) if return_outputs else loss
 
     return Trainer, WeightedTrainer
@@ -274,7 +360,9 @@ def _trainer_classes():
 # ------------------------------------------------------------------ running
 def _fingerprint(model_name: str, stage: str, pairs: list[dict], cfg: TrainConfig) -> str:
     h = hashlib.sha256()
-    skip = {"logging_steps", "save_total_limit", "report_to"}  # do not change what is learned
+    skip = {"logging_steps", "save_total_limit", "report_to", "curve_arms"}  # do not change what is learned
+    # keys added later, at the value they stand for when absent: older runs keep their fingerprint
+    skip |= {k for k, v in (("self_weight", 1.0), ("eval_epochs", None)) if getattr(cfg, k) in (v, [])}
     if cfg.max_grad_norm == 1.0:  # made explicit later at the value it always had: old runs keep their fingerprint
         skip.add("max_grad_norm")
     if cfg.seeds is None:  # added later; one training run has one seed (train.seed)
@@ -282,8 +370,9 @@ def _fingerprint(model_name: str, stage: str, pairs: list[dict], cfg: TrainConfi
     h.update(json.dumps({"model": model_name, "stage": stage,
                          "cfg": {k: v for k, v in to_dict(cfg).items() if k not in skip}},
                         sort_keys=True, default=str).encode())
-    for p in pairs:
-        h.update(json.dumps(p, sort_keys=True).encode())
+    for p in pairs:  # a pair's source is its stage's own unless joint (older runs keep their fingerprint)
+        h.update(json.dumps({k: v for k, v in p.items() if k != "source" or stage == "joint"},
+                            sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -369,7 +458,9 @@ def _model_card(info: dict) -> str:
     mrows = "\n".join(f"| {k} | {v} |" for k, v in m.items())
     what = {"self": "SERT self-training on the model's own filtered latent reasoning paths (SERT §II-B)",
             "distill": "reasoning distillation on teacher chain-of-thought rationales (SERT §II-C)",
-            "finetune": "plain fine-tuning on question -> answer (the Finetune arm of SERT Table II)"}[info["stage"]]
+            "finetune": "plain fine-tuning on question -> answer (the Finetune arm of SERT Table II)",
+            "joint": "one training on the union of the model's own selected latent paths and teacher rationales "
+                     "(SERT's joint optimisation, docs/METHOD.md)"}[info["stage"]]
     return f"""---
 base_model: {info['base_model']}
 library_name: transformers
@@ -500,6 +591,7 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     last = _resume_point(out, fp, resume)
     tok = load_tokenizer(model_name)
     feats, truncated = _features(pairs, tok, cfg, _fit_max_length(model_name, cfg.max_length))
+    weights = _weight_summary(feats) if cfg.use_weights else None
     path = resolve_model(model_name)
     own_longest = max(sum(1 for t in f["labels"] if t != -100) for f in feats)
     inherited = longest_training_completion(path)
@@ -528,8 +620,10 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
                            multiple=pad_multiple("cuda" if cuda else "cpu"))
     Trainer, WeightedTrainer = _trainer_classes()
     cls = WeightedTrainer if cfg.use_weights else Trainer
+    info = {"stage": stage, "base_model": str(model_name), **lengths}
+    snaps = [_epoch_snapshots(out, cfg, tok, info)] if cfg.eval_epochs else []
     trainer = cls(model=model, args=args, data_collator=collator, train_dataset=feats, processing_class=tok,
-                  callbacks=[*_callbacks(), *report_cbs])
+                  callbacks=[*_callbacks(), *report_cbs, *snaps])
     _quiet_trainer_logs(trainer)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last or None)
@@ -552,14 +646,81 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         "warmup_ratio": cfg.warmup_ratio, "max_grad_norm": cfg.max_grad_norm,
         "max_completion_tokens": lengths["max_completion_tokens"], "own_max_completion_tokens": own_longest,
         "config": to_dict(cfg), "fingerprint": fp, "versions": _versions(),
+        **({"weights": weights} if weights else {}),
+        **({"epoch_snapshots": {e: str(snapshot_dir(out, e)) for e in _snapshot_epochs(cfg)}} if cfg.eval_epochs else {}),
     }
     card = {"name": f"{Path(str(model_name)).name}-sert-{stage}", "base_model": model_name, "stage": stage,
             "data": source, "n_examples": len(feats), "settings": settings, "metrics": metrics}
-    info = {"stage": stage, "base_model": str(model_name), **lengths}
     _write_final(out, _trained_model(trainer, cfg), tok, card, info, summary)
     print(f"[sert] train: done in {wall:.0f}s, final loss {metrics['final_loss']}, "
           f"{metrics['useful_tokens_per_s']} tokens/s -> {final}")
     return final
+
+
+def _weight_summary(feats: list[dict]) -> dict:
+    """The loss weights as trained (after :func:`normalize_weights`), per data source."""
+    from .filters import weight_stats
+
+    return {src: weight_stats([f["weight"] for f in feats if f.get("source") == src])
+            for src in sorted({f.get("source", "self") for f in feats})}
+
+
+def snapshot_dir(out: Path, epoch: int) -> Path:
+    """Where the model at the end of ``epoch`` is kept (``train.eval_epochs``)."""
+    return Path(out) / f"epoch-{int(epoch)}"
+
+
+def _snapshot_epochs(cfg: TrainConfig) -> list[int]:
+    return sorted({int(e) for e in cfg.eval_epochs or () if e < cfg.epochs})
+
+
+def _epoch_snapshots(out: Path, cfg: TrainConfig, tok, info: dict):
+    """A callback that writes ``out/epoch-E`` (weights, tokenizer, sert_training.json) at the end of each
+    epoch E of ``cfg.eval_epochs`` before the last: at that step's end, i.e. before the Trainer's own
+    checkpoint of the step, so any checkpoint a resume starts from has the snapshots before it. A snapshot
+    is written once (temp dir, rename); with the constant schedule it is the model a run of E epochs gives."""
+    from transformers import TrainerCallback
+
+    wanted = set(_snapshot_epochs(cfg))
+
+    class EpochSnapshots(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            e = state.epoch
+            if e is None or abs(e - round(e)) > 1e-6 or round(e) not in wanted or not _is_main():
+                return control
+            d = snapshot_dir(out, round(e))
+            if (d / "config.json").exists():
+                return control
+            trained = model.module if hasattr(model, "module") else model
+            if cfg.lora:
+                import copy
+                trained = copy.deepcopy(trained).merge_and_unload()
+            _write_snapshot(d, trained, tok, {**info, "epoch": round(e), "global_step": state.global_step})
+            print(f"[sert] train: epoch {round(e)} snapshot -> {d}", flush=True)
+            return control
+
+    return EpochSnapshots()
+
+
+def _write_snapshot(d: Path, trained, tok, info: dict) -> None:
+    from .evaluate import TRAINING_INFO
+
+    tmp = Path(tempfile.mkdtemp(prefix=".snap-tmp-", dir=d.parent))
+    use_cache = trained.config.use_cache
+    try:
+        trained.config.use_cache = True  # as the final checkpoint is saved: generation uses its KV cache
+        trained.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        atomic_write_json(tmp / TRAINING_INFO, info)
+        os.chmod(tmp, 0o755)
+        if d.exists():
+            shutil.rmtree(d)
+        os.replace(tmp, d)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        trained.config.use_cache = use_cache
 
 
 def _resume_point(out: Path, fp: str, resume: bool) -> str | None:
@@ -567,7 +728,7 @@ def _resume_point(out: Path, fp: str, resume: bool) -> str | None:
     half-written; checkpoints of another model/data/settings are refused."""
     ckpt_dir = out / "checkpoints"
     cfg_file = out / "train_config.json"
-    for stale in out.glob(".final-tmp-*"):  # a kill while final/ was being written
+    for stale in [*out.glob(".final-tmp-*"), *out.glob(".snap-tmp-*")]:  # a kill while final/ or a snapshot was written
         shutil.rmtree(stale, ignore_errors=True)
     last = _last_checkpoint(ckpt_dir)
     if last:
@@ -588,11 +749,7 @@ def _features(pairs: list[dict], tok, cfg: TrainConfig, max_length: int) -> tupl
         print(f"[sert] train: {truncated} of {len(feats)} examples exceed max_length={max_length} "
               "tokens and were truncated (start of the prompt first)")
     if cfg.use_weights:
-        mean_w = sum(f["weight"] for f in feats) / len(feats)
-        if mean_w <= 0:
-            raise SertError("use_weights: every example has weight 0")
-        for f in feats:
-            f["weight"] = f["weight"] / mean_w  # (D) mean 1 over the data set, see weighted_loss
+        normalize_weights(feats, cfg.self_weight)  # (D) per source, see weighted_loss
     return feats, truncated
 
 

@@ -13,9 +13,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="self-train / distil / fine-tune a model (SERT §II-B, §II-C)",
                        description=train.__doc__.split("\n\n")[0])
     add_model_args(p)
-    p.add_argument("--data", required=True, metavar="DATA",
+    p.add_argument("--data", required=True, metavar="DATA", action="append",
                    help="self: selected.jsonl (or its dir); distill: rationales.jsonl (or its dir); "
-                        "finetune: a task name (train split) or JSONL/CSV with question, answer")
+                        "finetune: a task name (train split) or JSONL/CSV with question, answer; "
+                        "joint: --data selected.jsonl --data rationales.jsonl (their union, one training)")
     p.add_argument("--stage", required=True, choices=train.STAGES)
     p.add_argument("--out", required=True, metavar="DIR",
                    help="run directory: DIR/final, DIR/checkpoints, DIR/train_summary.json")
@@ -30,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train import run_train
 
     cfg = config_from_args(TrainConfig, args, section="train")
-    final = run_train(args.model, args.data, args.stage, cfg, args.out, resume=args.resume,
+    data = args.data[0] if len(args.data) == 1 and args.stage != "joint" else args.data
+    final = run_train(args.model, data, args.stage, cfg, args.out, resume=args.resume,
                       device=args.device, dtype=args.dtype, limit=args.limit)
     print(final)
     return 0
