@@ -18,7 +18,9 @@ SPECS = [
 
 def test_training_order_puts_each_arm_after_the_one_it_starts_from():
     table = arm_table(SPECS)
-    assert training_order(["sert_ppl_rd", "rd"], table) == ["rd", "sert_ppl", "sert_ppl_rd"]
+    # in the order the arms are listed (a config puts its decisive arms first), each after its start
+    assert training_order(["sert_ppl_rd", "rd"], table) == ["sert_ppl", "sert_ppl_rd", "rd"]
+    assert training_order(["rd", "sert_ppl_rd"], table) == ["rd", "sert_ppl", "sert_ppl_rd"]
     assert training_order(["base", "sert_rd"], table) == ["sert", "sert_rd"]   # sert trained, not evaluated
     assert training_order(["base"], table) == []
 

@@ -250,23 +250,29 @@ def _cycles(table: dict[str, Arm]) -> list[str]:
 
 
 def training_order(arms: list[str], table: dict[str, Arm]) -> list[str]:
-    """The arms to train, each after the arm it starts from (those are trained even when not evaluated),
-    in the order the table lists them."""
+    """The arms to train, each after the arm it starts from (and, for a self-improvement arm, the arm it
+    mines with); those are trained even when not evaluated. Otherwise in the order ``arms`` lists them
+    (a config puts its decisive arms first), then the table's."""
     need: set[str] = set()
     for a in arms:
-        cur = a
-        while cur != "base" and table[cur].kind != "none" and cur not in need:
+        todo = [a]
+        while todo:
+            cur = todo.pop()
+            if cur == "base" or table[cur].kind == "none" or cur in need:
+                continue
             need.add(cur)
-            cur = table[cur].init
+            todo += [table[cur].init, *([table[cur].mine_from] if table[cur].mine_from else [])]
     order: list[str] = []
 
     def visit(a: str) -> None:
         if a in order or a == "base":
             return
         visit(table[a].init)
+        if table[a].mine_from:
+            visit(table[a].mine_from)
         order.append(a)
 
-    for a in table:
+    for a in [*arms, *table]:
         if a in need:
             visit(a)
     return order
