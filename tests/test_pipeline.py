@@ -171,7 +171,7 @@ def test_shipped_configs_by_name_and_from_the_checkout():
     root = Path(__file__).resolve().parents[1]
     shipped = shipped_configs()
     assert {"demo", "seed_method_demo", "cpu/strategyqa_smollm2_small", "cpu/strategyqa_smollm2_full",
-     "cpu/commonsense_qa_smollm2_full"} | {f"paper/{t}_gpt2{s}" for t in ("strategyqa", "commonsense_qa")
+     "cpu/commonsense_qa_smollm2_full", "cpu/commonsense_qa_smollm2_schedule20"} | {f"paper/{t}_gpt2{s}" for t in ("strategyqa", "commonsense_qa")
                                                        for s in ("", "-medium", "-large")} == set(shipped)
     assert (root / "configs").resolve() == (root / "src" / "sert" / "configs").resolve()
     assert packaged_config("demo") == shipped["demo"] == packaged_config("demo.yaml")
