@@ -12,6 +12,7 @@ import pytest
 
 from sert.config import FilterConfig, from_dict
 from sert.filters import run_filter
+from sert.io import read_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "src" / "sert" / "data"
@@ -34,7 +35,7 @@ def test_shipped_selections_are_reproduced_by_sert_filter(task, mined, tmp_path)
         cfg = from_dict(FilterConfig, funnel["config"], source=f"{name}.funnel.json")
         out = run_filter(paths, tmp_path / name, cfg)
         got = (tmp_path / name / "selected.jsonl").read_text(encoding="utf-8")
-        want = (shipped / f"{name}.jsonl").read_text(encoding="utf-8")
+        want = read_text(shipped / f"{name}.jsonl.xz")
         assert got == want, f"{task}/{name}: sert filter no longer reproduces the shipped selection"
         assert [s["paths"] for s in out["stages"]] == [s["paths"] for s in funnel["stages"]]
         assert len(want.splitlines()) == funnel["stages"][-1]["paths"]
