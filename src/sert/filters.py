@@ -34,6 +34,11 @@ Measures. rep-n = 1 - unique n-grams / total n-grams over the path's *model toke
 (``token_ids`` in the paths file), 0 for a path with fewer than n tokens. Perplexity =
 exp(-mean log-prob) of the path's tokens under the model that sampled them (recorded at
 mining time); undefined (None) for an empty path, which the length filter removes anyway.
+
+A *thinned* paths file (:func:`thin_path`; the committed mined paths in ``notes/`` are stored so)
+keeps every field but the per-token lists: ``logprobs`` is replaced by ``logprob_sum`` (their sum,
+from which the perplexity follows exactly) and ``token_ids`` by ``rep2`` (the value computed from
+them). The filter reads either kind, and a paths file compressed with xz or gzip as well.
 """
 from __future__ import annotations
 
@@ -49,7 +54,8 @@ from .answers import NEXT_EXAMPLE, extract_answer, is_correct
 from .config import FilterConfig, check
 from .metrics import rep_n as _metrics_rep_n
 from .errors import SertError
-from .io import RunLock, atomic_save_figure, atomic_write_json, atomic_write_jsonl, ensure_dir, remove_stale_temps
+from .io import (RunLock, atomic_save_figure, atomic_write_json, atomic_write_jsonl, ensure_dir, open_text,
+                 remove_stale_temps)
 
 # ------------------------------------------------------------------ measures
 
@@ -63,7 +69,11 @@ def perplexity(logprobs: Sequence[float]) -> float | None:
     """exp(-mean log-prob); None for an empty path."""
     if not logprobs:
         return None
-    return math.exp(-sum(logprobs) / len(logprobs))
+    return _ppl(sum(logprobs), len(logprobs))
+
+
+def _ppl(logprob_sum: float, n: int) -> float | None:
+    return math.exp(-logprob_sum / n) if n else None
 
 
 # ------------------------------------------------------------------ pattern rules
@@ -256,6 +266,17 @@ def confidence_weights(selected: Sequence[dict], source: str) -> list[float]:
 
 # ------------------------------------------------------------------ reading paths
 _REQUIRED = {"id": str, "text": str, "token_ids": list, "logprobs": list, "n_tokens": int}
+_THIN = {"token_ids": "rep2", "logprobs": "logprob_sum"}  # per-token list -> the aggregate a thinned path keeps
+
+
+def thin_path(r: dict) -> dict:
+    """A path record without its per-token lists: ``logprobs`` -> ``logprob_sum``, ``token_ids`` ->
+    ``rep2`` (both as :func:`annotate` would compute them), every other field as it was. The filter
+    gives the same result on thinned records as on the full ones."""
+    out = {k: v for k, v in r.items() if k not in _THIN}
+    out["logprob_sum"] = sum(r["logprobs"])
+    out["rep2"] = round(rep_n(r["token_ids"], 2), 6)
+    return out
 
 
 def read_paths(paths_file) -> list[dict]:
@@ -266,7 +287,7 @@ def read_paths(paths_file) -> list[dict]:
     if p.is_dir():
         raise SertError(f"{p}: is a directory; pass its paths.jsonl")
     out, seen = [], set()
-    with open(p, encoding="utf-8") as f:
+    with open_text(p) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -278,16 +299,23 @@ def read_paths(paths_file) -> list[dict]:
             if not isinstance(r, dict):
                 raise SertError(f"{p}:{n}: expected a JSON object (a path record), got {type(r).__name__}")
             for k, tp in _REQUIRED.items():
+                if k not in r and _THIN.get(k) in r:  # a thinned path: the aggregate instead of the list
+                    k = _THIN[k]
+                    if not _number(r[k]):
+                        raise SertError(f"{p}:{n}: field '{k}' must be a number, got {type(r[k]).__name__}")
+                    continue
                 if k not in r:
-                    raise SertError(f"{p}:{n}: missing field '{k}' (is this a paths.jsonl from 'sert mine'?)")
+                    also = f" (or '{_THIN[k]}' in a thinned paths file)" if k in _THIN else ""
+                    raise SertError(f"{p}:{n}: missing field '{k}'{also} (is this a paths.jsonl from 'sert mine'?)")
                 if not isinstance(r[k], tp) or (tp is int and isinstance(r[k], bool)):
                     raise SertError(f"{p}:{n}: field '{k}' must be {tp.__name__}, got {type(r[k]).__name__}")
             if "answer" not in r:
                 raise SertError(f"{p}:{n}: missing field 'answer' (the gold answer)")
-            if len(r["logprobs"]) != r["n_tokens"] or len(r["token_ids"]) != r["n_tokens"]:
-                raise SertError(f"{p}:{n}: n_tokens={r['n_tokens']} but {len(r['token_ids'])} token_ids and "
-                                f"{len(r['logprobs'])} logprobs")
-            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in r["logprobs"]):
+            lists = [k for k in _THIN if k in r]
+            if any(len(r[k]) != r["n_tokens"] for k in lists):
+                raise SertError(f"{p}:{n}: n_tokens={r['n_tokens']} but "
+                                + " and ".join(f"{len(r[k])} {k}" for k in lists))
+            if "logprobs" in r and not all(_number(x) for x in r["logprobs"]):
                 raise SertError(f"{p}:{n}: field 'logprobs' must hold numbers")
             key = (r["id"], r.get("path", n))
             if key in seen:
@@ -299,11 +327,17 @@ def read_paths(paths_file) -> list[dict]:
     return out
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def annotate(paths: list[dict]) -> list[dict]:
-    """Add ``rep2`` and ``ppl`` to each record (in place); returns the list."""
+    """Add ``rep2`` and ``ppl`` to each record (in place); returns the list. A thinned record
+    (:func:`thin_path`) keeps its ``rep2`` and has its perplexity from ``logprob_sum``."""
     for r in paths:
-        r["rep2"] = round(rep_n(r["token_ids"], 2), 6)
-        ppl = perplexity(r["logprobs"])
+        if "token_ids" in r:
+            r["rep2"] = round(rep_n(r["token_ids"], 2), 6)
+        ppl = perplexity(r["logprobs"]) if "logprobs" in r else _ppl(r["logprob_sum"], r["n_tokens"])
         r["ppl"] = round(ppl, 4) if ppl is not None and math.isfinite(ppl) else None
     return paths
 
