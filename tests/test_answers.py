@@ -5,7 +5,7 @@ import pytest
 
 from sert.answers import (NEXT_EXAMPLE, NEXT_QUESTION, Extraction, extract_answer, has_continuation, is_correct,
                           normalize_answer, truncate_continuation)
-from sert.tasks import DATA, get_task
+from sert.tasks import get_task, read_data
 
 
 @pytest.mark.parametrize("text,kind,choices,want,method", [
@@ -101,7 +101,7 @@ def test_numbers_compare_as_floats():
 
 
 def _davinci(task_dir, fname):
-    return json.loads((DATA / task_dir / fname).read_text())["data"]
+    return json.loads(read_data(f"{task_dir}/{fname}"))["data"]
 
 
 @pytest.mark.parametrize("task,task_dir,fname,lo,hi", [
@@ -131,8 +131,8 @@ def test_real_teacher_completions(task, task_dir, fname, lo, hi):
 
 
 def test_real_palm_csqa_rationales_parse():
-    rows = [json.loads(line) for line in (DATA / "commonsense_qa/palm/cqa_train.json").read_text().splitlines()[:200]]
-    texts = json.loads((DATA / "commonsense_qa/palm/train_CoT_0.json").read_text())[:200]
+    rows = [json.loads(line) for line in read_data("commonsense_qa/palm/cqa_train.json").splitlines()[:200]]
+    texts = json.loads(read_data("commonsense_qa/palm/train_CoT_0.json"))[:200]
     ok = 0
     for row, text in zip(rows, texts):
         got = extract_answer(text, "choice", row["choices"])

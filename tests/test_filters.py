@@ -13,7 +13,7 @@ from sert.config import FilterConfig
 from sert.errors import SertError
 from sert.filters import (RULE_NAMES, active_rules, annotate, confidence_weights, direct_answer,
                           first_rejecting_rule, option_listing, perplexity, prompt_imitation, read_paths, rep_n,
-                          run_filter, select)
+                          run_filter, select, thin_path)
 
 REASONING = ("Hydrogen has atomic number one, and one squared is one. The Spice Girls had five members, "
              "and one does not exceed five.")
@@ -283,7 +283,11 @@ def test_malformed_paths_files(tmp_path):
     cases = {
         "bad json": (good + "\n{not json\n", ":2: malformed JSON"),
         "missing": (json.dumps({k: v for k, v in mk().items() if k != "logprobs"}) + "\n",
-                    ":1: missing field 'logprobs'"),
+                    ":1: missing field 'logprobs' (or 'logprob_sum' in a thinned"),
+        "thin type": (json.dumps({**thin_path(mk()), "logprob_sum": "-3"}) + "\n",
+                      ":1: field 'logprob_sum' must be a number, got str"),
+        "thin count": (json.dumps({**thin_path(mk()), "token_ids": [1], "rep2": None}) + "\n",
+                       ":1: n_tokens=.* but 1 token_ids"),
         "count": (json.dumps({**mk(), "n_tokens": 3}) + "\n", ":1: n_tokens=3"),
         "type": (good + "\n" + json.dumps({**mk(), "text": 5}) + "\n", ":2: field 'text' must be str"),
         "dup": (good + "\n" + good + "\n", ":2: duplicate path"),

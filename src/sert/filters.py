@@ -41,6 +41,12 @@ the perplexity of the path (``ppl_branch_token: false`` leaves it out). Measured
 mines, leaving it out moves 57 of 1052 StrategyQA and 12 of 549 CommonsenseQA selections and does
 not remove the selection's lean to branches 2-4, which comes from the pattern and length filters
 (docs/METHOD.md).
+
+A *thinned* paths file (:func:`thin_path`; the committed mined paths in ``notes/`` are stored so)
+keeps every field but the per-token lists: ``logprobs`` is replaced by ``logprob_sum`` (their sum,
+from which the perplexity follows exactly) and ``logprob_first`` (the branch token's), and
+``token_ids`` by ``rep2`` (the value computed from them). The filter reads either kind, and a paths
+file compressed with xz or gzip as well.
 """
 from __future__ import annotations
 
@@ -56,7 +62,8 @@ from .answers import NEXT_EXAMPLE, extract_answer, is_correct
 from .config import FilterConfig, check
 from .metrics import rep_n as _metrics_rep_n
 from .errors import SertError
-from .io import RunLock, atomic_save_figure, atomic_write_json, atomic_write_jsonl, ensure_dir, remove_stale_temps
+from .io import (RunLock, atomic_save_figure, atomic_write_json, atomic_write_jsonl, ensure_dir, open_text,
+                 remove_stale_temps)
 
 # ------------------------------------------------------------------ measures
 
@@ -70,7 +77,11 @@ def perplexity(logprobs: Sequence[float]) -> float | None:
     """exp(-mean log-prob); None for an empty path."""
     if not logprobs:
         return None
-    return math.exp(-sum(logprobs) / len(logprobs))
+    return _ppl(sum(logprobs), len(logprobs))
+
+
+def _ppl(logprob_sum: float, n: int) -> float | None:
+    return math.exp(-logprob_sum / n) if n else None
 
 
 # ------------------------------------------------------------------ pattern rules
@@ -280,6 +291,18 @@ def weight_stats(weights: Sequence[float]) -> dict:
 
 # ------------------------------------------------------------------ reading paths
 _REQUIRED = {"id": str, "text": str, "token_ids": list, "logprobs": list, "n_tokens": int}
+_THIN = {"token_ids": "rep2", "logprobs": "logprob_sum"}  # per-token list -> the aggregate a thinned path keeps
+
+
+def thin_path(r: dict) -> dict:
+    """A path record without its per-token lists: ``logprobs`` -> ``logprob_sum``, ``token_ids`` ->
+    ``rep2`` (both as :func:`annotate` would compute them), every other field as it was. The filter
+    gives the same result on thinned records as on the full ones."""
+    out = {k: v for k, v in r.items() if k not in _THIN}
+    out["logprob_sum"] = sum(r["logprobs"])
+    out["logprob_first"] = r["logprobs"][0] if r["logprobs"] else None
+    out["rep2"] = round(rep_n(r["token_ids"], 2), 6)
+    return out
 
 
 def read_paths(paths_file) -> list[dict]:
@@ -290,7 +313,7 @@ def read_paths(paths_file) -> list[dict]:
     if p.is_dir():
         raise SertError(f"{p}: is a directory; pass its paths.jsonl")
     out, seen = [], set()
-    with open(p, encoding="utf-8") as f:
+    with open_text(p) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -302,16 +325,23 @@ def read_paths(paths_file) -> list[dict]:
             if not isinstance(r, dict):
                 raise SertError(f"{p}:{n}: expected a JSON object (a path record), got {type(r).__name__}")
             for k, tp in _REQUIRED.items():
+                if k not in r and _THIN.get(k) in r:  # a thinned path: the aggregate instead of the list
+                    k = _THIN[k]
+                    if not _number(r[k]):
+                        raise SertError(f"{p}:{n}: field '{k}' must be a number, got {type(r[k]).__name__}")
+                    continue
                 if k not in r:
-                    raise SertError(f"{p}:{n}: missing field '{k}' (is this a paths.jsonl from 'sert mine'?)")
+                    also = f" (or '{_THIN[k]}' in a thinned paths file)" if k in _THIN else ""
+                    raise SertError(f"{p}:{n}: missing field '{k}'{also} (is this a paths.jsonl from 'sert mine'?)")
                 if not isinstance(r[k], tp) or (tp is int and isinstance(r[k], bool)):
                     raise SertError(f"{p}:{n}: field '{k}' must be {tp.__name__}, got {type(r[k]).__name__}")
             if "answer" not in r:
                 raise SertError(f"{p}:{n}: missing field 'answer' (the gold answer)")
-            if len(r["logprobs"]) != r["n_tokens"] or len(r["token_ids"]) != r["n_tokens"]:
-                raise SertError(f"{p}:{n}: n_tokens={r['n_tokens']} but {len(r['token_ids'])} token_ids and "
-                                f"{len(r['logprobs'])} logprobs")
-            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in r["logprobs"]):
+            lists = [k for k in _THIN if k in r]
+            if any(len(r[k]) != r["n_tokens"] for k in lists):
+                raise SertError(f"{p}:{n}: n_tokens={r['n_tokens']} but "
+                                + " and ".join(f"{len(r[k])} {k}" for k in lists))
+            if "logprobs" in r and not all(_number(x) for x in r["logprobs"]):
                 raise SertError(f"{p}:{n}: field 'logprobs' must hold numbers")
             key = (r["id"], r.get("path", n))
             if key in seen:
@@ -323,12 +353,26 @@ def read_paths(paths_file) -> list[dict]:
     return out
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def annotate(paths: list[dict], branch_token: bool = True) -> list[dict]:
     """Add ``rep2`` and ``ppl`` to each record (in place); returns the list. ``branch_token`` false: the
-    perplexity leaves out the path's first (branch) token."""
+    perplexity leaves out the path's first (branch) token. A thinned record (:func:`thin_path`) keeps its
+    ``rep2`` and has its perplexity from ``logprob_sum`` (and ``logprob_first``)."""
     for r in paths:
-        r["rep2"] = round(rep_n(r["token_ids"], 2), 6)
-        ppl = perplexity(r["logprobs"] if branch_token else r["logprobs"][1:])
+        if "token_ids" in r:
+            r["rep2"] = round(rep_n(r["token_ids"], 2), 6)
+        if "logprobs" in r:
+            ppl = perplexity(r["logprobs"] if branch_token else r["logprobs"][1:])
+        elif branch_token:
+            ppl = _ppl(r["logprob_sum"], r["n_tokens"])
+        elif "logprob_first" in r:
+            ppl = _ppl(r["logprob_sum"] - r["logprob_first"], r["n_tokens"] - 1) if r["n_tokens"] else None
+        else:
+            raise SertError(f"path {r.get('path')} of question {r.get('id')!r} is thinned without its branch "
+                            "token's log-prob (logprob_first): filter.ppl_branch_token false needs it")
         r["ppl"] = round(ppl, 4) if ppl is not None and math.isfinite(ppl) else None
     return paths
 

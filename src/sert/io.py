@@ -3,15 +3,22 @@
 Every artifact is either written atomically (temp file in the same directory,
 fsync, rename) or is an append-only JSONL log whose torn last line (a process
 killed mid-write) is detected and dropped on the next read.
+
+Readers (:func:`read_text`, :func:`read_json`, :func:`iter_jsonl`) also take a file compressed
+with xz (``.xz``) or gzip (``.gz``) and decompress it transparently: the vendored data and the
+committed experiment artifacts are stored that way.
 """
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
+import lzma
 import os
 import tempfile
+import zlib
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 from .errors import SertError
 
@@ -81,13 +88,43 @@ def atomic_save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     return path
 
 
+COMPRESSED = {".xz": lzma.open, ".gz": gzip.open}  # suffix -> opener; anything else is read as is
+
+
+def open_text(path: str | os.PathLike) -> IO[str]:
+    """Open a UTF-8 text file for reading, decompressing a ``.xz`` or ``.gz`` file on the fly."""
+    p = Path(path)
+    opener = COMPRESSED.get(p.suffix.lower())
+    if opener is None:
+        return open(p, encoding="utf-8")
+    return opener(p, "rt", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _damaged(p: Path):
+    """A truncated or corrupt compressed file: one line naming it, not a decompressor's traceback."""
+    try:
+        yield
+    except (EOFError, lzma.LZMAError, gzip.BadGzipFile, zlib.error) as e:
+        if p.suffix.lower() not in COMPRESSED:
+            raise
+        raise SertError(f"{p}: damaged {p.suffix[1:]} file ({type(e).__name__}: {e})") from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The whole text of a file (see :func:`open_text`)."""
+    p = Path(path)
+    try:
+        with _damaged(p), open_text(p) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise SertError(f"{p}: file not found") from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
     p = Path(path)
     try:
-        with open(p, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise SertError(f"{p}: file not found") from None
+        return json.loads(read_text(p))
     except json.JSONDecodeError as e:
         raise SertError(f"{p}:{e.lineno}: malformed JSON ({e.msg})") from None
 
@@ -101,10 +138,10 @@ def iter_jsonl(path: str | os.PathLike, *, tolerate_torn_tail: bool = False) -> 
     """
     p = Path(path)
     try:
-        f = open(p, encoding="utf-8")
+        f = open_text(p)
     except FileNotFoundError:
         raise SertError(f"{p}: file not found") from None
-    with f:
+    with _damaged(p), f:
         lines = f.readlines()
     for i, line in enumerate(lines, 1):
         if not line.strip():

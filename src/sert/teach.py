@@ -35,7 +35,7 @@ from .answers import extract_answer, is_correct, truncate_continuation
 from .config import TeachConfig, check, to_dict
 from .errors import SertError, did_you_mean
 from .io import RunLock, atomic_write_json, atomic_write_jsonl, read_json
-from .tasks import DATA, LETTERS, Example, Task, get_task
+from .tasks import LETTERS, Example, Task, get_task, read_data
 from .templates import COT_TRIGGER
 
 DAVINCI, PALM = "text-davinci-002", "palm-540b"
@@ -45,9 +45,9 @@ CACHE_FILE = "openai_cache.jsonl"
 
 
 # ------------------------------------------------------------------ offline teachers
-def _davinci(path: Path, examples: list[Example]) -> dict[str, dict]:
-    """id -> {rationale, answer_text} from a Fine-tune-CoT ``D_<task>.json``."""
-    data = json.loads(path.read_text(encoding="utf-8"))["data"]
+def _davinci(rel: str, examples: list[Example]) -> dict[str, dict]:
+    """id -> {rationale, answer_text} from a Fine-tune-CoT ``D_<task>.json`` (vendored file ``rel``)."""
+    data = json.loads(read_data(rel))["data"]
     out = {}
     for e in examples:
         recs = data.get(str(e.index)) or []
@@ -69,12 +69,12 @@ def parse_palm(text: str) -> tuple[str, str | None]:
     return rationale.strip(), ("So the answer is" + ans.rstrip()) if sep else None
 
 
-def _palm(folder: Path, examples: list[Example]) -> dict[str, dict]:
-    rows = [json.loads(line) for line in (folder / "cqa_train.json").read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+def _palm(folder: str, examples: list[Example]) -> dict[str, dict]:
+    """The same from the Distilling step-by-step files in the vendored folder ``folder``."""
+    rows = [json.loads(line) for line in read_data(f"{folder}/cqa_train.json").splitlines() if line.strip()]
     cots: list[str] = []
     for i in range(10):
-        cots += json.loads((folder / f"train_CoT_{i}.json").read_text(encoding="utf-8"))
+        cots += json.loads(read_data(f"{folder}/train_CoT_{i}.json"))
     if len(cots) != len(rows):
         raise SertError(f"{folder}: {len(rows)} questions but {len(cots)} rationales; the files are not aligned")
     by_id = {r["id"]: c for r, c in zip(rows, cots)}
@@ -166,8 +166,8 @@ def teacher_rationales(task: Task, teacher: str, examples: list[Example], cfg: T
     """id -> {rationale, answer_text} for the examples the teacher covers, and failed requests."""
     if teacher.startswith("openai:"):
         return _online(teacher[len("openai:"):], examples, cfg, out_dir)
-    path = DATA / task.teachers[teacher]
-    return (_palm(path, examples) if teacher == PALM else _davinci(path, examples)), 0
+    rel = task.teachers[teacher]
+    return (_palm(rel, examples) if teacher == PALM else _davinci(rel, examples)), 0
 
 
 def build_records(examples: list[Example], found: dict[str, dict], teacher: str) -> tuple[list[dict], dict]:

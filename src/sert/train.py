@@ -55,7 +55,7 @@ from typing import Iterable, Sequence
 from .config import TrainConfig, check, to_dict
 from .errors import SertError
 from .identity import refuse_other
-from .io import RunLock, atomic_write_json, atomic_write_text, ensure_dir, read_json, read_jsonl
+from .io import RunLock, atomic_write_json, atomic_write_text, ensure_dir, open_text, read_json, read_jsonl
 from .templates import distillation_target, finetune_target, self_training_target
 
 STAGES = ("finetune", "self", "distill", "joint")
@@ -184,7 +184,7 @@ def _joint_records(files, limit: int | None) -> tuple[list[dict], str]:
 
 def _check_records(stage: str, path: Path, recs: list[dict]) -> None:
     """Every record of a data file has the stage's fields with usable types; errors name file:line."""
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:  # a .xz/.gz file too, as read_jsonl reads it
         lines = [n for n, line in enumerate(f, 1) if line.strip()]  # read_jsonl skips blank lines
     for n, r in zip(lines, recs):
         for k in _FIELDS[stage]:

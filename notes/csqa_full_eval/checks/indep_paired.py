@@ -5,10 +5,12 @@ from pathlib import Path
 
 def load(d):
     p = Path(d) / "predictions.jsonl"
-    if not p.exists():
-        import gzip; rows = [json.loads(l) for l in gzip.open(str(p) + ".gz", "rt")]
-    else:
+    if p.exists():
         rows = [json.loads(l) for l in open(p)]
+    elif p.with_name(p.name + ".xz").exists():  # as committed in notes/ (issue 25)
+        import lzma; rows = [json.loads(l) for l in lzma.open(str(p) + ".xz", "rt")]
+    else:
+        import gzip; rows = [json.loads(l) for l in gzip.open(str(p) + ".gz", "rt")]
     return {r["id"]: bool(r["correct"]) for r in rows}
 
 

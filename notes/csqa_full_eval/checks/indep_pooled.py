@@ -4,7 +4,7 @@ seeds; p from 5000 random sign flips of the per-question differences; CI from 20
 Usage: indep_pooled.py T_SEED1 B_SEED1 T_SEED2 B_SEED2 ..."""
 import json, random, sys
 
-from indep_paired import load  # the same reader: {id: correct} from predictions.jsonl(.gz)
+from indep_paired import load  # the same reader: {id: correct} from predictions.jsonl(.xz/.gz)
 
 pairs = [({i: int(c) for i, c in load(a).items()}, {i: int(c) for i, c in load(b).items()}) for a, b in zip(sys.argv[1::2], sys.argv[2::2])]
 ids = sorted(pairs[0][0])
