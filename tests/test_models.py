@@ -49,6 +49,7 @@ def probe_on(monkeypatch, tmp_path):
 
     def setup(flags: set[str], ratio: float):
         monkeypatch.setattr(models, "cpu_flags", lambda: ("Test CPU", flags))
+        monkeypatch.setattr(models, "mkldnn_bf16", lambda: True)  # oneDNN's own check follows the flags here
         monkeypatch.setattr(models, "probe_bf16_speedup", lambda: calls.append(1) or ratio)
         return calls
     return setup

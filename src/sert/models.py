@@ -255,7 +255,7 @@ def cpu_auto_dtype() -> tuple[str, str]:
         return "float32", "probe off (SERT_DTYPE_PROBE=0)"
     name, flags = cpu_flags()
     units = [v for k, v in CPU_BF16_UNITS.items() if k in flags]
-    if not units or not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if not units or not mkldnn_bf16():
         return "float32", "no bf16 matrix unit"
     key = f"{name}|{','.join(units)}|torch {torch.__version__}|{torch.get_num_threads()} threads"
     cache = cache_root() / "dtype_probe.json"
@@ -276,6 +276,13 @@ def cpu_auto_dtype() -> tuple[str, str]:
     if ratio >= BF16_SPEEDUP_MIN:
         return "bfloat16", f"{units[0]}, probe {ratio:.1f}x faster than fp32"
     return "float32", f"{units[0]} present but probe bf16 only {ratio:.2f}x fp32 (< {BF16_SPEEDUP_MIN}x)"
+
+
+def mkldnn_bf16() -> bool:
+    """Whether torch's oneDNN runs bf16 matmuls on this CPU (besides the flags /proc/cpuinfo names)."""
+    import torch
+
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def probe_bf16_speedup(reps: int = 3) -> float:
