@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import platform
 import sys
 import time
@@ -364,17 +365,28 @@ def batches_to_decode(tokenizer, examples: Sequence[Example], done: dict, batch_
 EVAL_CONFIG = "eval_config.json"
 
 
-def _identity(model_name: str, task: str, cfg: EvalConfig, max_new_tokens: int) -> dict:
-    """What the predictions depend on: a resumed run must match it."""
-    model = str(Path(model_name).resolve()) if Path(model_name).exists() else model_name
-    return {"model": model, "task": task, "split": cfg.split, "max_new_tokens": max_new_tokens}
+def _identity(model_name: str, task: str, cfg: EvalConfig, max_new_tokens: int, out: str | Path | None = None
+              ) -> dict:
+    """What the predictions depend on: a resumed run must match it. A local model is recorded by its
+    absolute path and, with ``out``, also by its path relative to ``out`` (``model_from_out``), so a
+    run directory moved or copied with its checkpoints still matches its evaluations."""
+    p = Path(model_name)
+    model = str(p.resolve()) if p.exists() else model_name
+    ident = {"model": model, "task": task, "split": cfg.split, "max_new_tokens": max_new_tokens}
+    if p.exists() and out is not None:
+        ident["model_from_out"] = Path(os.path.relpath(p.resolve(), Path(out).resolve())).as_posix()
+    return ident
 
 
 def _check_identity(out: Path, ident: dict) -> None:
     f = out / EVAL_CONFIG
     if (out / "predictions.jsonl").exists() and f.exists():
-        refuse_other(out, "holds predictions of another evaluation", read_json(f), ident,
-                     "use another --out or delete it", keys=list(ident))
+        old = read_json(f)
+        rel = old.get("model_from_out")
+        if old.get("model") != ident["model"] and rel is not None and rel == ident.get("model_from_out"):
+            old = dict(old, model=ident["model"])  # moved together with the directory: the same model
+        refuse_other(out, "holds predictions of another evaluation", old, ident,
+                     "use another --out or delete it", keys=[k for k in ident if k != "model_from_out"])
 
 
 def run_eval(model_name: str, task: str, cfg: EvalConfig, out_dir: str | Path | None = None,
@@ -382,7 +394,7 @@ def run_eval(model_name: str, task: str, cfg: EvalConfig, out_dir: str | Path | 
 
     examples = load_examples(task, cfg.split, cfg.limit)
     budget = resolve_budget(cfg, longest_training_completion(model_name), label=model_name)
-    ident = _identity(model_name, task, cfg, budget["max_new_tokens"])
+    ident = _identity(model_name, task, cfg, budget["max_new_tokens"], out_dir)
     # a failure before any output removes the directory the lock made
     with RunLock(out_dir) if out_dir is not None else contextlib.nullcontext():
         if out_dir is not None:

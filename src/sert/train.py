@@ -287,6 +287,24 @@ def _fingerprint(model_name: str, stage: str, pairs: list[dict], cfg: TrainConfi
     return h.hexdigest()[:16]
 
 
+def _fingerprints(model_name: str, stage: str, pairs: list[dict], cfg: TrainConfig, out: Path) -> list[str]:
+    """The run's fingerprint (:func:`_fingerprint`, the model as given), then, for a local model, the same
+    with the model as an absolute path and as a path relative to ``out``: one of them still matches when
+    the command is run from elsewhere or the run directory was moved or copied with its checkpoints."""
+    fps = [_fingerprint(model_name, stage, pairs, cfg)]
+    p = Path(str(model_name))
+    if p.exists():
+        at = p.resolve()
+        fps += [_fingerprint(str(at), stage, pairs, cfg),
+                _fingerprint(os.path.relpath(at, Path(out).resolve()), stage, pairs, cfg)]
+    return fps
+
+
+def _same_training(recorded: dict, fps: list[str]) -> bool:
+    """Whether train_config.json's fingerprints (``recorded``) name the training of ``fps`` (:func:`_fingerprints`)."""
+    return bool({recorded.get("fingerprint"), *recorded.get("fingerprint_aliases", [])} & set(fps))
+
+
 def _reporting(report_to: str, log_dir: Path) -> tuple[list[str] | str, list]:
     """``train.report_to`` for the Trainer: (integration names, callbacks). TensorBoard comes as a
     callback writing to ``log_dir`` (the arm's directory: the Trainer's default lies under the
@@ -419,7 +437,7 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
     pairs = build_pairs(stage, records)
     _warn_unused_weights(pairs, cfg, source)
     if (final / "config.json").exists():
-        _check_fingerprint(out, _fingerprint(model_name, stage, pairs, cfg))
+        _check_fingerprint(out, _fingerprints(model_name, stage, pairs, cfg, out))
         print(f"[sert] train: {final} exists; skipped (delete it to retrain)")
         return final
     if device not in (None, "auto", "cpu", "cuda"):
@@ -431,19 +449,20 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
     # a failure before any output removes the directory the lock made
     with RunLock(out) if _is_main() else contextlib.nullcontext():
         if (final / "config.json").exists():  # finished by another process meanwhile
-            _check_fingerprint(out, _fingerprint(model_name, stage, pairs, cfg))
+            _check_fingerprint(out, _fingerprints(model_name, stage, pairs, cfg, out))
             print(f"[sert] train: {final} exists; skipped (delete it to retrain)")
             return final
         return _train(model_name, pairs, source, stage, cfg, out, resume, device, dtype, prec)
 
 
-def _check_fingerprint(out: Path, fp: str) -> None:
+def _check_fingerprint(out: Path, fps: list[str]) -> None:
     """Refuse ``out`` when it holds a model trained with another model/data/settings."""
     cfg_file = out / "train_config.json"
-    old = read_json(cfg_file).get("fingerprint") if cfg_file.exists() else None
-    if old is not None:
+    recorded = read_json(cfg_file) if cfg_file.exists() else {}
+    old = recorded.get("fingerprint")
+    if old is not None and not _same_training(recorded, fps):
         refuse_other(out, "holds a model trained with a different model/data/settings", {"fingerprint": old},
-                     {"fingerprint": fp}, f"use another --out or delete {out}")
+                     {"fingerprint": fps[0]}, f"use another --out or delete {out}")
 
 
 def _last_checkpoint(ckpt_dir: Path) -> str | None:
@@ -496,8 +515,9 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     from .models import load_tokenizer, resolve_model
 
     final = out / "final"
-    fp = _fingerprint(model_name, stage, pairs, cfg)
-    last = _resume_point(out, fp, resume)
+    fps = _fingerprints(model_name, stage, pairs, cfg, out)
+    fp = fps[0]
+    last = _resume_point(out, fps, resume)
     tok = load_tokenizer(model_name)
     feats, truncated = _features(pairs, tok, cfg, _fit_max_length(model_name, cfg.max_length))
     path = resolve_model(model_name)
@@ -511,7 +531,7 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         atomic_write_json(out / "train_config.json", {
             "model": model_name, "stage": stage, "data": source, "n_examples": len(pairs), "device": device,
             "dtype": dtype, "precision": prec[0], "precision_reason": prec[1], "train": to_dict(cfg),
-            "fingerprint": fp})
+            "fingerprint": fp, "fingerprint_aliases": fps[1:]})
 
     cuda = device != "cpu" and torch.cuda.is_available()
     if cuda:
@@ -562,7 +582,7 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     return final
 
 
-def _resume_point(out: Path, fp: str, resume: bool) -> str | None:
+def _resume_point(out: Path, fps: list[str], resume: bool) -> str | None:
     """The checkpoint to resume from (None: start from the model), after removing what a kill left
     half-written; checkpoints of another model/data/settings are refused."""
     ckpt_dir = out / "checkpoints"
@@ -571,10 +591,11 @@ def _resume_point(out: Path, fp: str, resume: bool) -> str | None:
         shutil.rmtree(stale, ignore_errors=True)
     last = _last_checkpoint(ckpt_dir)
     if last:
-        old = read_json(cfg_file).get("fingerprint") if cfg_file.exists() else None
-        if old is not None:
+        recorded = read_json(cfg_file) if cfg_file.exists() else {}
+        old = recorded.get("fingerprint")
+        if old is not None and not _same_training(recorded, fps):
             refuse_other(ckpt_dir, "holds checkpoints of a different model/data/settings", {"fingerprint": old},
-                         {"fingerprint": fp}, f"use another --out or delete {ckpt_dir}")
+                         {"fingerprint": fps[0]}, f"use another --out or delete {ckpt_dir}")
         print(f"[sert] train: resuming from {last}")
     elif resume:
         print(f"[sert] train: --resume given but {ckpt_dir} has no checkpoint; starting from the base model")
