@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SertError, did_you_mean
+from .io import reads_utf8
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory=None):
@@ -404,6 +405,7 @@ def from_dict(cls, data: dict, *, source: str = "config"):
     return cfg
 
 
+@reads_utf8("path")
 def load_yaml(path: str | Path) -> dict:
     import yaml
 

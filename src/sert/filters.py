@@ -49,6 +49,7 @@ from .answers import NEXT_EXAMPLE, extract_answer, is_correct
 from .config import FilterConfig, check
 from .metrics import rep_n as _metrics_rep_n
 from .errors import SertError
+from .io import reads_utf8
 from .io import RunLock, atomic_save_figure, atomic_write_json, atomic_write_jsonl, ensure_dir, remove_stale_temps
 
 # ------------------------------------------------------------------ measures
@@ -258,6 +259,7 @@ def confidence_weights(selected: Sequence[dict], source: str) -> list[float]:
 _REQUIRED = {"id": str, "text": str, "token_ids": list, "logprobs": list, "n_tokens": int}
 
 
+@reads_utf8("paths_file")
 def read_paths(paths_file) -> list[dict]:
     """Read and validate a paths file; each problem is reported as ``file:line``."""
     p = Path(paths_file)

@@ -363,6 +363,8 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None):
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, place.dtype))
         except (OSError, ValueError) as e:
             raise SertError(_not_found(name, e)) from None
+        except Exception as e:  # noqa: BLE001 - a truncated weights file: one line; anything else is raised
+            raise unreadable_weights(name, e) from None
     model.to(place.device)
     avoid_cudnn_attention(place.device)
     announce(place)
@@ -370,6 +372,19 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None):
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok, place
+
+
+def unreadable_weights(name: str, err: Exception) -> Exception:
+    """The error for a model whose weights file cannot be read (truncated or corrupt: safetensors'
+    or torch's reader fails): one line naming it and what to do; ``err`` itself for any other error."""
+    import re
+
+    text = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    if type(err).__name__ == "SafetensorError" or isinstance(err, EOFError) or (
+            isinstance(err, RuntimeError) and re.search(r"PytorchStreamReader|central directory", str(err))):
+        return SertError(f"--model {name}: its weights cannot be read ({text}): the file is truncated or corrupt; "
+                         "copy it again, or delete the checkpoint directory and train it again")
+    return err
 
 
 def _not_found(name: str, err: Exception) -> str:

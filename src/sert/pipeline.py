@@ -483,7 +483,10 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
             except BaseException as e:
                 table[st.name].update(status="failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
                                       wall_s=round(time.time() - t0, 1))
-                save()
+                try:
+                    save()
+                except OSError:  # e.g. the disk that stopped the stage is still full: its error is the one to tell
+                    pass
                 raise
             finally:
                 gc.collect()

@@ -44,6 +44,7 @@ from .config import TrainConfig, check, to_dict
 from .errors import SertError
 from .identity import refuse_other
 from .io import RunLock, atomic_write_json, atomic_write_text, ensure_dir, read_json, read_jsonl
+from .io import reads_utf8
 from .templates import distillation_target, finetune_target, self_training_target
 
 STAGES = ("finetune", "self", "distill")
@@ -123,6 +124,7 @@ def load_records(stage: str, data: str | os.PathLike | Sequence[dict], limit: in
     return recs, src
 
 
+@reads_utf8("path")
 def _check_records(stage: str, path: Path, recs: list[dict]) -> None:
     """Every record of a data file has the stage's fields with usable types; errors name file:line."""
     with open(path, encoding="utf-8") as f:
@@ -628,6 +630,9 @@ def _load_student(model_name: str, path: str, tok, cfg: TrainConfig):
     except (OSError, ValueError) as e:
         from .models import _not_found
         raise SertError(_not_found(model_name, e)) from None
+    except Exception as e:  # noqa: BLE001 - a truncated weights file: one line; anything else is raised
+        from .models import unreadable_weights
+        raise unreadable_weights(model_name, e) from None
     model.config.use_cache = False
     gc = model.generation_config
     if gc.pad_token_id is None:
