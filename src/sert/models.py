@@ -194,10 +194,19 @@ def pick_placement(device: str | None = None, dtype: str | None = None) -> Place
     float16 on a CPU is refused (no fp16 matrix path; use bfloat16)."""
     import torch
 
+    import re
+
+    from .config import DEVICE_RE
+
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(DEVICE_RE, device):
+        raise SertError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SertError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise SertError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                        f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); choose one of them")
     if dtype in (None, "auto"):
         if device.startswith("cuda"):
             bf16 = torch.cuda.is_bf16_supported()

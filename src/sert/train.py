@@ -130,6 +130,9 @@ def _check_records(stage: str, path: Path, recs: list[dict]) -> None:
     with open(path, encoding="utf-8") as f:
         lines = [n for n, line in enumerate(f, 1) if line.strip()]  # read_jsonl skips blank lines
     for n, r in zip(lines, recs):
+        if stage == "self" and "token_ids" in r and not isinstance(r.get("path"), str):
+            raise SertError(f"{path}:{n}: a mined path (sert mine's paths.jsonl), not a selected one: --stage self "
+                            f"trains on the filter's output; run 'sert filter {path}' and pass its selected.jsonl")
         for k in _FIELDS[stage]:
             v = r.get(k)
             if v is None or (isinstance(v, str) and not v.strip()):
@@ -446,7 +449,7 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
         raise SertError(f"--device {device}: training takes auto, cpu or cuda; "
                         "choose GPUs with CUDA_VISIBLE_DEVICES (or accelerate launch / torchrun)")
     prec = training_precision(cfg, device or "auto", dtype)  # one-line refusals before anything is written
-    batch_plan(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    _trainer_accepts(cfg, out, prec, device, batch_plan(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
 
     # a failure before any output removes the directory the lock made
     with RunLock(out) if _is_main() else contextlib.nullcontext():
@@ -455,6 +458,19 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
             print(f"[sert] train: {final} exists; skipped (delete it to retrain)")
             return final
         return _train(model_name, pairs, source, stage, cfg, out, resume, device, dtype, prec)
+
+
+def _trainer_accepts(cfg: TrainConfig, out: Path, prec: tuple[str, str], device: str | None, plan: dict) -> None:
+    """The Trainer's arguments built once before anything is written, so a setting it refuses (beyond
+    those the config already checks) is one line, not a traceback after the model has loaded."""
+    import torch
+
+    cuda = device != "cpu" and torch.cuda.is_available()
+    try:
+        _training_args(cfg, out / "checkpoints", plan, prec[0], cuda, 1, "none")
+    except (ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SertError(f"train: the Trainer refuses these settings ({first}); see sert train --help") from None
 
 
 def _check_fingerprint(out: Path, fps: list[str]) -> None:
@@ -610,6 +626,10 @@ def _features(pairs: list[dict], tok, cfg: TrainConfig, max_length: int) -> tupl
     if truncated:
         print(f"[sert] train: {truncated} of {len(feats)} examples exceed max_length={max_length} "
               "tokens and were truncated (start of the prompt first)")
+    if all(f["labels"][-1] != tok.eos_token_id for f in feats):  # the end of every target was cut off
+        raise SertError(f"train.max_length {max_length}: every one of the {len(feats)} examples is longer and "
+                        "loses the end of its target (its answer and EOS), so none would be learned whole; "
+                        "raise --max-length (train.max_length)")
     if cfg.use_weights:
         mean_w = sum(f["weight"] for f in feats) / len(feats)
         if mean_w <= 0:
