@@ -401,3 +401,38 @@ def test_a_resumed_mine_decodes_each_unfinished_chunk_whole(tiny, tmp_path, monk
     mm.mine(model, tok, exs, cfg, part, progress=False)
     assert decoded == [[e.id for e in exs[3:6]]]  # the whole second chunk, not only its two missing questions
     assert part.read_bytes() == full.read_bytes()
+
+
+# ------------------------------------------------------------------ a moved run directory
+def test_a_moved_run_directory_redoes_an_evaluation_and_keeps_its_trainings(tiny, tmp_path, capsys):
+    """Identities are recorded relative to the directory too: after a move, a deleted metrics.json is
+    redone without decoding and a training whose marker was lost is recognised, not refused; a damaged
+    metrics.json is rebuilt by its stage instead of stopping the run."""
+    cfg = {"task": "strategyqa", "model": str(tiny), "device": "cpu", "arms": ["base", "rd", "rd_ft"],
+           "arm_specs": [{"name": "rd_ft", "kind": "finetune", "init": "rd", "data": "task"}],
+           "train_limit": 4, "teach": {"keep_correct_only": False},
+           "train": {"epochs": 1, "batch_size": 2, "max_length": 96, "logging_steps": 1},
+           "eval": {"limit": 4, "max_new_tokens": 3, "batch_size": 4, "n_bootstrap": 20}}
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump(cfg))
+    a = tmp_path / "a" / "run"
+    assert sert(["run", conf, "--out", a, "--quiet"], capsys)[0] == 0
+    preds = {arm: (a / "eval" / arm / "predictions.jsonl").read_bytes() for arm in ("base", "rd", "rd_ft")}
+    b = tmp_path / "elsewhere" / "deeper" / "run"
+    b.parent.mkdir(parents=True)
+    shutil.move(a, b)
+    (b / "eval" / "rd" / "metrics.json").unlink()      # its evaluation stage resumes in the moved directory
+    (b / "arms" / "rd_ft" / ".done.json").unlink()     # its training stage resumes: final/ is there already
+    base_m = b / "eval" / "base" / "metrics.json"
+    acc = json.loads(base_m.read_text())["acc_ci"]
+    base_m.write_text(base_m.read_text()[:50])          # damaged: that stage resumes too (no decoding), not a stop
+    rc, so, se = sert(["run", conf, "--out", b, "--quiet"], capsys)
+    assert rc == 0, se
+    assert "holds" not in se
+    for arm, p in preds.items():
+        assert (b / "eval" / arm / "predictions.jsonl").read_bytes() == p
+    assert json.loads(base_m.read_text())["acc_ci"] == acc
+    assert json.loads((b / "eval" / "rd" / "eval_config.json").read_text())["model_from_out"] == \
+        "../../arms/rd/final"
+    assert json.loads((b / "arms" / "rd_ft" / "train_summary.json").read_text())["fingerprint"] == \
+        json.loads((b / "arms" / "rd_ft" / "train_config.json").read_text())["fingerprint"]  # not retrained
