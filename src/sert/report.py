@@ -3,7 +3,9 @@
 Input: a run directory written by :func:`sert.pipeline.run_experiment` (``config.yaml``,
 ``eval/<arm>/{metrics.json,predictions.jsonl}``, ``filter/funnel.{json,png}``,
 ``arms/<arm>/arm.json``, ``stages.json``, ``commands.txt``). Every part is optional:
-an arm that has not been evaluated is simply not in the table.
+an arm that has not been evaluated, or whose evaluation cannot be read, is not in the table but
+named above it with the reason (and on stderr); a missing or damaged ``metrics.json`` is rebuilt
+from a finished ``predictions.jsonl`` first.
 
 Output: ``RUN/report.md`` (images linked relative to RUN), ``RUN/report.html`` (images
 embedded as base64, so the one file can be mailed) and ``RUN/plots/accuracy.png``.
