@@ -173,6 +173,24 @@ def test_disk_full_in_mine_eval_filter_teach_then_the_rerun_completes_identicall
         assert {k: v for k, v in tree(out).items() if Path(k).name not in volatile} == want, name
 
 
+def test_disk_full_in_sert_run_then_the_rerun_finishes(tiny, tmp_path, capsys):
+    """A full disk while a stage of sert run writes: one line naming the stage's file; the stage table
+    records the failure where it can; the rerun finishes with the predictions of an uninterrupted run."""
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump({"task": "strategyqa", "model": str(tiny), "device": "cpu", "arms": ["base"],
+                                    "eval": {"limit": 8, "max_new_tokens": 3, "batch_size": 4, "n_bootstrap": 20}}))
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert sert(["run", conf, "--out", ref, "--quiet"], capsys)[0] == 0
+    with disk_full_after(5):  # config.yaml, commands.txt, stages.json, eval_config.json, batch 1; batch 2 fails
+        rc, so, se = sert(["run", conf, "--out", out, "--quiet"], capsys)
+    one_line(rc, so, se, 2, f"{out / 'eval' / 'base' / 'predictions.jsonl'}: no space left on the device")
+    assert len(jsonl(out / "eval" / "base" / "predictions.jsonl")) == 4
+    rc, so, se = sert(["run", conf, "--out", out, "--quiet"], capsys)
+    assert rc == 0, se
+    assert (out / "eval/base/predictions.jsonl").read_bytes() == (ref / "eval/base/predictions.jsonl").read_bytes()
+    assert json.loads((out / "stages.json").read_text())["stages"]["eval:base"]["status"] == "done"
+
+
 def test_an_io_error_is_not_the_users_exit_1(tmp_path, capsys):
     paths = synthetic_paths(tmp_path / "paths.jsonl", 5, 4)
     with disk_full_after(0, errno.EIO):

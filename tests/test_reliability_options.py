@@ -402,3 +402,23 @@ def test_report_the_number_of_fuzzed_options(capsys):
         print(f"\n[fuzz] {n} options ({', '.join(f'{k} {len(v)}' for k, v in sorted(cov.items()))}), "
               f"{len(CASES)} bad values, plus {len(OTHER)} hand-listed option cases")
     assert n > 150
+
+
+def test_non_finite_numbers_in_data_files_name_file_and_line(tmp_path):
+    """NaN and infinity are valid JSON to Python's reader: a path's log-prob or a selection's weight that is
+    not finite is refused where it stands, not summarised into a NaN perplexity or loss."""
+    from reliability import synthetic_paths
+
+    paths = synthetic_paths(tmp_path / "paths.jsonl", 2, 2)
+    lines = paths.read_text().splitlines()
+    rec = json.loads(lines[2])
+    rec["logprobs"][0] = float("nan")
+    paths.write_text("\n".join(lines[:2] + [json.dumps(rec)] + lines[3:]) + "\n")
+    rc, so, se = run_cli(["filter", paths, "--out", tmp_path / "f"])
+    assert rc == 2 and f"{paths}:3: field 'logprobs' must hold finite numbers" in se, se
+    sel = tmp_path / "selected.jsonl"
+    sel.write_text('{"question": "q", "answer": "yes", "path": "a b c"}\n'
+                   '{"question": "q2", "answer": "no", "path": "d e f", "weight": Infinity}\n')
+    rc, so, se = run_cli(["train", "--stage", "self", "--data", sel, "--out", tmp_path / "t"])
+    assert rc == 2 and f"{sel}:2: field 'weight' must be a finite number >= 0, got inf" in se, se
+    assert not (tmp_path / "f").exists() and not (tmp_path / "t").exists()

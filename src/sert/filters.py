@@ -289,8 +289,8 @@ def read_paths(paths_file) -> list[dict]:
             if len(r["logprobs"]) != r["n_tokens"] or len(r["token_ids"]) != r["n_tokens"]:
                 raise SertError(f"{p}:{n}: n_tokens={r['n_tokens']} but {len(r['token_ids'])} token_ids and "
                                 f"{len(r['logprobs'])} logprobs")
-            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in r["logprobs"]):
-                raise SertError(f"{p}:{n}: field 'logprobs' must hold numbers")
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in r["logprobs"]):
+                raise SertError(f"{p}:{n}: field 'logprobs' must hold finite numbers")
             key = (r["id"], r.get("path", n))
             if key in seen:
                 raise SertError(f"{p}:{n}: duplicate path {r.get('path')} of question {r['id']!r}")

@@ -143,6 +143,8 @@ def _check_records(stage: str, path: Path, recs: list[dict]) -> None:
         w = r.get("weight")
         if w is not None and (not isinstance(w, (int, float)) or isinstance(w, bool)):
             raise SertError(f"{path}:{n}: field 'weight' must be a number, got {type(w).__name__}")
+        if w is not None and not (math.isfinite(w) and w >= 0):
+            raise SertError(f"{path}:{n}: field 'weight' must be a finite number >= 0, got {w}")
 
 
 def _warn_unused_weights(pairs: list[dict], cfg: TrainConfig, source) -> None:
