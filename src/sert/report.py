@@ -193,15 +193,13 @@ def _expected_instances(run: dict) -> list[str]:
     if not cfg:
         d = run["dir"] / "eval"
         return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
-    from .pipeline import instance_name
-
     train = cfg.get("train") or {}
     seeds = list(train.get("seeds") or [train.get("seed", 42)])
     arms = list(cfg.get("arms") or ARMS)
     out = list(arms)
-    for s in seeds[1:]:
+    for s in seeds[1:]:  # the other seeds' instances: <arm>-s<seed> (sert.pipeline.instance_name)
         again = train.get("seed_arms")
-        out += [instance_name(a, s, seeds) for a in arms if a != "base" and (again is None or a in again)]
+        out += [f"{a}-s{s}" for a in arms if a != "base" and (again is None or a in again)]
     return out
 
 
