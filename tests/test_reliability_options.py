@@ -422,3 +422,15 @@ def test_non_finite_numbers_in_data_files_name_file_and_line(tmp_path):
     rc, so, se = run_cli(["train", "--stage", "self", "--data", sel, "--out", tmp_path / "t"])
     assert rc == 2 and f"{sel}:2: field 'weight' must be a finite number >= 0, got inf" in se, se
     assert not (tmp_path / "f").exists() and not (tmp_path / "t").exists()
+
+
+def test_an_unknown_logger_is_refused_before_any_stage(run_yaml, tmp_path):
+    """train.report_to names a Trainer integration; sert run checks it with the config (not at the first
+    training, after mining and the base evaluation), sert train before anything is written."""
+    out = tmp_path / "run"
+    rc, so, se = run_cli(["run", run_yaml, "--out", out, "--set", "arms=[base, finetune]",
+                          "--set", "train.report_to=tensorbored"])
+    assert rc == 2 and se.count("\n") == 1 and "train.report_to: unknown logger 'tensorbored'" in se, se
+    assert not out.exists()
+    rc, so, se = run_cli(base_argv("train", tmp_path) + ["--report-to", "wandbb", "--out", out])
+    assert rc == 2 and "train.report_to: unknown logger 'wandbb'" in se and not out.exists(), se

@@ -131,6 +131,9 @@ def _check_inputs(cfg: RunConfig) -> None:
         task.examples(cfg.mine.split, cfg.mine.limit)
     if sources & {"task", "teach"}:
         task.examples("train", cfg.train_limit)
+    if sources:  # arms are trained: a logger the Trainer does not know is refused now, not after the first stages
+        from .train import check_report_to
+        check_report_to(cfg.train.report_to)
     check_model(cfg.model)
     online = []
     if "teach" in sources:

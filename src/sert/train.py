@@ -312,10 +312,9 @@ def _same_training(recorded: dict, fps: list[str]) -> bool:
     return bool({recorded.get("fingerprint"), *recorded.get("fingerprint_aliases", [])} & set(fps))
 
 
-def _reporting(report_to: str, log_dir: Path) -> tuple[list[str] | str, list]:
-    """``train.report_to`` for the Trainer: (integration names, callbacks). TensorBoard comes as a
-    callback writing to ``log_dir`` (the arm's directory: the Trainer's default lies under the
-    checkpoints, which a finished run deletes)."""
+def check_report_to(report_to: str) -> list[str]:
+    """The Trainer integrations ``train.report_to`` names; an unknown one, or TensorBoard when it is not
+    installed, is refused in one line (checked before anything runs: by run_train and sert run)."""
     from transformers.integrations import integration_utils as iu
 
     from .errors import did_you_mean
@@ -326,10 +325,20 @@ def _reporting(report_to: str, log_dir: Path) -> tuple[list[str] | str, list]:
         raise SertError(f"train.report_to: unknown logger {unknown[0]!r}"
                         f"{did_you_mean(unknown[0], iu.INTEGRATION_TO_CALLBACK)}; expected none, tensorboard "
                         "or another Trainer integration")
+    if "tensorboard" in names and not iu.is_tensorboard_available():
+        raise SertError("train.report_to: tensorboard is not installed (pip install tensorboard)")
+    return names
+
+
+def _reporting(report_to: str, log_dir: Path) -> tuple[list[str] | str, list]:
+    """``train.report_to`` for the Trainer: (integration names, callbacks). TensorBoard comes as a
+    callback writing to ``log_dir`` (the arm's directory: the Trainer's default lies under the
+    checkpoints, which a finished run deletes)."""
+    from transformers.integrations import integration_utils as iu
+
+    names = check_report_to(report_to)
     if "tensorboard" not in names:
         return names or "none", []
-    if not iu.is_tensorboard_available():
-        raise SertError("train.report_to: tensorboard is not installed (pip install tensorboard)")
     cb = iu.TensorBoardCallback()
     cb.logging_dir = str(log_dir)
     return [n for n in names if n != "tensorboard"] or "none", [cb]
@@ -452,6 +461,7 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
                         "choose GPUs with CUDA_VISIBLE_DEVICES (or accelerate launch / torchrun)")
     prec = training_precision(cfg, device or "auto", dtype)  # one-line refusals before anything is written
     _trainer_accepts(cfg, out, prec, device, batch_plan(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
+    check_report_to(cfg.report_to)
 
     # a failure before any output removes the directory the lock made
     with RunLock(out) if _is_main() else contextlib.nullcontext():
