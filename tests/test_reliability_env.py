@@ -454,3 +454,10 @@ def test_a_moved_run_directory_redoes_an_evaluation_and_keeps_its_trainings(tiny
         "../../arms/rd/final"
     assert json.loads((b / "arms" / "rd_ft" / "train_summary.json").read_text())["fingerprint"] == \
         json.loads((b / "arms" / "rd_ft" / "train_config.json").read_text())["fingerprint"]  # not retrained
+
+
+def test_a_librarys_own_oserror_is_one_line_exit_1():
+    """An OSError without an errno (a library's message, e.g. a file it could not make sense of)."""
+    err = environment_error(OSError("Can't load the configuration of 'x'\nmore detail"), "/run/x")
+    assert err.status == 1 and str(err) == "/run/x: Can't load the configuration of 'x'; check the path and the " \
+                                           "file system, then rerun"

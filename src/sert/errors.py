@@ -55,6 +55,12 @@ _ERRNO: dict[int, tuple[str, str, int]] = {
 }
 
 
+def text_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 def _where(exc: BaseException, where) -> str:
     name = getattr(exc, "filename", None)
     if name is not None:
@@ -92,8 +98,11 @@ def environment_error(exc: BaseException, where: str | Path | None = None) -> Se
         return SertError(f"{lead}invalid UTF-8 in an input file ({exc.reason} at byte "
                          f"{exc.start}); save the file as UTF-8")
     if isinstance(exc, OSError):
-        if isinstance(exc, ConnectionError) or exc.errno is None:
+        if isinstance(exc, ConnectionError):  # the network clients retry and report these themselves
             return None
+        if exc.errno is None:  # a library's own OSError (no errno): its first line, not the user's fault
+            first = text_line(exc)
+            return SertError(f"{lead}{first}; check the path and the file system, then rerun", 1)
         return _errno_error(exc.errno, exc.strerror, _where(exc, where))
     name = type(exc).__name__
     text = str(exc)
