@@ -119,3 +119,12 @@ def test_rescore_rebuilds_a_damaged_metrics_json_and_refuses_an_unfinished_one(r
     rc, so, se = report(run, capsys, "--rescore")
     assert rc == 2 and se.count("\n") == 1 and "holds 5 of the 20 predictions" in se and "rerun it" in se, se
     assert not (run / "eval" / "sert" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("body,msg", [("task: [\n", "config.yaml:2: invalid YAML"),
+                                      ("- 1\n- 2\n", "config.yaml: expected a mapping of config keys")])
+def test_a_damaged_run_config_is_one_line(run, capsys, body, msg):
+    (run / "config.yaml").write_text(body)
+    for extra in ((), ("--rescore",)):
+        rc, so, se = report(run, capsys, *extra)
+        assert rc == 2 and se.count("\n") == 1 and msg in se, se

@@ -76,12 +76,11 @@ def paper_row(model: str, task: str) -> tuple[str, dict | None, bool]:
 
 # ------------------------------------------------------------------ gathering
 def _load_run(run_dir: Path) -> dict:
-    import yaml
-
     run: dict = {"dir": run_dir, "config": {}, "arms": {}, "train": {}}
     cfg_file = run_dir / "config.yaml"
     if cfg_file.exists():
-        run["config"] = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+        from .config import load_yaml
+        run["config"] = load_yaml(cfg_file)  # a damaged one: one line naming file and line
         run["config_text"] = cfg_file.read_text(encoding="utf-8")
     table = arm_table(run["config"].get("arm_specs") or ())
     run["labels"] = {a.name: a.label for a in table.values()}
@@ -728,13 +727,13 @@ def summary_table(run_dir: str | Path) -> str:
 
 def rescore_run(run_dir: str | Path, log: Callable[[str], None] = print) -> dict:
     """``sert report --rescore``: re-score each ``eval/<arm>/`` of a run (see ``evaluate.rescore_dir``)."""
-    import yaml
-
     from .evaluate import rescore_dir
 
     run_dir = Path(run_dir)
     cfg_file = run_dir / "config.yaml"
-    cfg = (yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}) if cfg_file.exists() else {}
+    from .config import load_yaml
+
+    cfg = load_yaml(cfg_file) if cfg_file.exists() else {}
     task, limit = cfg.get("task"), (cfg.get("eval") or {}).get("limit")
     out = {}
     for d in sorted((run_dir / "eval").glob("*/predictions.jsonl")) if (run_dir / "eval").is_dir() else []:
