@@ -434,3 +434,19 @@ def test_an_unknown_logger_is_refused_before_any_stage(run_yaml, tmp_path):
     assert not out.exists()
     rc, so, se = run_cli(base_argv("train", tmp_path) + ["--report-to", "wandbb", "--out", out])
     assert rc == 2 and "train.report_to: unknown logger 'wandbb'" in se and not out.exists(), se
+
+
+def test_a_run_config_without_the_commands_section_means_its_defaults(tmp_path):
+    """`sert mine --config run.yaml` where run.yaml (a sert run config) has no mine: section: the defaults,
+    not "unknown config key 'eval'"; a file of the command's own keys still counts as that section."""
+    import argparse
+
+    from sert.commands import config_from_args
+
+    run = tmp_path / "run.yaml"
+    run.write_text("task: strategyqa\neval:\n  limit: 2\n")
+    assert config_from_args(MineConfig, argparse.Namespace(config=str(run)), section="mine") == MineConfig()
+    own = tmp_path / "eval.yaml"
+    own.write_text("judge: openai:m\nlimit: 3\n")  # eval's keys at the top level ('judge' is also a run section)
+    cfg = config_from_args(EvalConfig, argparse.Namespace(config=str(own)), section="eval")
+    assert (cfg.judge, cfg.limit) == ("openai:m", 3)

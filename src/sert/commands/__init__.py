@@ -70,8 +70,11 @@ def config_from_args(cls, args: argparse.Namespace, section: str | None = None):
 
     data: dict = {}
     if getattr(args, "config", None):
+        from ..config import RunConfig
+
         y = load_yaml(args.config)
-        data = y.get(section) if section and section in y else y
+        run_keys = {f.name for f in dataclasses.fields(RunConfig)} - {f.name for f in dataclasses.fields(cls)}
+        data = y.get(section) if section and section in y else {} if section and set(y) & run_keys else y
         if not isinstance(data, dict):  # `train:` left empty, or `train: [1, 2]`: as sert run says it
             from ..config import _yaml_kind
             raise SertError(f"{args.config}: {section}: expected a mapping of its keys, got {_yaml_kind(data)}")
