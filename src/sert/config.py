@@ -376,15 +376,17 @@ def _train_extra_errors(t: "TrainConfig") -> list[str]:
     if not 0 <= t.lora_dropout < 1:
         e.append(f"train.lora_dropout: expected 0 <= lora_dropout < 1, got {t.lora_dropout}")
     if 1 <= t.max_length < 2:
-        e.append(f"train.max_length: expected at least 2 (a prompt token and a target token), got {t.max_length}")
+        e.append(f"train.max_length: expected at least 2 (a token is learned from the one before it), "
+                 f"got {t.max_length}")
     return e
 
 
 def field_errors(cfg, prefix: str | None = None) -> list[str]:
     """The checks every config field gets from its type, whatever its class's ``validate()`` says
     (so fields added later get them too): a float is finite (NaN and inf pass every comparison a
-    ``validate()`` makes), an integer fits 64 bits, a ``seed``/``seeds`` value is in 0..2**32-1; nested
-    configs and lists of them alike. ``prefix``: before each key (default: the config's section name)."""
+    ``validate()`` makes), an integer fits 64 bits, a ``seed``/``seeds`` value is in 0..2**32-1, a
+    ``*base_url`` is an http(s) URL; nested configs and lists of them alike. ``prefix``: before each
+    key (default: the config's section name)."""
     if prefix is None:
         prefix = {hint: f"{name}." for name, hint in typing.get_type_hints(RunConfig).items()
                   if dataclasses.is_dataclass(hint)}.get(type(cfg), "")
