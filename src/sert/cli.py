@@ -3,7 +3,9 @@
 The sub-commands live in :mod:`sert.commands` (one module per stage, on top of the
 library; no stage module imports the command layer). Heavy imports (torch, transformers)
 happen inside the commands so ``sert --help`` is instant. A :class:`~sert.errors.SertError`
-becomes one line on stderr and exit 2.
+becomes one line on stderr and its exit status (2, or 1 for faults that are not the user's);
+so does a fault of the environment (:func:`sert.errors.environment_error`: a full disk, a
+permission, a corrupt file, ...), never a traceback.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import importlib
 import sys
 
 from .commands import COMMAND_MODULES, OneLineParser
-from .errors import SertError
+from .errors import SertError, environment_error
 
 __all__ = ["OneLineParser", "build_parser", "main"]
 
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(rc or 0)
     except SertError as e:
         print(f"sert: error: {e}", file=sys.stderr)
-        return 2
+        return e.status
     except KeyboardInterrupt:
         print("sert: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -45,3 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush too
         return 0
+    except Exception as e:  # noqa: BLE001 - an environment fault is one line; anything else keeps its traceback
+        err = environment_error(e)
+        if err is None:
+            raise
+        print(f"sert: error: {err}", file=sys.stderr)
+        return err.status

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SertError, did_you_mean
+from .io import reads_utf8
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory=None):
@@ -71,6 +72,8 @@ class MineConfig:
             e.append(f"mine.temperature: expected > 0, got {self.temperature}")
         if self.limit is not None and self.limit < 1:
             e.append(f"mine.limit: expected a positive integer, got {self.limit}")
+        if self.split not in ("train", "test"):
+            e.append(f"mine.split: expected train or test, got {self.split!r}")
         return e
 
 
@@ -197,6 +200,7 @@ class TrainConfig:
         late = [x for x in self.eval_epochs or () if x > self.epochs]
         if late:
             e.append(f"train.eval_epochs: epoch {late[0]} is after the last one (train.epochs {self.epochs:g})")
+        e += _train_extra_errors(self)
         return e
 
 
@@ -226,6 +230,12 @@ class TeachConfig:
                 e.append(f"teach.{k}: expected a positive integer, got {getattr(self, k)}")
         if self.max_retries < 0:
             e.append(f"teach.max_retries: expected >= 0, got {self.max_retries}")
+        if self.timeout <= 0:
+            e.append(f"teach.timeout: expected > 0 seconds, got {self.timeout}")
+        if self.temperature < 0:
+            e.append(f"teach.temperature: expected >= 0, got {self.temperature}")
+        if self.limit is not None and self.limit < 1:
+            e.append(f"teach.limit: expected a positive integer, got {self.limit}")
         return e
 
 
@@ -264,6 +274,11 @@ class EvalConfig:
             e.append(f"eval.limit: expected a positive integer, got {self.limit}")
         if self.split not in ("train", "test"):
             e.append(f"eval.split: expected train or test, got {self.split!r}")
+        if self.judge is not None and not (self.judge.startswith("openai:") and self.judge[7:].strip()):
+            e.append(f"eval.judge: expected openai:MODEL (any OpenAI-compatible endpoint), got {self.judge!r}")
+        if self.n_bootstrap < MIN_BOOTSTRAP:
+            e.append(f"eval.n_bootstrap: expected at least {MIN_BOOTSTRAP} resamples (fewer give a 95% CI without "
+                     f"tails, or none), got {self.n_bootstrap}")
         return e
 
 
@@ -334,17 +349,23 @@ class RunConfig:
         from .arms import check_arms
 
         e = check_arms(self.arms, self.arm_specs)
+        if not self.arms:
+            e.append("arms: expected at least one arm (e.g. [base, finetune, rd, sert, sert_rd]), got []")
+        dup = sorted({a for a in self.arms if self.arms.count(a) > 1})
+        if dup:
+            e.append(f"arms: {', '.join(map(str, dup))} listed more than once")
         for a in self.arm_specs:
             if a.filter is not None:
                 errs: list[str] = []
                 sub = _from_dict(FilterConfig, {**dataclasses.asdict(self.filter), **a.filter}, errs,
                                  prefix=f"arm_specs[{a.name}].filter.")
-                e += errs or [f"arm_specs[{a.name}].{m}" for m in sub.validate()]
+                e += errs or [f"arm_specs[{a.name}].{m}" for m in config_errors(sub)]
         if self.train.seed_arms is not None:
             bad = [a for a in self.train.seed_arms if a not in self.arms or a == "base"]
             if bad:
                 e.append(f"train.seed_arms: {', '.join(map(str, bad))} not among the trained arms of this run "
                          f"(arms: {', '.join(a for a in self.arms if a != 'base')})")
+        e += placement_errors(self.device, self.dtype)
         if self.train_limit is not None and self.train_limit < 1:
             e.append(f"train_limit: expected a positive integer, got {self.train_limit}")
         for sub in (self.mine, self.filter, self.train, self.teach, self.eval, self.judge):
@@ -359,6 +380,101 @@ class RunConfig:
             e.append(f"filter.confidence_weight {self.filter.confidence_weight!r} has no effect unless "
                      "train.use_weights is true; set train.use_weights: true or drop filter.confidence_weight")
         return e
+
+
+# ------------------------------------------------------------------ checks beyond each class's validate()
+# Learning-rate schedules the Trainer runs without an evaluation loop or scheduler arguments (its others,
+# reduce_lr_on_plateau, greedy, cosine_with_min_lr, warmup_stable_decay, ..., fail once training starts).
+SCHEDULES = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup",
+             "inverse_sqrt")
+MIN_BOOTSTRAP = 10  # (D) fewer resamples give a percentile 95% CI without tails (0 or 1: no width at all)
+SEED_MAX = 2**32 - 1  # numpy's and the Trainer's seeds are 32-bit, non-negative
+INT_MAX = 2**63 - 1   # torch's integers are 64-bit
+
+
+DEVICE_RE = r"auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?"  # what --device / RunConfig.device take
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+
+
+def placement_errors(device: Any, dtype: Any, prefix: str = "") -> list[str]:
+    """``device`` and ``dtype`` settings that name no device or dtype (checked before a model loads)."""
+    import re
+
+    e = []
+    if not re.fullmatch(DEVICE_RE, str(device)):
+        e.append(f"{prefix}device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    if str(dtype) not in DTYPE_NAMES:
+        e.append(f"{prefix}dtype: expected auto, float32, bfloat16 or float16, got {dtype!r}")
+    return e
+
+
+def _train_extra_errors(t: "TrainConfig") -> list[str]:
+    """What the Trainer, torch or peft would refuse only once training starts (or would accept and
+    train on nothing), refused with the config: schedule, logging, checkpoints, optimizer, LoRA, length."""
+    e = []
+    if t.lr_scheduler not in SCHEDULES:
+        e.append(f"train.lr_scheduler: expected one of {', '.join(SCHEDULES)}, got {t.lr_scheduler!r}"
+                 + did_you_mean(str(t.lr_scheduler), SCHEDULES))
+    for k in ("logging_steps", "save_total_limit", "lora_r", "lora_alpha"):
+        if getattr(t, k) < 1:
+            e.append(f"train.{k}: expected a positive integer, got {getattr(t, k)}")
+    if t.weight_decay < 0:
+        e.append(f"train.weight_decay: expected >= 0, got {t.weight_decay}")
+    if not 0 <= t.lora_dropout < 1:
+        e.append(f"train.lora_dropout: expected 0 <= lora_dropout < 1, got {t.lora_dropout}")
+    if 1 <= t.max_length < 2:
+        e.append(f"train.max_length: expected at least 2 (a token is learned from the one before it), "
+                 f"got {t.max_length}")
+    return e
+
+
+def field_errors(cfg, prefix: str | None = None) -> list[str]:
+    """The checks every config field gets from its type, whatever its class's ``validate()`` says
+    (so fields added later get them too): a float is finite (NaN and inf pass every comparison a
+    ``validate()`` makes), an integer fits 64 bits, a ``seed``/``seeds`` value is in 0..2**32-1, a
+    ``*base_url`` is an http(s) URL; nested configs and lists of them alike. ``prefix``: before each
+    key (default: the config's section name)."""
+    if prefix is None:
+        prefix = {hint: f"{name}." for name, hint in typing.get_type_hints(RunConfig).items()
+                  if dataclasses.is_dataclass(hint)}.get(type(cfg), "")
+    e: list[str] = []
+    for f in fields(cfg):
+        e += _value_errors(getattr(cfg, f.name), f"{prefix}{f.name}", f.name)
+    return e
+
+
+def _value_errors(v: Any, where: str, name: str) -> list[str]:
+    import math
+    import re
+
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return field_errors(v, f"{where}.")
+    if isinstance(v, list):
+        return [m for i, x in enumerate(v) for m in _value_errors(x, f"{where}[{i}]", name)]
+    if isinstance(v, bool):
+        return []
+    if isinstance(v, float) and not math.isfinite(v):
+        return [f"{where}: expected a finite number, got {v}"]
+    if isinstance(v, str) and name.endswith("base_url") and not re.fullmatch(r"https?://\S+", v):
+        return [f"{where}: expected an http:// or https:// URL, got {v!r}"]
+    if isinstance(v, int):
+        if name in ("seed", "seeds") and not 0 <= v <= SEED_MAX:
+            return [f"{where}: expected a seed in 0..{SEED_MAX}, got {v}"]
+        if abs(v) > INT_MAX:
+            return [f"{where}: expected an integer of at most {INT_MAX}, got {v}"]
+    return []
+
+
+def config_errors(cfg) -> list[str]:
+    """Every problem of ``cfg``: :func:`field_errors`, then its ``validate()``'s messages about the other
+    keys (a key :func:`field_errors` already names is not named twice: ``nan`` is not also out of range)."""
+    generic = field_errors(cfg)
+    named = {m.split(":", 1)[0] for m in generic}
+    try:
+        own = cfg.validate() if hasattr(cfg, "validate") else []
+    except (TypeError, OverflowError, ValueError) as exc:  # a comparison the bad value broke
+        own = [] if generic else [f"{type(cfg).__name__}: {exc}"]
+    return generic + [m for m in own if m.split(":", 1)[0] not in named]
 
 
 # ------------------------------------------------------------------ loading
@@ -381,12 +497,12 @@ def _coerce(value: Any, tp: Any, where: str, errors: list[str]) -> Any:
         return _coerce(value, inner[-1], where, errors)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            errors.append(f"{where}: expected a mapping, got {type(value).__name__}")
+            errors.append(f"{where}: expected a mapping of its keys, got {_yaml_kind(value)}")
             return tp()
         return _from_dict(tp, value, errors, prefix=f"{where}.")
     if origin is list:
         if not isinstance(value, list):
-            errors.append(f"{where}: expected a list, got {type(value).__name__}")
+            errors.append(f"{where}: expected a list, got {_yaml_kind(value)}")
             return value
         return [_coerce(v, args[0], f"{where}[{i}]", errors) for i, v in enumerate(value)] if args else value
     if tp is bool:
@@ -418,10 +534,18 @@ def _coerce(value: Any, tp: Any, where: str, errors: list[str]) -> Any:
         if isinstance(value, bool):  # YAML true/false in a string field (e.g. train.bf16)
             return "true" if value else "false"
         if isinstance(value, (dict, list)):
-            errors.append(f"{where}: expected a string, got {type(value).__name__}")
+            errors.append(f"{where}: expected a string, got {_yaml_kind(value)}")
             return value
         return str(value)
     return value
+
+
+def _yaml_kind(value: Any) -> str:
+    """What a YAML value is, in the file's terms (an empty ``train:`` section is null)."""
+    if value is None:
+        return "nothing (null: an empty section?)"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a mapping"}.get(type(value), type(value).__name__) + f" ({value!r})"[:60]
 
 
 def _from_dict(cls, data: dict, errors: list[str], prefix: str = ""):
@@ -444,13 +568,14 @@ def from_dict(cls, data: dict, *, source: str = "config"):
     """Build and validate a config dataclass from a plain dict; all problems in one error."""
     errors: list[str] = []
     cfg = _from_dict(cls, data or {}, errors)
-    if not errors and hasattr(cfg, "validate"):
-        errors += cfg.validate()
+    if not errors:
+        errors += config_errors(cfg)
     if errors:
         raise SertError(f"{source}: " + "; ".join(errors))
     return cfg
 
 
+@reads_utf8("path")
 def load_yaml(path: str | Path) -> dict:
     import yaml
 
@@ -491,6 +616,6 @@ def to_dict(cfg) -> dict:
 def check(cfg, prefix: str = "") -> None:
     """Raise one error naming every problem of ``cfg`` (``prefix`` before them). :func:`from_dict`
     checks what it builds; the library entry points call this once for a config built in code."""
-    errors = cfg.validate()
+    errors = config_errors(cfg)
     if errors:
         raise SertError(prefix + "; ".join(errors))

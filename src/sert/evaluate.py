@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import platform
 import sys
 import time
@@ -309,7 +310,7 @@ def rescore_record(rec: dict, example: Example) -> dict:
     return dict(rec, **ans, fmt_ok=not issues, fmt_issues=issues)
 
 
-def rescore_dir(eval_dir: str | Path, task: str | None = None) -> dict:
+def rescore_dir(eval_dir: str | Path, task: str | None = None, limit: int | None = None) -> dict:
     """Re-score ``eval_dir/predictions.jsonl`` with the current answer extractor and rewrite it and
     ``metrics.json`` (atomically); for predictions made before an extractor change.
     Returns ``{"n", "changed", "acc_before", "acc_after"}``."""
@@ -318,7 +319,10 @@ def rescore_dir(eval_dir: str | Path, task: str | None = None) -> dict:
     if not pred_file.exists():
         raise SertError(f"{pred_file}: no predictions to re-score")
     with RunLock(d):
-        old_m = read_json(met_file) if met_file.exists() else {}
+        try:
+            old_m = read_json(met_file) if met_file.exists() else {}
+        except SertError:  # damaged: rebuilt below, from predictions that must then be complete
+            old_m = {}
         ident = read_json(d / EVAL_CONFIG) if (d / EVAL_CONFIG).exists() else {}
         task = task or ident.get("task") or old_m.get("task")
         split = ident.get("split") or old_m.get("split") or "test"
@@ -330,6 +334,12 @@ def rescore_dir(eval_dir: str | Path, task: str | None = None) -> dict:
         if unknown:
             raise SertError(f"{pred_file}: {len(unknown)} predictions have ids not in {task}/{split} "
                             f"(first: {unknown[0]!r})")
+        if "n" not in old_m:  # no (readable) metrics.json: rebuilt, from predictions that must be complete
+            old_m = _rebuilt(d, task, limit, EvalConfig.n_bootstrap, EvalConfig.seed)
+            old_m["acc"] = None  # no accuracy before the re-scoring is known
+        elif old_m["n"] != len(recs):
+            raise SertError(f"{pred_file}: holds {len(recs)} of the {old_m['n']} predictions its metrics.json counts; "
+                            "rerun the evaluation to finish it")
         new = [rescore_record(r, by_id[r["id"]]) for r in recs]
         changed = sum(1 for a, b in zip(recs, new) if a != b)
         if changed:
@@ -342,6 +352,57 @@ def rescore_dir(eval_dir: str | Path, task: str | None = None) -> dict:
                            "acc_before": old_m.get("acc")}
         atomic_write_json(met_file, out)
     return {"n": len(new), "changed": changed, "acc_before": old_m.get("acc"), "acc_after": m["acc"]}
+
+
+def finished_predictions(pred_file: str | Path, task: str, split: str, limit: int | None = None
+                         ) -> tuple[list[dict], list[Example]]:
+    """The records of a finished evaluation's ``predictions.jsonl``, in the task's order (the order
+    :func:`evaluate` summarises them in, so a bootstrap CI computed again is the same), and its examples.
+    ``limit``: the evaluation's ``eval.limit``; None = as many as the file holds, which must then be the
+    split's first questions. An unfinished evaluation is an error saying how many it holds."""
+    p = Path(pred_file)
+    recs = read_jsonl(p, tolerate_torn_tail=True)
+    by_id = {r.get("id"): r for r in recs}
+    examples = load_examples(task, split)
+    want = examples[:limit if limit is not None else len(by_id)]
+    held = sum(1 for e in want if e.id in by_id)
+    if held != len(want) or len(by_id) != len(want):
+        raise SertError(f"{p}: holds {held} of the {len(want)} predictions of {task}/{split}"
+                        f"{'' if limit is not None else ' (its first questions)'}: the evaluation did not finish; "
+                        "rerun it to finish it (sert eval with the same --out, or sert run, resumes it)")
+    return [by_id[e.id] for e in want], want
+
+
+def rebuild_metrics(eval_dir: str | Path, task: str | None = None, limit: int | None = None,
+                    n_bootstrap: int = EvalConfig.n_bootstrap, seed: int = EvalConfig.seed) -> dict:
+    """``metrics.json`` of a finished evaluation rebuilt from its ``predictions.jsonl`` (no decoding) and
+    written atomically: for one that was deleted or damaged. The accuracy, its CI (same ``n_bootstrap``
+    and ``seed``), the format, length and budget figures are what :func:`evaluate` wrote; wall times,
+    device and a judge score (not in the predictions) are not. Task and split come from
+    ``eval_config.json`` unless ``task`` is given."""
+    m = _rebuilt(Path(eval_dir), task, limit, n_bootstrap, seed)
+    with RunLock(eval_dir):
+        atomic_write_json(Path(eval_dir) / "metrics.json", m)
+    return m
+
+
+def _rebuilt(d: Path, task: str | None, limit: int | None, n_bootstrap: int, seed: int) -> dict:
+    """:func:`rebuild_metrics`' metrics, not written (the caller holds ``d``'s lock or takes it)."""
+    ident = read_json(d / EVAL_CONFIG) if (d / EVAL_CONFIG).exists() else {}
+    task = task or ident.get("task")
+    split = ident.get("split") or "test"
+    if not task:
+        raise SertError(f"{d}: which task? no {EVAL_CONFIG} names it")
+    records, _ = finished_predictions(d / "predictions.jsonl", task, split, limit)
+    m = summarize(records, n_bootstrap, seed)
+    model = ident.get("model")
+    longest = longest_training_completion(model) if model and Path(model).is_dir() else None
+    m.update({"label": model, "split": split, "max_new_tokens": ident.get("max_new_tokens"),
+              "budget": {"max_new_tokens": ident.get("max_new_tokens"), "longest_training_completion": longest,
+                         "rule": "rebuilt from predictions.jsonl"},
+              "generated_tokens": sum(r.get("n_tokens") or 0 for r in records), "model": model, "task": task,
+              "rebuilt": {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "from": "predictions.jsonl"}})
+    return m
 
 
 def batches_to_decode(tokenizer, examples: Sequence[Example], done: dict, batch_size: int) -> list[Example]:
@@ -369,17 +430,28 @@ def batches_to_decode(tokenizer, examples: Sequence[Example], done: dict, batch_
 EVAL_CONFIG = "eval_config.json"
 
 
-def _identity(model_name: str, task: str, cfg: EvalConfig, max_new_tokens: int) -> dict:
-    """What the predictions depend on: a resumed run must match it."""
-    model = str(Path(model_name).resolve()) if Path(model_name).exists() else model_name
-    return {"model": model, "task": task, "split": cfg.split, "max_new_tokens": max_new_tokens}
+def _identity(model_name: str, task: str, cfg: EvalConfig, max_new_tokens: int, out: str | Path | None = None
+              ) -> dict:
+    """What the predictions depend on: a resumed run must match it. A local model is recorded by its
+    absolute path and, with ``out``, also by its path relative to ``out`` (``model_from_out``), so a
+    run directory moved or copied with its checkpoints still matches its evaluations."""
+    p = Path(model_name)
+    model = str(p.resolve()) if p.exists() else model_name
+    ident = {"model": model, "task": task, "split": cfg.split, "max_new_tokens": max_new_tokens}
+    if p.exists() and out is not None:
+        ident["model_from_out"] = Path(os.path.relpath(p.resolve(), Path(out).resolve())).as_posix()
+    return ident
 
 
 def _check_identity(out: Path, ident: dict) -> None:
     f = out / EVAL_CONFIG
     if (out / "predictions.jsonl").exists() and f.exists():
-        refuse_other(out, "holds predictions of another evaluation", read_json(f), ident,
-                     "use another --out or delete it", keys=list(ident))
+        old = read_json(f)
+        rel = old.get("model_from_out")
+        if old.get("model") != ident["model"] and rel is not None and rel == ident.get("model_from_out"):
+            old = dict(old, model=ident["model"])  # moved together with the directory: the same model
+        refuse_other(out, "holds predictions of another evaluation", old, ident,
+                     "use another --out or delete it", keys=[k for k in ident if k != "model_from_out"])
 
 
 def run_eval(model_name: str, task: str, cfg: EvalConfig, out_dir: str | Path | None = None,
@@ -387,7 +459,7 @@ def run_eval(model_name: str, task: str, cfg: EvalConfig, out_dir: str | Path | 
 
     examples = load_examples(task, cfg.split, cfg.limit)
     budget = resolve_budget(cfg, longest_training_completion(model_name), label=model_name)
-    ident = _identity(model_name, task, cfg, budget["max_new_tokens"])
+    ident = _identity(model_name, task, cfg, budget["max_new_tokens"], out_dir)
     # a failure before any output removes the directory the lock made
     with RunLock(out_dir) if out_dir is not None else contextlib.nullcontext():
         if out_dir is not None:

@@ -63,7 +63,7 @@ from .config import FilterConfig, check
 from .metrics import rep_n as _metrics_rep_n
 from .errors import SertError
 from .io import (RunLock, atomic_save_figure, atomic_write_json, atomic_write_jsonl, ensure_dir, open_text,
-                 remove_stale_temps)
+                 reads_utf8, remove_stale_temps)
 
 # ------------------------------------------------------------------ measures
 
@@ -305,6 +305,7 @@ def thin_path(r: dict) -> dict:
     return out
 
 
+@reads_utf8("paths_file")
 def read_paths(paths_file) -> list[dict]:
     """Read and validate a paths file; each problem is reported as ``file:line``."""
     p = Path(paths_file)
@@ -341,8 +342,8 @@ def read_paths(paths_file) -> list[dict]:
             if any(len(r[k]) != r["n_tokens"] for k in lists):
                 raise SertError(f"{p}:{n}: n_tokens={r['n_tokens']} but "
                                 + " and ".join(f"{len(r[k])} {k}" for k in lists))
-            if "logprobs" in r and not all(_number(x) for x in r["logprobs"]):
-                raise SertError(f"{p}:{n}: field 'logprobs' must hold numbers")
+            if "logprobs" in r and not all(_number(x) and math.isfinite(x) for x in r["logprobs"]):
+                raise SertError(f"{p}:{n}: field 'logprobs' must hold finite numbers")
             key = (r["id"], r.get("path", n))
             if key in seen:
                 raise SertError(f"{p}:{n}: duplicate path {r.get('path')} of question {r['id']!r}")

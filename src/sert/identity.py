@@ -7,6 +7,9 @@ records it: ``mine_meta.json`` "settings" (and every path's ``settings`` key), `
 ``train_config.json`` "fingerprint" (a hash of model, data and settings), ``config.yaml`` of a
 ``sert run``; ``teach_summary.json`` "settings" and the pipeline's stage markers' "identity" are
 compared the same way but recompute instead of refusing (their outputs are rebuilt whole).
+A local model is recorded also relative to the stage's directory (``eval_config.json``
+"model_from_out", ``train_config.json`` "fingerprint_aliases"), so a run directory moved or
+copied with its checkpoints is still the same run.
 """
 from __future__ import annotations
 

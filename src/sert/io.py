@@ -2,7 +2,9 @@
 
 Every artifact is either written atomically (temp file in the same directory,
 fsync, rename) or is an append-only JSONL log whose torn last line (a process
-killed mid-write) is detected and dropped on the next read.
+killed mid-write) is detected and dropped on the next read. A write that fails (a full
+disk) leaves the old file, or the log as it was before the append, and names its file;
+a text file that is not UTF-8 is an error naming its file and line.
 
 Readers (:func:`read_text`, :func:`read_json`, :func:`iter_jsonl`) also take a file compressed
 with xz (``.xz``) or gzip (``.gz``) and decompress it transparently: the vendored data and the
@@ -20,7 +22,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
-from .errors import SertError
+from .errors import SertError, environment_error
 
 
 TEMP_TAG = "sert-"  # temp files are ``.NAME.sert-XXXX.tmp``: only those are ever cleaned up
@@ -35,6 +37,49 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     if not os.access(p, os.W_OK):
         raise SertError(f"output directory {p} is not writable")
     return p
+
+
+def invalid_utf8(path: str | os.PathLike) -> SertError:
+    """The error for a text file that is not UTF-8, naming its file, line and column (call it in
+    an ``except UnicodeDecodeError``: the codec's own position is relative to a buffer)."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        return SertError(f"{p}:{line}: invalid UTF-8 (byte 0x{data[e.start]:02x} at column {col}); "
+                         "save the file as UTF-8")
+    except OSError:
+        pass
+    return SertError(f"{p}: invalid UTF-8; save the file as UTF-8")
+
+
+def reads_utf8(param: str):
+    """Decorator of a reader: a ``UnicodeDecodeError`` inside it becomes :func:`invalid_utf8` of its
+    argument ``param`` (the file it reads): one line naming file, line and column."""
+    import functools
+    import inspect
+
+    def deco(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except UnicodeDecodeError:
+                raise invalid_utf8(sig.bind(*args, **kwargs).arguments[param]) from None
+        return wrapper
+    return deco
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    """``e`` with ``path`` as its file name when it has none (a failed write names no file)."""
+    if e.filename is None and e.errno is not None:
+        return OSError(e.errno, e.strerror, str(path))
+    return e
 
 
 def _read_umask() -> int:
@@ -58,9 +103,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _named(e, p) from e
         raise
     return p
 
@@ -82,9 +129,15 @@ def atomic_save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     tmp = path.with_name(f".{path.name}.sert-{os.getpid()}.tmp")
     try:
         fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _named(e, path) from e
+        raise
     finally:
         plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -127,6 +180,8 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(read_text(p))
     except json.JSONDecodeError as e:
         raise SertError(f"{p}:{e.lineno}: malformed JSON ({e.msg})") from None
+    except UnicodeDecodeError:
+        raise invalid_utf8(p) from None
 
 
 def iter_jsonl(path: str | os.PathLike, *, tolerate_torn_tail: bool = False) -> Iterator[dict]:
@@ -142,7 +197,10 @@ def iter_jsonl(path: str | os.PathLike, *, tolerate_torn_tail: bool = False) -> 
     except FileNotFoundError:
         raise SertError(f"{p}: file not found") from None
     with _damaged(p), f:
-        lines = f.readlines()
+        try:
+            lines = f.readlines()
+        except UnicodeDecodeError:
+            raise invalid_utf8(p) from None
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -201,15 +259,33 @@ class JsonlLog:
         self.append_many([record])
 
     def append_many(self, records: Iterable[dict]) -> None:
+        """Append the records' lines, all or none: a failed write (a full disk) cuts the file back
+        to where it was, so the log never keeps part of one append (a resume redoes it whole)."""
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         if not text:
             return
-        self._f.write(text)
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        start = os.fstat(self._f.fileno()).st_size  # every append is flushed: nothing is buffered here
+        try:
+            self._f.write(text)
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            self._rollback(start)
+            raise _named(e, self.path) from e
+
+    def _rollback(self, size: int) -> None:
+        """After a failed append: drop what part of it reached the file (and the unwritten rest)."""
+        with contextlib.suppress(OSError):
+            self._f.close()
+        with contextlib.suppress(OSError):
+            os.truncate(self.path, size)
+        self._f = open(self.path, "a", encoding="utf-8")
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:  # the buffer could not be flushed (a full disk): the appends were all-or-none
+            pass
 
     def __enter__(self) -> "JsonlLog":
         return self
@@ -241,7 +317,11 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            self._remove_created()
+            raise environment_error(_named(e, self.path), self.dir) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -251,28 +331,46 @@ class RunLock:
                 f"{self.dir} is in use by another sert process (pid {other}); "
                 "wait for it to finish or use another --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
         self._fd = fd
-        remove_stale_temps(self.dir)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            remove_stale_temps(self.dir)
+        except OSError as e:  # a full disk: not even the pid fits
+            self._remove_created()
+            os.close(fd)
+            self._fd = None
+            raise environment_error(_named(e, self.path), self.dir) from e
         return self
 
-    def __exit__(self, exc_type=None, *exc) -> None:
+    def __exit__(self, exc_type=None, exc=None, tb=None) -> None:
+        """Release the lock (removing the directory it made when nothing was written into it); a
+        fault of the environment on the way out (a full disk, ...) becomes one :class:`SertError`
+        naming this directory (:func:`sert.errors.environment_error`)."""
         if self._fd is None:
             return
-        if exc_type is not None and self._created is not None:
-            # Failed before writing anything into a directory it made: remove it (still locked).
-            with contextlib.suppress(OSError):
-                if [p.name for p in self.dir.iterdir()] == [self.path.name]:
-                    self.path.unlink()
-                    d = self.dir.absolute()
-                    while True:
-                        d.rmdir()
-                        if d == self._created or d.parent == d:
-                            break
-                        d = d.parent
+        if exc_type is not None:
+            self._remove_created()
         os.close(self._fd)
         self._fd = None
+        if exc is not None and not isinstance(exc, SertError):
+            err = environment_error(exc, self.dir)
+            if err is not None:
+                raise err from exc
+
+    def _remove_created(self) -> None:
+        """Failed before writing anything into a directory it made: remove it (still locked)."""
+        if self._created is None:
+            return
+        with contextlib.suppress(OSError):
+            if [p.name for p in self.dir.iterdir()] in ([self.path.name], []):
+                self.path.unlink(missing_ok=True)
+                d = self.dir.absolute()
+                while True:
+                    d.rmdir()
+                    if d == self._created or d.parent == d:
+                        break
+                    d = d.parent
 
 
 def remove_stale_temps(directory: str | os.PathLike) -> None:

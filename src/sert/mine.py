@@ -31,8 +31,11 @@ changes the matmul tiling, hence the logits' last bits. In fp32 on CPU that flip
 token about once in a million draws; in bf16 on a GPU it flips many (seen on an H200:
 63% of paths identical between batch_questions 1 and 4). So questions are decoded in
 fixed chunks of ``batch_questions`` consecutive examples and a chunk is written in one
-append: after a kill, the rerun recomputes exactly the missing chunks with the same
-composition, and the resumed file equals an uninterrupted run's on the same hardware.
+append (all or none: a write that fails, e.g. on a full disk, is cut back off the file).
+After a kill or a failed write, the rerun decodes every chunk that lacks a question whole,
+with the same composition, even when part of it had reached the file (a kill inside a
+large write), and keeps the questions that were missing: the resumed file equals an
+uninterrupted run's, byte for byte, on the same hardware (device, dtype, thread count).
 Reproducing a run therefore means the same seed, ``batch_questions``, device and dtype.
 
 Each record keeps the branch (token, id, rank, probability under the model), the
@@ -98,6 +101,19 @@ def model_context(model, tokenizer, cfg: MineConfig) -> int | None:
         raise SertError(f"mine.max_new_tokens (--max-new-tokens) {cfg.max_new_tokens}: leaves no room for a prompt "
                         f"in the model's context of {ctx} tokens; expected at most {cfg.max_new_tokens + room - 1}")
     return ctx
+
+
+def check_vocabulary(model, tokenizer, cfg: MineConfig) -> None:
+    """Refuse ``top_k_branches`` / ``top_k`` larger than the model's vocabulary (the first-token
+    branches exclude EOS with ``skip_eos_branch``): they name more distinct tokens than there are."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None) or len(tokenizer)
+    n_eos = len(eos_token_ids(model, tokenizer)) if cfg.skip_eos_branch else 0
+    if cfg.top_k_branches > vocab - n_eos:
+        raise SertError(f"mine.top_k_branches (--top-k-branches) {cfg.top_k_branches}: the model has only "
+                        f"{vocab - n_eos} tokens to branch on; expected at most {vocab - n_eos}")
+    if cfg.mode != "cot-decoding" and cfg.top_k > vocab:
+        raise SertError(f"mine.top_k (--top-k) {cfg.top_k}: the model's vocabulary has only {vocab} tokens; "
+                        f"expected at most {vocab}")
 
 
 def prompt_ids(tokenizer, exs, ctx: int | None, max_new_tokens: int, where: str = "question",
@@ -319,6 +335,7 @@ def _mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool 
         raise SertError("the tokenizer has no EOS token; cannot tell where a path ends")
     decode = _decoder(model)
     ctx = model_context(model, tokenizer, cfg)
+    check_vocabulary(model, tokenizer, cfg)
     stats = {"questions": 0, "paths": 0, "tokens": 0, "seconds": 0.0}
     bar = None
     if progress:
@@ -332,11 +349,14 @@ def _mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool 
     with JsonlLog(out_path) as log, _eval_mode(model), torch.inference_mode():
         B = questions_per_batch(cfg, model, tokenizer, examples)
         for c in range(0, len(examples), B):
-            todo = [e for e in examples[c:c + B] if e.id not in have]
+            chunk = examples[c:c + B]
+            todo = [e for e in chunk if e.id not in have]
             if not todo:
                 continue
-            enc = prompt_ids(tokenizer, todo, ctx, cfg.max_new_tokens, where, cfg.prompt)
-            res = decode(tokenizer, todo, enc, cfg, eos)
+            # a chunk is decoded whole, as an uninterrupted run decodes it (its composition decides the
+            # logits' last bits), even when part of it was written before a stop; only the rest is kept
+            enc = prompt_ids(tokenizer, chunk, ctx, cfg.max_new_tokens, where, cfg.prompt)
+            res = decode(tokenizer, chunk, enc, cfg, eos)
             log.append_many([r for e in todo for r in res[e.id]])   # whole questions, one append
             for e in todo:
                 have[e.id] = res[e.id]
@@ -424,6 +444,7 @@ def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str |
         model, tok, place = load_generator(model_name, device, dtype)
         load_s = time.perf_counter() - t0
         model_context(model, tok, cfg)  # a max_new_tokens that fills the context is refused here
+        check_vocabulary(model, tok, cfg)  # so is a top_k beyond the vocabulary
         atomic_write_json(meta_path, meta)  # once the model has loaded: a bad --model leaves nothing
         recs, st = _mine(model, tok, examples, cfg, paths, progress, where=f"task {task}, split {cfg.split}")
         import torch

@@ -200,10 +200,19 @@ def pick_placement(device: str | None = None, dtype: str | None = None) -> Place
     float16 on a CPU is refused (no fp16 matrix path; use bfloat16)."""
     import torch
 
+    import re
+
+    from .config import DEVICE_RE
+
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(DEVICE_RE, device):
+        raise SertError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SertError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise SertError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                        f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); choose one of them")
     if dtype in (None, "auto"):
         if device.startswith("cuda"):
             bf16 = torch.cuda.is_bf16_supported()
@@ -376,6 +385,8 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None):
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, place.dtype))
         except (OSError, ValueError) as e:
             raise SertError(_not_found(name, e)) from None
+        except Exception as e:  # noqa: BLE001 - a truncated weights file: one line; anything else is raised
+            raise unreadable_weights(name, e) from None
     model.to(place.device)
     avoid_cudnn_attention(place.device)
     announce(place)
@@ -383,6 +394,19 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None):
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok, place
+
+
+def unreadable_weights(name: str, err: Exception) -> Exception:
+    """The error for a model whose weights file cannot be read (truncated or corrupt: safetensors'
+    or torch's reader fails): one line naming it and what to do; ``err`` itself for any other error."""
+    import re
+
+    text = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    if type(err).__name__ == "SafetensorError" or isinstance(err, EOFError) or (
+            isinstance(err, RuntimeError) and re.search(r"PytorchStreamReader|central directory", str(err))):
+        return SertError(f"--model {name}: its weights cannot be read ({text}): the file is truncated or corrupt; "
+                         "copy it again, or delete the checkpoint directory and train it again")
+    return err
 
 
 def _not_found(name: str, err: Exception) -> str:

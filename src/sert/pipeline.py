@@ -140,6 +140,9 @@ def _check_inputs(cfg: RunConfig) -> None:
         task.examples(cfg.mine.split, cfg.mine.limit)
     if kinds & {"task", "teach"}:
         task.examples("train", cfg.train_limit)
+    if sources:  # arms are trained: a logger the Trainer does not know is refused now, not after the first stages
+        from .train import check_report_to
+        check_report_to(cfg.train.report_to)
     check_model(cfg.model)
     online = []
     if "teach" in kinds:
@@ -523,8 +526,22 @@ def _marker(stage: Stage) -> dict | None:
         return None
     try:
         return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # unreadable or not UTF-8: as if absent
         return None
+
+
+def _intact(p: Path) -> bool:
+    """An output is there and, for JSON, readable (a damaged metrics.json makes its stage resume, which
+    rebuilds it from the predictions without decoding again)."""
+    if not p.exists():
+        return False
+    if p.suffix != ".json":
+        return True
+    try:
+        json.loads(p.read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -565,7 +582,7 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
         _log(progress, f"run {run_dir} (config {h}): {n} stages: {', '.join(s.name for s in stages)}")
         for i, st in enumerate(stages, 1):
             mk = _marker(st)
-            outputs_ok = all((st.dir / o).exists() for o in st.outputs)
+            outputs_ok = all(_intact(st.dir / o) for o in st.outputs)
             ident = st.identity() if st.identity else None
             deps_ok = mk is not None and all(mk.get("deps", {}).get(d) == tokens.get(d) for d in st.deps) \
                 and (ident is None or mk.get("identity", st.legacy_identity) == ident)
@@ -595,7 +612,10 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
             except BaseException as e:
                 table[st.name].update(status="failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
                                       wall_s=round(time.time() - t0, 1))
-                save()
+                try:
+                    save()
+                except OSError:  # e.g. the disk that stopped the stage is still full: its error is the one to tell
+                    pass
                 raise
             finally:
                 gc.collect()

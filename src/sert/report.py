@@ -3,7 +3,9 @@
 Input: a run directory written by :func:`sert.pipeline.run_experiment` (``config.yaml``,
 ``eval/<arm>/{metrics.json,predictions.jsonl}``, ``filter/funnel.{json,png}``,
 ``arms/<arm>/arm.json``, ``stages.json``, ``commands.txt``). Every part is optional:
-an arm that has not been evaluated is simply not in the table.
+an arm that has not been evaluated, or whose evaluation cannot be read, is not in the table but
+named above it with the reason (and on stderr); a missing or damaged ``metrics.json`` is rebuilt
+from a finished ``predictions.jsonl`` first.
 
 Output: ``RUN/report.md`` (images linked relative to RUN), ``RUN/report.html`` (images
 embedded as base64, so the one file can be mailed) and ``RUN/plots/accuracy.png``.
@@ -20,6 +22,7 @@ import base64
 import html
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -73,23 +76,21 @@ def paper_row(model: str, task: str) -> tuple[str, dict | None, bool]:
 
 # ------------------------------------------------------------------ gathering
 def _load_run(run_dir: Path) -> dict:
-    import yaml
-
     run: dict = {"dir": run_dir, "config": {}, "arms": {}, "train": {}}
     cfg_file = run_dir / "config.yaml"
     if cfg_file.exists():
-        run["config"] = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+        from .config import load_yaml
+        run["config"] = load_yaml(cfg_file)  # a damaged one: one line naming file and line
         run["config_text"] = cfg_file.read_text(encoding="utf-8")
     # the arms in order (learning-curve points after their arm), their labels, and the (baseline, treatment)
     # pairs: the paper's claims (SERT+RD beats RD, SERT beats Finetune), declared arms', each at every curve epoch
     order, run["labels"], run["comparisons"] = report_arms(run["config"])
     run["order"] = order
+    run["notes"] = {}  # eval/<instance> -> why it is not shown, or what was done to show it
     for arm in order:
-        m = run_dir / "eval" / arm / "metrics.json"
-        p = run_dir / "eval" / arm / "predictions.jsonl"
-        if m.exists():
-            run["arms"][arm] = {"metrics": read_json(m),
-                                "preds": read_jsonl(p, tolerate_torn_tail=True) if p.exists() else []}
+        ev = _arm_eval(run, arm)
+        if ev is not None:
+            run["arms"][arm] = ev
         a = run_dir / "arms" / arm / "arm.json"
         if a.exists():
             run["train"][arm] = read_json(a)
@@ -98,6 +99,7 @@ def _load_run(run_dir: Path) -> dict:
                 t = read_json(ts)
                 run["train"][arm].update({k: t.get(k) for k in ("steps", "final_loss", "mean_train_loss")})
     run["seeds"] = _load_seeds(run_dir, run, order)
+    _not_shown(run)
     t = run_dir / "teach" / "teach_summary.json"
     run["teacher"] = (read_json(t).get("settings") or {}).get("teacher") if t.exists() else None
     f = run_dir / "filter" / "funnel.json"
@@ -130,14 +132,89 @@ def _load_seeds(run_dir: Path, run: dict, order: list[str]) -> dict[str, dict[in
                 a = run["arms"][arm]
                 seed = (run["train"].get(split_curve(arm)[0]) or {}).get("seed", default_seed)
             else:
-                m = run_dir / "eval" / inst / "metrics.json"
-                if not m.exists():
+                a = _arm_eval(run, inst)
+                if a is None:
                     continue
-                a = {"metrics": read_json(m), "preds": read_jsonl(run_dir / "eval" / inst / "predictions.jsonl",
-                                                                  tolerate_torn_tail=True)}
                 seed = int(inst.rsplit("-s", 1)[1])
             out.setdefault(arm, {})[seed] = a
     return out
+
+
+def _arm_eval(run: dict, inst: str) -> dict | None:
+    """``{"metrics", "preds"}`` of the evaluated instance ``eval/<inst>``, or None (why: ``run["notes"]``).
+    A missing or damaged metrics.json is rebuilt from a finished predictions.jsonl (written back, see
+    :func:`sert.evaluate.rebuild_metrics`); what could not be read is noted, never silently dropped."""
+    from .evaluate import rebuild_metrics
+
+    d = run["dir"] / "eval" / inst
+    m, p = d / "metrics.json", d / "predictions.jsonl"
+    if not m.exists() and not p.exists():
+        return None
+    notes = run.setdefault("notes", {})
+    metrics, problem = None, f"{m.name} is missing"
+    if m.exists():
+        try:
+            metrics = read_json(m)
+            if not isinstance(metrics, dict) or not isinstance(metrics.get("acc"), (int, float)):
+                metrics, problem = None, f"{m.name} holds no accuracy"
+        except SertError as e:
+            problem = f"{m.name} is damaged ({str(e).split(': ', 1)[-1]})"
+    preds: list[dict] = []
+    if p.exists():
+        try:
+            preds = read_jsonl(p, tolerate_torn_tail=True)
+        except SertError as e:
+            if metrics is None:
+                notes[inst] = f"{problem}, and predictions.jsonl cannot be read ({e}); rerun its evaluation"
+                return None
+            notes[inst] = f"shown without its predictions ({e}): no paired rows or samples for it"
+    if metrics is not None:
+        return {"metrics": metrics, "preds": preds}
+    if not p.exists():
+        notes[inst] = f"{problem} and there is no predictions.jsonl to rebuild it from; rerun its evaluation"
+        return None
+    ev = run["config"].get("eval") or {}
+    try:
+        metrics = rebuild_metrics(d, run["config"].get("task"), ev.get("limit"),
+                                  ev.get("n_bootstrap", 1000), ev.get("seed", 0))
+    except SertError as e:
+        notes[inst] = f"{problem}; {e}" if m.exists() else str(e)
+        return None
+    notes[inst] = f"{problem}: rebuilt from predictions.jsonl"
+    return {"metrics": metrics, "preds": preds}
+
+
+def _expected_instances(run: dict) -> list[str]:
+    """The evaluations a run's config asks for (each arm, and its instances for the other training seeds), or
+    without a config, the eval/ directories there are."""
+    cfg = run["config"]
+    if not cfg:
+        d = run["dir"] / "eval"
+        return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+    train = cfg.get("train") or {}
+    seeds = list(train.get("seeds") or [train.get("seed", 42)])
+    arms = list(cfg.get("arms") or ARMS)
+    out = list(arms)
+    for s in seeds[1:]:  # the other seeds' instances: <arm>-s<seed> (sert.pipeline.instance_name)
+        again = train.get("seed_arms")
+        out += [f"{a}-s{s}" for a in arms if a != "base" and (again is None or a in again)]
+    return out
+
+
+def _not_shown(run: dict) -> None:
+    """Record in ``run["notes"]`` why each evaluation the config asks for is not in the tables."""
+    shown = set(run["arms"]) | {f"{a}-s{s}" for a, by in run["seeds"].items() for s in by}
+    for inst in _expected_instances(run):
+        if inst not in shown and inst not in run["notes"]:
+            done = (run["dir"] / "eval" / inst).is_dir()
+            run["notes"][inst] = ("its evaluation has not written anything yet" if done
+                                  else f"not evaluated yet (no eval/{inst}/)")
+
+
+def not_shown(run_dir: str | Path) -> dict[str, str]:
+    """``{eval instance: why}`` for every evaluation of the run the report cannot show (and those it shows
+    only after rebuilding their metrics.json)."""
+    return dict(_load_run(Path(run_dir))["notes"])
 
 
 def _pct(x, digits: int = 2) -> str:
@@ -486,6 +563,9 @@ def _build(run: dict, acc_png: Path | None, curve_png: Path | None = None) -> li
                    "the base model), SERT (self-training on the model's own filtered latent paths), SERT+RD "
                    "(distillation started from the SERT checkpoint), and the untrained base model."))
     d.append(("h2", "Results (Table II layout)"))
+    if run.get("notes"):
+        d.append(("p", "**Evaluations not shown, or shown after a repair:** " + "; ".join(
+            f"`eval/{k}`: {v}" for k, v in run["notes"].items()) + "."))
     if run["arms"]:
         head, rows = results_table(run)
         d.append(("table", head, rows))
@@ -740,6 +820,9 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     if not (run_dir / "config.yaml").exists() and not (run_dir / "eval").is_dir():
         raise SertError(f"{run_dir}: not a sert run directory (no config.yaml, no eval/)")
     run = _load_run(run_dir)
+    for inst, why in run["notes"].items():  # never silently: each evaluation the tables lack, and why
+        shown = inst in run["arms"] or any(inst == f"{a}-s{s}" for a, by in run["seeds"].items() for s in by)
+        print(f"sert: warning: report: eval/{inst}{'' if shown else ' not shown'}: {why}", file=sys.stderr, flush=True)
     png = accuracy_plot(run, run_dir / "plots" / "accuracy.png")
     blocks = _build(run, png, curve_plot(run, run_dir / "plots" / "learning_curves.png"))
     md = atomic_write_text(run_dir / "report.md", render_markdown(blocks, run_dir))
@@ -763,16 +846,17 @@ def summary_table(run_dir: str | Path) -> str:
 
 def rescore_run(run_dir: str | Path, log: Callable[[str], None] = print) -> dict:
     """``sert report --rescore``: re-score each ``eval/<arm>/`` of a run (see ``evaluate.rescore_dir``)."""
-    import yaml
-
     from .evaluate import rescore_dir
 
     run_dir = Path(run_dir)
     cfg_file = run_dir / "config.yaml"
-    task = (yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}).get("task") if cfg_file.exists() else None
+    from .config import load_yaml
+
+    cfg = load_yaml(cfg_file) if cfg_file.exists() else {}
+    task, limit = cfg.get("task"), (cfg.get("eval") or {}).get("limit")
     out = {}
     for d in sorted((run_dir / "eval").glob("*/predictions.jsonl")) if (run_dir / "eval").is_dir() else []:
-        r = rescore_dir(d.parent, task)
+        r = rescore_dir(d.parent, task, limit)
         out[d.parent.name] = r
         before = "?" if r["acc_before"] is None else f"{100 * r['acc_before']:.2f}"
         log(f"[sert] rescore eval/{d.parent.name}: {r['changed']} of {r['n']} predictions changed, "

@@ -25,7 +25,7 @@ from typing import Callable
 
 from .answers import normalize_answer
 from .errors import SertError, did_you_mean
-from .io import COMPRESSED, read_text
+from .io import COMPRESSED, read_text, reads_utf8
 
 DATA = Path(__file__).parent / "data"
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -263,6 +263,7 @@ def _hf_rows(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+@reads_utf8("path")
 def _user_rows(path: Path) -> list[tuple[int, dict]]:
     if not path.exists():
         raise SertError(f"{path}: file not found")

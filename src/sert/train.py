@@ -55,7 +55,7 @@ from typing import Iterable, Sequence
 from .config import TrainConfig, check, to_dict
 from .errors import SertError
 from .identity import refuse_other
-from .io import RunLock, atomic_write_json, atomic_write_text, ensure_dir, open_text, read_json, read_jsonl
+from .io import RunLock, atomic_write_json, atomic_write_text, ensure_dir, open_text, read_json, read_jsonl, reads_utf8
 from .templates import distillation_target, finetune_target, self_training_target
 
 STAGES = ("finetune", "self", "distill", "joint")
@@ -182,11 +182,15 @@ def _joint_records(files, limit: int | None) -> tuple[list[dict], str]:
     return recs, " + ".join(srcs)
 
 
+@reads_utf8("path")
 def _check_records(stage: str, path: Path, recs: list[dict]) -> None:
     """Every record of a data file has the stage's fields with usable types; errors name file:line."""
     with open_text(path) as f:  # a .xz/.gz file too, as read_jsonl reads it
         lines = [n for n, line in enumerate(f, 1) if line.strip()]  # read_jsonl skips blank lines
     for n, r in zip(lines, recs):
+        if stage == "self" and "token_ids" in r and not isinstance(r.get("path"), str):
+            raise SertError(f"{path}:{n}: a mined path (sert mine's paths.jsonl), not a selected one: --stage self "
+                            f"trains on the filter's output; run 'sert filter {path}' and pass its selected.jsonl")
         for k in _FIELDS[stage]:
             v = r.get(k)
             if v is None or (isinstance(v, str) and not v.strip()):
@@ -197,6 +201,8 @@ def _check_records(stage: str, path: Path, recs: list[dict]) -> None:
         w = r.get("weight")
         if w is not None and (not isinstance(w, (int, float)) or isinstance(w, bool)):
             raise SertError(f"{path}:{n}: field 'weight' must be a number, got {type(w).__name__}")
+        if w is not None and not (math.isfinite(w) and w >= 0):
+            raise SertError(f"{path}:{n}: field 'weight' must be a finite number >= 0, got {w}")
 
 
 def _warn_unused_weights(pairs: list[dict], cfg: TrainConfig, source) -> None:
@@ -376,10 +382,27 @@ def _fingerprint(model_name: str, stage: str, pairs: list[dict], cfg: TrainConfi
     return h.hexdigest()[:16]
 
 
-def _reporting(report_to: str, log_dir: Path) -> tuple[list[str] | str, list]:
-    """``train.report_to`` for the Trainer: (integration names, callbacks). TensorBoard comes as a
-    callback writing to ``log_dir`` (the arm's directory: the Trainer's default lies under the
-    checkpoints, which a finished run deletes)."""
+def _fingerprints(model_name: str, stage: str, pairs: list[dict], cfg: TrainConfig, out: Path) -> list[str]:
+    """The run's fingerprint (:func:`_fingerprint`, the model as given), then, for a local model, the same
+    with the model as an absolute path and as a path relative to ``out``: one of them still matches when
+    the command is run from elsewhere or the run directory was moved or copied with its checkpoints."""
+    fps = [_fingerprint(model_name, stage, pairs, cfg)]
+    p = Path(str(model_name))
+    if p.exists():
+        at = p.resolve()
+        fps += [_fingerprint(str(at), stage, pairs, cfg),
+                _fingerprint(os.path.relpath(at, Path(out).resolve()), stage, pairs, cfg)]
+    return fps
+
+
+def _same_training(recorded: dict, fps: list[str]) -> bool:
+    """Whether train_config.json's fingerprints (``recorded``) name the training of ``fps`` (:func:`_fingerprints`)."""
+    return bool({recorded.get("fingerprint"), *recorded.get("fingerprint_aliases", [])} & set(fps))
+
+
+def check_report_to(report_to: str) -> list[str]:
+    """The Trainer integrations ``train.report_to`` names; an unknown one, or TensorBoard when it is not
+    installed, is refused in one line (checked before anything runs: by run_train and sert run)."""
     from transformers.integrations import integration_utils as iu
 
     from .errors import did_you_mean
@@ -390,10 +413,20 @@ def _reporting(report_to: str, log_dir: Path) -> tuple[list[str] | str, list]:
         raise SertError(f"train.report_to: unknown logger {unknown[0]!r}"
                         f"{did_you_mean(unknown[0], iu.INTEGRATION_TO_CALLBACK)}; expected none, tensorboard "
                         "or another Trainer integration")
+    if "tensorboard" in names and not iu.is_tensorboard_available():
+        raise SertError("train.report_to: tensorboard is not installed (pip install tensorboard)")
+    return names
+
+
+def _reporting(report_to: str, log_dir: Path) -> tuple[list[str] | str, list]:
+    """``train.report_to`` for the Trainer: (integration names, callbacks). TensorBoard comes as a
+    callback writing to ``log_dir`` (the arm's directory: the Trainer's default lies under the
+    checkpoints, which a finished run deletes)."""
+    from transformers.integrations import integration_utils as iu
+
+    names = check_report_to(report_to)
     if "tensorboard" not in names:
         return names or "none", []
-    if not iu.is_tensorboard_available():
-        raise SertError("train.report_to: tensorboard is not installed (pip install tensorboard)")
     cb = iu.TensorBoardCallback()
     cb.logging_dir = str(log_dir)
     return [n for n in names if n != "tensorboard"] or "none", [cb]
@@ -510,31 +543,46 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
     pairs = build_pairs(stage, records)
     _warn_unused_weights(pairs, cfg, source)
     if (final / "config.json").exists():
-        _check_fingerprint(out, _fingerprint(model_name, stage, pairs, cfg))
+        _check_fingerprint(out, _fingerprints(model_name, stage, pairs, cfg, out))
         print(f"[sert] train: {final} exists; skipped (delete it to retrain)")
         return final
     if device not in (None, "auto", "cpu", "cuda"):
         raise SertError(f"--device {device}: training takes auto, cpu or cuda; "
                         "choose GPUs with CUDA_VISIBLE_DEVICES (or accelerate launch / torchrun)")
     prec = training_precision(cfg, device or "auto", dtype)  # one-line refusals before anything is written
-    batch_plan(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    _trainer_accepts(cfg, out, prec, device, batch_plan(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
+    check_report_to(cfg.report_to)
 
     # a failure before any output removes the directory the lock made
     with RunLock(out) if _is_main() else contextlib.nullcontext():
         if (final / "config.json").exists():  # finished by another process meanwhile
-            _check_fingerprint(out, _fingerprint(model_name, stage, pairs, cfg))
+            _check_fingerprint(out, _fingerprints(model_name, stage, pairs, cfg, out))
             print(f"[sert] train: {final} exists; skipped (delete it to retrain)")
             return final
         return _train(model_name, pairs, source, stage, cfg, out, resume, device, dtype, prec)
 
 
-def _check_fingerprint(out: Path, fp: str) -> None:
+def _trainer_accepts(cfg: TrainConfig, out: Path, prec: tuple[str, str], device: str | None, plan: dict) -> None:
+    """The Trainer's arguments built once before anything is written, so a setting it refuses (beyond
+    those the config already checks) is one line, not a traceback after the model has loaded."""
+    import torch
+
+    cuda = device != "cpu" and torch.cuda.is_available()
+    try:
+        _training_args(cfg, out / "checkpoints", plan, prec[0], cuda, 1, "none")
+    except (ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SertError(f"train: the Trainer refuses these settings ({first}); see sert train --help") from None
+
+
+def _check_fingerprint(out: Path, fps: list[str]) -> None:
     """Refuse ``out`` when it holds a model trained with another model/data/settings."""
     cfg_file = out / "train_config.json"
-    old = read_json(cfg_file).get("fingerprint") if cfg_file.exists() else None
-    if old is not None:
+    recorded = read_json(cfg_file) if cfg_file.exists() else {}
+    old = recorded.get("fingerprint")
+    if old is not None and not _same_training(recorded, fps):
         refuse_other(out, "holds a model trained with a different model/data/settings", {"fingerprint": old},
-                     {"fingerprint": fp}, f"use another --out or delete {out}")
+                     {"fingerprint": fps[0]}, f"use another --out or delete {out}")
 
 
 def _last_checkpoint(ckpt_dir: Path) -> str | None:
@@ -587,8 +635,9 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     from .models import load_tokenizer, resolve_model
 
     final = out / "final"
-    fp = _fingerprint(model_name, stage, pairs, cfg)
-    last = _resume_point(out, fp, resume)
+    fps = _fingerprints(model_name, stage, pairs, cfg, out)
+    fp = fps[0]
+    last = _resume_point(out, fps, resume)
     tok = load_tokenizer(model_name)
     feats, truncated = _features(pairs, tok, cfg, _fit_max_length(model_name, cfg.max_length))
     weights = _weight_summary(feats) if cfg.use_weights else None
@@ -603,7 +652,7 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         atomic_write_json(out / "train_config.json", {
             "model": model_name, "stage": stage, "data": source, "n_examples": len(pairs), "device": device,
             "dtype": dtype, "precision": prec[0], "precision_reason": prec[1], "train": to_dict(cfg),
-            "fingerprint": fp})
+            "fingerprint": fp, "fingerprint_aliases": fps[1:]})
 
     cuda = device != "cpu" and torch.cuda.is_available()
     if cuda:
@@ -723,7 +772,7 @@ def _write_snapshot(d: Path, trained, tok, info: dict) -> None:
         trained.config.use_cache = use_cache
 
 
-def _resume_point(out: Path, fp: str, resume: bool) -> str | None:
+def _resume_point(out: Path, fps: list[str], resume: bool) -> str | None:
     """The checkpoint to resume from (None: start from the model), after removing what a kill left
     half-written; checkpoints of another model/data/settings are refused."""
     ckpt_dir = out / "checkpoints"
@@ -732,10 +781,11 @@ def _resume_point(out: Path, fp: str, resume: bool) -> str | None:
         shutil.rmtree(stale, ignore_errors=True)
     last = _last_checkpoint(ckpt_dir)
     if last:
-        old = read_json(cfg_file).get("fingerprint") if cfg_file.exists() else None
-        if old is not None:
+        recorded = read_json(cfg_file) if cfg_file.exists() else {}
+        old = recorded.get("fingerprint")
+        if old is not None and not _same_training(recorded, fps):
             refuse_other(ckpt_dir, "holds checkpoints of a different model/data/settings", {"fingerprint": old},
-                         {"fingerprint": fp}, f"use another --out or delete {ckpt_dir}")
+                         {"fingerprint": fps[0]}, f"use another --out or delete {ckpt_dir}")
         print(f"[sert] train: resuming from {last}")
     elif resume:
         print(f"[sert] train: --resume given but {ckpt_dir} has no checkpoint; starting from the base model")
@@ -748,6 +798,10 @@ def _features(pairs: list[dict], tok, cfg: TrainConfig, max_length: int) -> tupl
     if truncated:
         print(f"[sert] train: {truncated} of {len(feats)} examples exceed max_length={max_length} "
               "tokens and were truncated (start of the prompt first)")
+    if all(f["labels"][-1] != tok.eos_token_id for f in feats):  # the end of every target was cut off
+        raise SertError(f"train.max_length {max_length}: every one of the {len(feats)} examples is longer and "
+                        "loses the end of its target (its answer and EOS), so none would be learned whole; "
+                        "raise --max-length (train.max_length)")
     if cfg.use_weights:
         normalize_weights(feats, cfg.self_weight)  # (D) per source, see weighted_loss
     return feats, truncated
@@ -764,6 +818,9 @@ def _load_student(model_name: str, path: str, tok, cfg: TrainConfig):
     except (OSError, ValueError) as e:
         from .models import _not_found
         raise SertError(_not_found(model_name, e)) from None
+    except Exception as e:  # noqa: BLE001 - a truncated weights file: one line; anything else is raised
+        from .models import unreadable_weights
+        raise unreadable_weights(model_name, e) from None
     model.config.use_cache = False
     gc = model.generation_config
     if gc.pad_token_id is None:

@@ -12,6 +12,8 @@ import argparse
 import dataclasses
 import typing
 
+from ..errors import SertError
+
 # Modules that contribute sub-commands, in the order of the SERT stages.
 COMMAND_MODULES = ["mine", "filters", "teach", "train", "evaluate", "judge", "pipeline", "report", "bench"]
 
@@ -68,8 +70,15 @@ def config_from_args(cls, args: argparse.Namespace, section: str | None = None):
 
     data: dict = {}
     if getattr(args, "config", None):
+        from ..config import RunConfig
+
         y = load_yaml(args.config)
-        data = dict(y.get(section, {}) if section and section in y else y)
+        run_keys = {f.name for f in dataclasses.fields(RunConfig)} - {f.name for f in dataclasses.fields(cls)}
+        data = y.get(section) if section and section in y else {} if section and set(y) & run_keys else y
+        if not isinstance(data, dict):  # `train:` left empty, or `train: [1, 2]`: as sert run says it
+            from ..config import _yaml_kind
+            raise SertError(f"{args.config}: {section}: expected a mapping of its keys, got {_yaml_kind(data)}")
+        data = dict(data)
     for k, v in vars(args).items():
         if k.startswith("cfg_") and v is not None:
             data[k[4:]] = None if v in ("none", "null", "None") else v

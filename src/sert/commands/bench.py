@@ -34,6 +34,10 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..tools.bench import report, run_bench
 
+    from ..errors import SertError
+
+    if args.threads is not None and args.threads < 1:
+        raise SertError(f"--threads: expected a positive integer, got {args.threads}")
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     overrides = {k[5:]: v for k, v in vars(args).items() if k.startswith("size_")}
     res = run_bench(args.model, args.device, args.dtype, only, args.quick, args.out, overrides, args.threads)
