@@ -7,7 +7,7 @@ Stages, one module each: :mod:`sert.mine` (latent paths), :mod:`sert.filters`
 (:mod:`sert.api`: ``sert.mine_paths``, ``sert.filter_paths``, ``sert.teach_rationales``,
 ``sert.train_model``, ``sert.evaluate_model``, ``sert.write_report``, ``sert.run_experiment``).
 """
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 # The Python API (docs/api.md): the stages as typed functions. No torch or transformers at import.
 from .api import (EvalConfig, EvalResult, Example, FilterConfig, FilterResult, MineConfig, MineResult,  # noqa: E402

@@ -193,8 +193,6 @@ def check_arms(arms: list[str], specs=()) -> list[str]:
     for a in arms:
         if a not in table:
             e.append(f"arms: unknown arm {a!r}{did_you_mean(a, table)}")
-    if len(set(arms)) != len(arms):
-        e.append(f"arms: {next(a for a in arms if arms.count(a) > 1)!r} is listed twice")
     if not e:
         e += _cycles(table)
     return e

@@ -20,7 +20,7 @@ __all__ = ["OneLineParser", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     p = OneLineParser(prog="sert", description="Self-Enhanced Reasoning Training (SERT) for small causal LMs.")
     p.add_argument("--version", action="version", version=f"sert {__version__}")

@@ -194,7 +194,7 @@ def environment() -> dict:
             info[mod] = __import__(mod).__version__
         except Exception:  # pragma: no cover
             pass
-    from . import __version__
+    from .version import __version__
     info["sert"] = __version__
     try:
         info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

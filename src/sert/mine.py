@@ -417,7 +417,7 @@ def mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool =
 def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str | None = None,
              dtype: str | None = None, progress: bool = True) -> Path:
     """``sert mine``: load task and model, mine into ``out_dir/paths.jsonl``, write ``mine_meta.json``."""
-    from . import __version__
+    from .version import __version__
     from .models import resolve_model
     from .tasks import load_examples
 

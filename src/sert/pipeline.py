@@ -165,7 +165,7 @@ def _check_inputs(cfg: RunConfig) -> None:
 def _write_config(run_dir: Path, cfg: RunConfig) -> None:
     import yaml
 
-    from . import __version__
+    from .version import __version__
 
     d = to_dict(cfg)
     d["out"] = str(run_dir)

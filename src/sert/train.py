@@ -479,7 +479,7 @@ def _versions() -> dict:
     import torch
     import transformers
 
-    from . import __version__
+    from .version import __version__
     return {"sert": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "python": sys.version.split()[0]}
 
