@@ -554,162 +554,183 @@ def curve_plot(run: dict, path: Path) -> Path | None:
 
 # ------------------------------------------------------------------ document
 def _build(run: dict, acc_png: Path | None, curve_png: Path | None = None) -> list[tuple]:
-    """The report as blocks, rendered once to Markdown and once to HTML."""
-    cfg = run["config"]
-    d: list[tuple] = []
-    d.append(("h1", f"SERT experiment: {run['task']} · {run['model']}"))
-    d.append(("p", f"Run directory `{run['dir']}`. Arms of SERT Table II (Zhang et al., ICASSP 2025): "
-                   "Finetune (answer-only, from the base model), RD (distillation of teacher rationales from "
-                   "the base model), SERT (self-training on the model's own filtered latent paths), SERT+RD "
-                   "(distillation started from the SERT checkpoint), and the untrained base model."))
-    d.append(("h2", "Results (Table II layout)"))
+    """The report as blocks, rendered once to Markdown and once to HTML: one builder per section."""
+    return [*intro_blocks(run), *results_blocks(run, acc_png, curve_png), *significance_blocks(run),
+            *funnel_blocks(run), *fig4_blocks(run["dir"]), *training_blocks(run), *sample_blocks(run),
+            *reproduce_blocks(run)]
+
+
+def intro_blocks(run: dict) -> list[tuple]:
+    d = [("h1", f"SERT experiment: {run['task']} · {run['model']}"),
+         ("p", f"Run directory `{run['dir']}`. Arms of SERT Table II (Zhang et al., ICASSP 2025): "
+               "Finetune (answer-only, from the base model), RD (distillation of teacher rationales from "
+               "the base model), SERT (self-training on the model's own filtered latent paths), SERT+RD "
+               "(distillation started from the SERT checkpoint), and the untrained base model."),
+         ("h2", "Results (Table II layout)")]
     if run.get("notes"):
         d.append(("p", "**Evaluations not shown, or shown after a repair:** " + "; ".join(
             f"`eval/{k}`: {v}" for k, v in run["notes"].items()) + "."))
-    if run["arms"]:
-        head, rows = results_table(run)
-        d.append(("table", head, rows))
-        label, paper, exact = paper_row(run["model"] or "", run["task"] or "")
-        m0 = next(iter(run["arms"].values()))["metrics"]
-        budgets = sorted({str(a["metrics"].get("max_new_tokens", "?")) for a in run["arms"].values()})
-        notes = [f"Greedy decoding on the {m0.get('split', 'test')} split, at most {'/'.join(budgets)} new "
-                 "tokens (per arm: the table below); answer read after the last `the answer is`. "
-                 "Acc: accuracy with 95% percentile bootstrap CI; "
-                 "Fmt: share of outputs with no format error, hallucinated continuation or severe repetition; "
-                 "Cons: share of the outputs with a final answer and a checkable text whose final answer follows "
-                 "from their own text (multiple choice: the final letter is the option the reasoning names last; "
-                 "no earlier 'the answer is' states another answer); "
-                 "Len: mean reasoning tokens; Rep: unigram repetition rep-1."]
-        if paper is None:
-            notes.append(f"The paper reports no numbers for task `{run['task']}`.")
-        elif not exact:
-            notes.append(f"The paper has no row for `{run['model']}`; its {label.split(',')[0]} row is shown for "
-                         "reference only, not as a like-for-like comparison.")
-        if finetune_cot_row(run["model"] or "", run["task"] or ""):
-            notes.append(f"Fine-tune-CoT (Ho et al. 2023; {label.split(',')[0]}, distilled from text-davinci-002, "
-                         "and its vanilla answer-only fine-tuning in the Finetune row) is the published reference "
-                         "for the RD and Finetune arms.")
-        tn = teacher_note(run)
-        if tn:
-            notes.append(tn)
-        d.append(("p", " ".join(notes)))
-        if acc_png:
-            d.append(("img", acc_png, "accuracy by arm"))
-        d.append(("h3", "Generation budget and where outputs stopped"))
-        d.append(("table", ["Arm", "budget (new tokens)", "longest training completion", "longest output",
-                            "cut at budget %", "… in a loop %", "… still reasoning %", "no answer %", ""],
-                  budget_rows(run)))
-        d.append(("p", f"An output cut at the budget either loops (its second half repeats: rep-4 > 0.5; the "
-                       f"model's failure, more tokens would not help) or is still reasoning (the budget's failure). "
-                       f"Arms with more than {100 * CUT_FLAG:.0f}% of outputs cut are flagged. The automatic budget "
-                       "is the longest completion the checkpoint was trained on (student tokens, answer phrase and "
-                       "EOS included) plus a margin."))
-        ch, crows, cnote = class_rows(run)
-        if crows:
-            d.append(("h3", "Answers by class (does an arm know, or only lean?)"))
-            d.append(("table", ch, crows))
-            d.append(("p", cnote))
-        srows = seed_rows(run)
-        if srows:
-            d.append(("h3", "Training seeds"))
-            d.append(("table", ["Arm", "seeds", "Acc % per seed", "mean ± sd"], srows))
-        chead, crows_ = curve_rows(run)
-        if crows_:
-            d.append(("h3", "Learning curves (accuracy by training epoch)"))
-            d.append(("table", chead, crows_))
-            d.append(("p", "Each point is the arm's checkpoint at the end of that epoch (`train.eval_epochs`), "
-                           "evaluated like an arm (named `ARM@E`); the last epoch is the arm itself. With the "
-                           "constant learning rate, the epoch-E point is the model a run of E epochs gives. "
-                           "Paired rows at each epoch are in the significance table."))
-            if curve_png:
-                d.append(("img", curve_png, "learning curves"))
-    else:
-        d.append(("p", "No arm has been evaluated yet."))
+    return d
 
-    d.append(("h2", "Paired significance (same questions)"))
+
+def _results_note(run: dict) -> str:
+    """What the results table's columns are, and whose published numbers stand beside ours."""
+    label, paper, exact = paper_row(run["model"] or "", run["task"] or "")
+    m0 = next(iter(run["arms"].values()))["metrics"]
+    budgets = sorted({str(a["metrics"].get("max_new_tokens", "?")) for a in run["arms"].values()})
+    notes = [f"Greedy decoding on the {m0.get('split', 'test')} split, at most {'/'.join(budgets)} new "
+             "tokens (per arm: the table below); answer read after the last `the answer is`. "
+             "Acc: accuracy with 95% percentile bootstrap CI; "
+             "Fmt: share of outputs with no format error, hallucinated continuation or severe repetition; "
+             "Cons: share of the outputs with a final answer and a checkable text whose final answer follows "
+             "from their own text (multiple choice: the final letter is the option the reasoning names last; "
+             "no earlier 'the answer is' states another answer); "
+             "Len: mean reasoning tokens; Rep: unigram repetition rep-1."]
+    if paper is None:
+        notes.append(f"The paper reports no numbers for task `{run['task']}`.")
+    elif not exact:
+        notes.append(f"The paper has no row for `{run['model']}`; its {label.split(',')[0]} row is shown for "
+                     "reference only, not as a like-for-like comparison.")
+    if finetune_cot_row(run["model"] or "", run["task"] or ""):
+        notes.append(f"Fine-tune-CoT (Ho et al. 2023; {label.split(',')[0]}, distilled from text-davinci-002, "
+                     "and its vanilla answer-only fine-tuning in the Finetune row) is the published reference "
+                     "for the RD and Finetune arms.")
+    tn = teacher_note(run)
+    if tn:
+        notes.append(tn)
+    return " ".join(notes)
+
+
+def results_blocks(run: dict, acc_png: Path | None, curve_png: Path | None) -> list[tuple]:
+    """Table II, the budget table, answers by class, seeds and learning curves."""
+    if not run["arms"]:
+        return [("p", "No arm has been evaluated yet.")]
+    d = [("table", *results_table(run)), ("p", _results_note(run))]
+    if acc_png:
+        d.append(("img", acc_png, "accuracy by arm"))
+    d += [("h3", "Generation budget and where outputs stopped"),
+          ("table", ["Arm", "budget (new tokens)", "longest training completion", "longest output",
+                     "cut at budget %", "… in a loop %", "… still reasoning %", "no answer %", ""], budget_rows(run)),
+          ("p", f"An output cut at the budget either loops (its second half repeats: rep-4 > 0.5; the "
+                f"model's failure, more tokens would not help) or is still reasoning (the budget's failure). "
+                f"Arms with more than {100 * CUT_FLAG:.0f}% of outputs cut are flagged. The automatic budget "
+                "is the longest completion the checkpoint was trained on (student tokens, answer phrase and "
+                "EOS included) plus a margin.")]
+    ch, crows, cnote = class_rows(run)
+    if crows:
+        d += [("h3", "Answers by class (does an arm know, or only lean?)"), ("table", ch, crows), ("p", cnote)]
+    srows = seed_rows(run)
+    if srows:
+        d += [("h3", "Training seeds"), ("table", ["Arm", "seeds", "Acc % per seed", "mean ± sd"], srows)]
+    return d + curve_blocks(run, curve_png)
+
+
+def curve_blocks(run: dict, curve_png: Path | None) -> list[tuple]:
+    head, rows = curve_rows(run)
+    if not rows:
+        return []
+    d = [("h3", "Learning curves (accuracy by training epoch)"), ("table", head, rows),
+         ("p", "Each point is the arm's checkpoint at the end of that epoch (`train.eval_epochs`), "
+               "evaluated like an arm (named `ARM@E`); the last epoch is the arm itself. With the "
+               "constant learning rate, the epoch-E point is the model a run of E epochs gives. "
+               "Paired rows at each epoch are in the significance table.")]
+    return d + ([("img", curve_png, "learning curves")] if curve_png else [])
+
+
+def _significance_row(run: dict, s: dict) -> list[str]:
+    shown = s["p_value"] < 0.05 and (s["ci"][0] > 0 or s["ci"][1] < 0)
+    verdict = "not significant" if not shown else \
+        f"significant: {run['labels'][s['treatment']]} {'better' if s['diff'] > 0 else 'worse'}"
+    pub = s["paper_diff_pp"]
+    seen = "–" if pub is None else ("yes" if abs(pub) >= 100 * s["mde"] else "no")
+    what = f"{run['labels'][s['treatment']]} vs {run['labels'][s['baseline']]}"
+    if "seeds" in s:
+        what += f" (pooled over seeds {', '.join(map(str, s['seeds']))})"
+    elif "seed" in s:
+        what += f" (seed {s['seed']})"
+    return [what, str(s["n"]), f"{100 * s['diff']:+.2f}", f"[{100 * s['ci'][0]:+.2f}, {100 * s['ci'][1]:+.2f}]",
+            f"{s['only_b']} / {s['only_a']}", f"{s['p_value']:.4g}", verdict, f"{100 * s['mde']:.2f}",
+            "–" if pub is None else f"{pub:+.2f}", seen]
+
+
+def significance_blocks(run: dict) -> list[tuple]:
+    d = [("h2", "Paired significance (same questions)")]
     sig = significance(run) + pooled_significance(run)
-    if sig:
-        rows = []
-        for s in sig:
-            shown = s["p_value"] < 0.05 and (s["ci"][0] > 0 or s["ci"][1] < 0)
-            verdict = "not significant" if not shown else \
-                f"significant: {run['labels'][s['treatment']]} {'better' if s['diff'] > 0 else 'worse'}"
-            pub = s["paper_diff_pp"]
-            seen = "–" if pub is None else ("yes" if abs(pub) >= 100 * s["mde"] else "no")
-            what = f"{run['labels'][s['treatment']]} vs {run['labels'][s['baseline']]}"
-            if "seeds" in s:
-                what += f" (pooled over seeds {', '.join(map(str, s['seeds']))})"
-            elif "seed" in s:
-                what += f" (seed {s['seed']})"
-            rows.append([what, str(s["n"]), f"{100 * s['diff']:+.2f}",
-                         f"[{100 * s['ci'][0]:+.2f}, {100 * s['ci'][1]:+.2f}]",
-                         f"{s['only_b']} / {s['only_a']}", f"{s['p_value']:.4g}", verdict, f"{100 * s['mde']:.2f}",
-                         "–" if pub is None else f"{pub:+.2f}", seen])
-        d.append(("table", ["Comparison", "n", "Δ Acc (pp)", "95% paired bootstrap CI", "wins / losses",
-                            "p (McNemar exact; pooled: sign-flip over questions)", "at α=0.05", "MDE (pp)", "paper Δ (pp)", "paper Δ detectable?"], rows))
-        d.append(("p", "Δ = treatment − baseline on the questions both arms answered; wins / losses count the "
-                       "questions only the treatment / only the baseline got right (the discordant pairs McNemar's "
-                       "test uses). Called significant when McNemar's p < 0.05 and the paired CI excludes 0. "
-                       "MDE: the smallest difference this comparison detects 80% of the time at α = 0.05, given its n "
-                       "and its share of discordant pairs ((1.96 + 0.84)·√(discordant/n)); a paper Δ below it could "
-                       "not be seen here. Pooled rows pair each (question, seed) of the treatment with the same "
-                       "question and seed of the baseline; since a question's pairs are not independent, their p is "
-                       "a sign-flip permutation test over questions (all seeds of a question flip together), their "
-                       "CI resamples questions, and their MDE comes from the per-question mean differences "
-                       "((1.96 + 0.84)·√(mean d²/questions)); n counts pairs."))
-    else:
-        d.append(("p", "Needs both arms of a pair (SERT+RD and RD, or SERT and Finetune) evaluated."))
+    if not sig:
+        return d + [("p", "Needs both arms of a pair (SERT+RD and RD, or SERT and Finetune) evaluated.")]
+    return d + [
+        ("table", ["Comparison", "n", "Δ Acc (pp)", "95% paired bootstrap CI", "wins / losses",
+                   "p (McNemar exact; pooled: sign-flip over questions)", "at α=0.05", "MDE (pp)", "paper Δ (pp)",
+                   "paper Δ detectable?"], [_significance_row(run, s) for s in sig]),
+        ("p", "Δ = treatment − baseline on the questions both arms answered; wins / losses count the "
+              "questions only the treatment / only the baseline got right (the discordant pairs McNemar's "
+              "test uses). Called significant when McNemar's p < 0.05 and the paired CI excludes 0. "
+              "MDE: the smallest difference this comparison detects 80% of the time at α = 0.05, given its n "
+              "and its share of discordant pairs ((1.96 + 0.84)·√(discordant/n)); a paper Δ below it could "
+              "not be seen here. Pooled rows pair each (question, seed) of the treatment with the same "
+              "question and seed of the baseline; since a question's pairs are not independent, their p is "
+              "a sign-flip permutation test over questions (all seeds of a question flip together), their "
+              "CI resamples questions, and their MDE comes from the per-question mean differences "
+              "((1.96 + 0.84)·√(mean d²/questions)); n counts pairs.")]
 
-    if run["funnel"] is not None or (run["dir"] / "filter" / "funnel.png").exists():
-        d.append(("h2", "Filter funnel (latent paths kept by each filter, in the paper's order)"))
-        fr = _funnel_rows(run["funnel"])
-        if fr:
-            d.append(("table", *fr))
-        sel = (run["funnel"] or {}).get("selected") or {}
-        if sel.get("questions"):
-            d.append(("p", f"Selected for self-training: {sel['questions']} paths (one per question), mean "
-                           f"{_cell(sel.get('mean_tokens'))} tokens, mean rep-2 {_cell(sel.get('mean_rep2'))}, median "
-                           f"PPL {_cell(sel.get('median_ppl'))}; {_pct(sel.get('states_answer'), 0)}% state an answer, "
-                           f"of which {_pct(sel.get('answer_matches_gold'), 0)}% match the gold answer (the paper "
-                           "appends the gold answer to every path regardless)."))
-        if (run["dir"] / "filter" / "funnel.png").exists():
-            d.append(("img", run["dir"] / "filter" / "funnel.png", "filter funnel"))
 
-    d += fig4_blocks(run["dir"])
+def funnel_blocks(run: dict) -> list[tuple]:
+    png = run["dir"] / "filter" / "funnel.png"
+    if run["funnel"] is None and not png.exists():
+        return []
+    d = [("h2", "Filter funnel (latent paths kept by each filter, in the paper's order)")]
+    fr = _funnel_rows(run["funnel"])
+    if fr:
+        d.append(("table", *fr))
+    sel = (run["funnel"] or {}).get("selected") or {}
+    if sel.get("questions"):
+        d.append(("p", f"Selected for self-training: {sel['questions']} paths (one per question), mean "
+                       f"{_cell(sel.get('mean_tokens'))} tokens, mean rep-2 {_cell(sel.get('mean_rep2'))}, median "
+                       f"PPL {_cell(sel.get('median_ppl'))}; {_pct(sel.get('states_answer'), 0)}% state an answer, "
+                       f"of which {_pct(sel.get('answer_matches_gold'), 0)}% match the gold answer (the paper "
+                       "appends the gold answer to every path regardless)."))
+    return d + ([("img", png, "filter funnel")] if png.exists() else [])
 
-    if run["train"]:
-        d.append(("h2", "Training"))
-        rows = []
-        for arm, t in run["train"].items():
-            rows.append([run["labels"].get(arm, arm), t.get("stage", "–"), f"`{t.get('init', '–')}`",
-                         f"`{t.get('data', '–')}`", _cell(t.get("n_examples")), _cell(t.get("steps")),
-                         _cell(t.get("mean_train_loss")), _cell(t.get("final_loss")), _cell(t.get("wall_s"))])
-        d.append(("table", ["Arm", "stage", "initialised from", "data", "examples", "steps", "mean loss",
-                            "last logged loss", "wall s"], rows))
-        wrows = [[run["labels"].get(arm, arm), src, _cell(w.get("n")), _cell(w.get("min")), _cell(w.get("q1")),
-                  _cell(w.get("median")), _cell(w.get("q3")), _cell(w.get("max"))]
-                 for arm, t in run["train"].items() for src, w in (t.get("weights") or {}).items()]
-        if wrows:
-            d.append(("p", "Per-example loss weights as trained (per data source: the selection's confidence "
-                           "weights rescaled to mean 1 over its completion tokens, then the self source x "
-                           "train.self_weight beside the teacher's rationales; docs/METHOD.md):"))
-            d.append(("table", ["Arm", "source", "examples", "min", "q1", "median", "q3", "max"], wrows))
 
+def training_blocks(run: dict) -> list[tuple]:
+    if not run["train"]:
+        return []
+    rows = [[run["labels"].get(arm, arm), t.get("stage", "–"), f"`{t.get('init', '–')}`", f"`{t.get('data', '–')}`",
+             _cell(t.get("n_examples")), _cell(t.get("steps")), _cell(t.get("mean_train_loss")),
+             _cell(t.get("final_loss")), _cell(t.get("wall_s"))] for arm, t in run["train"].items()]
+    d = [("h2", "Training"), ("table", ["Arm", "stage", "initialised from", "data", "examples", "steps", "mean loss",
+                                        "last logged loss", "wall s"], rows)]
+    wrows = [[run["labels"].get(arm, arm), src, _cell(w.get("n")), _cell(w.get("min")), _cell(w.get("q1")),
+              _cell(w.get("median")), _cell(w.get("q3")), _cell(w.get("max"))]
+             for arm, t in run["train"].items() for src, w in (t.get("weights") or {}).items()]
+    if wrows:
+        d += [("p", "Per-example loss weights as trained (per data source: the selection's confidence "
+                    "weights rescaled to mean 1 over its completion tokens, then the self source x "
+                    "train.self_weight beside the teacher's rationales; docs/METHOD.md):"),
+              ("table", ["Arm", "source", "examples", "min", "q1", "median", "q3", "max"], wrows)]
+    return d
+
+
+def sample_blocks(run: dict) -> list[tuple]:
     ids = _sample_ids(run)
-    if ids:
-        d.append(("h2", "Sample outputs (same questions for every arm)"))
-        maps = {arm: {r["id"]: r for r in a["preds"]} for arm, a in run["arms"].items() if a["preds"]}
-        for i in ids:
-            r0 = next(m[i] for m in maps.values())
-            d.append(("h3", f"{i} · gold: {r0.get('gold')}"))
-            d.append(("p", _short(r0.get("question", ""), 400)))
-            rows = [[run["labels"].get(arm, arm), _short(m[i].get("output", ""), 360), str(m[i].get("pred")),
-                     "✓" if m[i].get("correct") else "✗"] for arm, m in maps.items()]
-            d.append(("table", ["Arm", "output", "answer", ""], rows))
+    if not ids:
+        return []
+    d = [("h2", "Sample outputs (same questions for every arm)")]
+    maps = {arm: {r["id"]: r for r in a["preds"]} for arm, a in run["arms"].items() if a["preds"]}
+    for i in ids:
+        r0 = next(m[i] for m in maps.values())
+        rows = [[run["labels"].get(arm, arm), _short(m[i].get("output", ""), 360), str(m[i].get("pred")),
+                 "✓" if m[i].get("correct") else "✗"] for arm, m in maps.items()]
+        d += [("h3", f"{i} · gold: {r0.get('gold')}"), ("p", _short(r0.get("question", ""), 400)),
+              ("table", ["Arm", "output", "answer", ""], rows)]
+    return d
 
-    d.append(("h2", "Reproduce"))
-    seeds = {k: (cfg.get(k) or {}).get("seed") for k in ("mine", "train", "eval")}
+
+def reproduce_blocks(run: dict) -> list[tuple]:
+    cfg = run["config"]
+    d = [("h2", "Reproduce")]
     if cfg:
+        seeds = {k: (cfg.get(k) or {}).get("seed") for k in ("mine", "train", "eval")}
         d.append(("p", "Seeds: " + ", ".join(f"{k}.seed = {v}" for k, v in seeds.items()) + "."))
     env = next((a["metrics"].get("env") for a in run["arms"].values() if a["metrics"].get("env")), None)
     if env:
@@ -721,11 +742,9 @@ def _build(run: dict, acc_png: Path | None, curve_png: Path | None = None) -> li
         rows.append(["**total**", "", f"{total['wall_s']:.1f}", f"{total['cpu_s']:.1f}"])
         d.append(("table", ["stage", "status", "wall s", "CPU s (all threads)"], rows))
     if run["commands"]:
-        d.append(("p", "Commands (`commands.txt`):"))
-        d.append(("pre", run["commands"].rstrip()))
+        d += [("p", "Commands (`commands.txt`):"), ("pre", run["commands"].rstrip())]
     if run.get("config_text"):
-        d.append(("p", "Resolved config (`config.yaml`):"))
-        d.append(("pre", run["config_text"].rstrip()))
+        d += [("p", "Resolved config (`config.yaml`):"), ("pre", run["config_text"].rstrip())]
     return d
 
 
