@@ -26,6 +26,7 @@ process out.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -549,6 +550,98 @@ def _log(progress: bool, msg: str) -> None:
         print(f"[sert] {msg}", file=sys.stderr, flush=True)
 
 
+class _Ledger:
+    """``stages.json``: every stage's status, last action and wall/CPU time, saved after each change."""
+
+    def __init__(self, run_dir: Path, stages: list[Stage], h: str):
+        self.file, self.hash = run_dir / "stages.json", h
+        state = read_json(self.file) if self.file.exists() else {}
+        old = {k: v for k, v in state.get("stages", {}).items() if k in {s.name for s in stages}}
+        self.table = {s.name: old.get(s.name, {"status": "pending"}) for s in stages}
+
+    def update(self, name: str, save: bool = True, **kw) -> None:
+        self.table[name].update(**kw)
+        if save:
+            self.save()
+
+    def save(self) -> None:
+        atomic_write_json(self.file, {"config_hash": self.hash, "updated": _now(), "stages": self.table})
+
+
+def _decide(st: Stage, tokens: dict[str, str]) -> tuple[str, dict | None, dict | None]:
+    """What to do with a stage: ``skipped`` (finished on the inputs it depends on, with its identity),
+    ``redone`` (finished on an input since rebuilt, or with other settings), ``resumed`` (torn), ``ran``;
+    with its marker and its identity."""
+    mk = _marker(st)
+    ident = st.identity() if st.identity else None
+    outputs_ok = all(_intact(st.dir / o) for o in st.outputs)
+    deps_ok = mk is not None and all(mk.get("deps", {}).get(d) == tokens.get(d) for d in st.deps) \
+        and (ident is None or mk.get("identity", st.legacy_identity) == ident)
+    if mk is not None and outputs_ok and deps_ok and not mk.get("retry"):
+        return "skipped", mk, ident
+    if mk is not None and not deps_ok:
+        return "redone", mk, ident
+    return ("resumed" if st.dir.exists() else "ran"), mk, ident
+
+
+def _execute(st: Stage, action: str, ident: dict | None, ledger: _Ledger, tokens: dict[str, str]) -> dict:
+    """Run one stage, write its marker (its token, the tokens of what it read, its identity) and its row."""
+    if action == "redone":
+        shutil.rmtree(st.dir)
+    elif action == "resumed":  # torn (no marker) or outputs lost: the stage function resumes itself
+        (st.dir / MARKER).unlink(missing_ok=True)
+    ledger.update(st.name, status="running", last=action, started=_now())
+    t0, c0 = time.time(), time.process_time()
+    try:
+        info = st.run(action == "resumed") or {}
+    except BaseException as e:
+        ledger.update(st.name, save=False, status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                      wall_s=round(time.time() - t0, 1))
+        with contextlib.suppress(OSError):  # e.g. the disk that stopped the stage is still full: its error tells
+            ledger.save()
+        raise
+    finally:
+        gc.collect()
+    wall = round(time.time() - t0, 1)
+    cpu = round(time.process_time() - c0, 1)  # all threads; cpu_s/wall_s far below the core count = contention
+    missing = [o for o in st.outputs if not (st.dir / o).exists()]
+    if missing:
+        ledger.update(st.name, status="failed", wall_s=wall)
+        raise SertError(f"stage {st.name} finished without writing {', '.join(missing)} in {st.dir}")
+    token = uuid.uuid4().hex[:12]
+    atomic_write_json(st.dir / MARKER, {"stage": st.name, "token": token, "config_hash": ledger.hash,
+                                        "deps": {d: tokens[d] for d in st.deps}, "identity": ident,
+                                        "wall_s": wall, "finished": _now(), **info})
+    tokens[st.name] = token
+    ledger.update(st.name, status="done", wall_s=wall, cpu_s=cpu, finished=_now())
+    return {"action": action, "wall_s": wall, "cpu_s": cpu, "info": info}
+
+
+def _run_stages(stages: list[Stage], ledger: _Ledger, run_dir: Path, progress: bool) -> dict[str, dict]:
+    """Every stage in order: skipped when finished, else run (or resumed, or redone); then its check."""
+    tokens: dict[str, str] = {}
+    did: dict[str, dict] = {}
+    n = len(stages)
+    for i, st in enumerate(stages, 1):
+        action, mk, ident = _decide(st, tokens)
+        if action == "skipped":
+            tokens[st.name] = mk["token"]
+            ledger.update(st.name, save=False, status="done", last="skipped")
+            did[st.name] = {"action": "skipped", "wall_s": 0.0}
+            _log(progress, f"{i}/{n} {st.name}: complete, skipped")
+        else:
+            _log(progress, f"{i}/{n} {st.name}: {VERB[action]} -> {_rel(st.dir, run_dir)}/")
+            r = _execute(st, action, ident, ledger, tokens)
+            did[st.name] = {"action": action, "wall_s": r["wall_s"]}
+            info = r["info"]
+            _log(progress, f"{i}/{n} {st.name}: done in {format_duration(r['wall_s'])} (CPU "
+                           f"{format_duration(r['cpu_s'])})"
+                           + (f" ({', '.join(f'{k} {v}' for k, v in info.items())})" if info else ""))
+        if st.check:
+            st.check()
+    return did
+
+
 def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Run (or resume) the experiment of ``cfg`` in ``out_dir`` (default ``cfg.out``).
 
@@ -568,84 +661,9 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
         _write_config(run_dir, cfg)
         stages = build_stages(cfg, run_dir, progress)
         _write_if_changed(run_dir / "commands.txt", _commands_text(cfg, run_dir, stages))
-        state_file = run_dir / "stages.json"
-        state = read_json(state_file) if state_file.exists() else {}
-        table = {k: v for k, v in state.get("stages", {}).items() if k in {s.name for s in stages}}
-        table = {s.name: table.get(s.name, {"status": "pending"}) for s in stages}
-
-        def save() -> None:
-            atomic_write_json(state_file, {"config_hash": h, "updated": _now(), "stages": table})
-
-        tokens: dict[str, str] = {}
-        did: dict[str, dict] = {}
-        n = len(stages)
-        _log(progress, f"run {run_dir} (config {h}): {n} stages: {', '.join(s.name for s in stages)}")
-        for i, st in enumerate(stages, 1):
-            mk = _marker(st)
-            outputs_ok = all(_intact(st.dir / o) for o in st.outputs)
-            ident = st.identity() if st.identity else None
-            deps_ok = mk is not None and all(mk.get("deps", {}).get(d) == tokens.get(d) for d in st.deps) \
-                and (ident is None or mk.get("identity", st.legacy_identity) == ident)
-            if mk is not None and outputs_ok and deps_ok and not mk.get("retry"):
-                tokens[st.name] = mk["token"]
-                table[st.name].update(status="done", last="skipped")
-                did[st.name] = {"action": "skipped", "wall_s": 0.0}
-                _log(progress, f"{i}/{n} {st.name}: complete, skipped")
-                if st.check:
-                    st.check()
-                continue
-            if mk is not None and not deps_ok:
-                action = "redone"  # built on an input that has since been rebuilt, or with other settings
-                shutil.rmtree(st.dir)
-            elif st.dir.exists():
-                action = "resumed"  # torn (no marker) or outputs lost: the stage function resumes itself
-                (st.dir / MARKER).unlink(missing_ok=True)
-            else:
-                action = "ran"
-            _log(progress, f"{i}/{n} {st.name}: {VERB[action]}"
-                           f" -> {_rel(st.dir, run_dir)}/")
-            table[st.name].update(status="running", last=action, started=_now())
-            save()
-            t0, c0 = time.time(), time.process_time()
-            try:
-                info = st.run(action == "resumed") or {}
-            except BaseException as e:
-                table[st.name].update(status="failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
-                                      wall_s=round(time.time() - t0, 1))
-                try:
-                    save()
-                except OSError:  # e.g. the disk that stopped the stage is still full: its error is the one to tell
-                    pass
-                raise
-            finally:
-                gc.collect()
-            wall = round(time.time() - t0, 1)
-            cpu = round(time.process_time() - c0, 1)  # all threads; cpu_s/wall_s far below the core count = contention
-            missing = [o for o in st.outputs if not (st.dir / o).exists()]
-            if missing:
-                table[st.name].update(status="failed", wall_s=wall)
-                save()
-                raise SertError(f"stage {st.name} finished without writing {', '.join(missing)} in {st.dir}")
-            token = uuid.uuid4().hex[:12]
-            atomic_write_json(st.dir / MARKER, {"stage": st.name, "token": token, "config_hash": h,
-                                                "deps": {d: tokens[d] for d in st.deps}, "identity": ident,
-                                                "wall_s": wall,
-                                                "finished": _now(), **info})
-            tokens[st.name] = token
-            table[st.name].update(status="done", wall_s=wall, cpu_s=cpu, finished=_now())
-            save()
-            did[st.name] = {"action": action, "wall_s": wall}
-            _log(progress, f"{i}/{n} {st.name}: done in {format_duration(wall)} (CPU {format_duration(cpu)})"
-                           + (f" ({', '.join(f'{k} {v}' for k, v in info.items())})" if info else ""))
-            if st.check:
-                st.check()
-        from .report import write_report
-
-        ran = any(d["action"] != "skipped" for d in did.values())
-        if ran or not (run_dir / "report.md").exists() or not (run_dir / "report.html").exists():
-            md, page = write_report(run_dir)
-        else:
-            md, page = run_dir / "report.md", run_dir / "report.html"
+        _log(progress, f"run {run_dir} (config {h}): {len(stages)} stages: {', '.join(s.name for s in stages)}")
+        did = _run_stages(stages, _Ledger(run_dir, stages, h), run_dir, progress)
+        md, page = _final_report(run_dir, did)
         metrics = {st.dir.name: read_json(st.dir / "metrics.json") for st in stages
                    if st.name.startswith("eval:") and (st.dir / "metrics.json").exists()}
         retry = {st.name: mk["retry"] for st in stages if (mk := _marker(st)) and mk.get("retry")}
@@ -656,6 +674,16 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
               + "; rerun the same command to retry them", file=sys.stderr, flush=True)
     return {"run_dir": run_dir, "config_hash": h, "stages": did, "metrics": metrics, "report": (md, page),
             "retry": retry, "wall_s": wall}
+
+
+def _final_report(run_dir: Path, did: dict[str, dict]) -> tuple[Path, Path]:
+    """The report, written again when a stage ran or a report file is missing."""
+    from .report import write_report
+
+    ran = any(d["action"] != "skipped" for d in did.values())
+    if ran or not (run_dir / "report.md").exists() or not (run_dir / "report.html").exists():
+        return write_report(run_dir)
+    return run_dir / "report.md", run_dir / "report.html"
 
 
 def format_duration(s: float) -> str:
