@@ -31,7 +31,8 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="auto | cpu | cuda | cuda:N (auto: CUDA if available)")
     p.add_argument("--dtype", default="auto", metavar="DTYPE",
-                   help="auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA, fp32 on CPU)")
+                   help="auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA; on a CPU bf16 only where it has bf16 "
+                        "matrix units and a probe measures bf16 faster, else fp32; the choice and why are printed)")
 
 
 _METAVARS = {int: "N", float: "X", bool: "true|false", str: "TEXT"}
