@@ -1,17 +1,10 @@
 """bench/check_eval_plain.py is the independent check of `sert eval` (issue 13): its own parser must agree
 with sert's extractor on the outputs the full runs produce, and it must read multiple-choice letters for
 CommonsenseQA, where a yes/no parser would count every answer as missing."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+import bench.check_eval_plain as plain
 from sert.answers import extract_answer
-
-_SPEC = importlib.util.spec_from_file_location(
-    "check_eval_plain", Path(__file__).resolve().parents[1] / "bench" / "check_eval_plain.py")
-plain = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(plain)
 
 CHOICES = ["bank", "library", "department store", "mall", "new york"]
 

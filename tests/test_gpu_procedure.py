@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -29,10 +29,7 @@ PROBE = "sert_gpu_probe"
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"gpu_{name}", GPU / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module(f"bench.gpu.{name}")
 
 
 def probe_wheel(dest: Path) -> Path:

@@ -1,7 +1,7 @@
 #!/bin/bash
 # every paired row of the README's CommonsenseQA table, recomputed by indep_paired.py, and every pooled row by
 # indep_pooled.py (neither imports sert)
-R=${1:-/work/runs/commonsense_qa_smollm2_full}/eval
+R=${1:?usage: cqa_indep_all.sh RUN_DIR}/eval
 H=$(dirname "$0")
 P="python $H/indep_paired.py"
 for pair in "rd finetune" "sert_rd rd" "sert finetune" "sert_ac finetune" "sert_ac_rd rd" "sert_ppl finetune" "sert_ppl_rd rd" "sert_rd-s43 rd-s43" "sert-s43 finetune-s43" "rd-s43 finetune-s43"; do

@@ -1,16 +1,17 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Independent check of CommonsenseQA evaluations (issue 13): sert eval fp32 on the first LIMIT (default 100) test
-# questions, then bench/check_eval_plain.py (plain transformers loop, batch 1) on the same ones; run alone, the run paused.
-cd /work/main
-RUN=/work/runs/commonsense_qa_smollm2_full
-OUT=/work/checks/cqa
-mkdir -p $OUT
-echo -15 > /proc/$$/autogroup 2>/dev/null
-pkill -STOP -f "sert run cpu/commonsense_qa"; echo "paused(cqa_plain $*) $(date -u +%FT%T) $(date +%s)" >> /work/checks/times
+# questions at the arm's own budget, then bench/check_eval_plain.py (plain transformers loop, batch 1) on the same.
+# Usage: [LIMIT=N] bash notes/csqa_full_eval/checks/cqa_plain.sh RUN_DIR OUT_DIR ARM [ARM ...]
+# For wall times, run it with nothing else computing on the machine.
+set -euo pipefail
+RUN=${1:?usage: cqa_plain.sh RUN_DIR OUT_DIR ARM [ARM ...]}; OUT=${2:?usage: cqa_plain.sh RUN_DIR OUT_DIR ARM [ARM ...]}
+shift 2
+cd "$(dirname "$0")/../../.."
+mkdir -p "$OUT"
 for arm in "$@"; do
-  B=$(python -c "import json;print(json.load(open('$RUN/eval/$arm/metrics.json'))['max_new_tokens'])")
-  /usr/bin/time -f "%e s wall" python -m sert eval --model $RUN/arms/$arm/final --task commonsense_qa --config $RUN/config.yaml \
-     --dtype float32 --limit ${LIMIT:-100} --max-new-tokens $B --quiet --out $OUT/fp32_$arm > $OUT/fp32_$arm.log 2>&1
-  /usr/bin/time -f "%e s wall" python bench/check_eval_plain.py $OUT/fp32_$arm --limit ${LIMIT:-100} --dtype float32 > $OUT/plain_$arm.json 2> $OUT/plain_$arm.err
+  B=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['max_new_tokens'])" "$RUN/eval/$arm/metrics.json")
+  /usr/bin/time -f "$arm sert eval %e s wall" python3 -m sert eval --model "$RUN/arms/$arm/final" --task commonsense_qa \
+     --config "$RUN/config.yaml" --dtype float32 --limit "${LIMIT:-100}" --max-new-tokens "$B" --quiet --out "$OUT/fp32_$arm"
+  /usr/bin/time -f "$arm plain loop %e s wall" python3 bench/check_eval_plain.py "$OUT/fp32_$arm" --limit "${LIMIT:-100}" \
+     --dtype float32 > "$OUT/plain_$arm.json"
 done
-pkill -CONT -f "sert run cpu/commonsense_qa"; echo "resumed(cqa_plain) $(date -u +%FT%T) $(date +%s)" >> /work/checks/times

@@ -1,11 +1,11 @@
-#!/bin/bash
-# fp32 robustness evaluation of the full run's RD and SERT+RD (seed 42) on all 687 test questions, run alone.
-cd /work/main
-RUN=/work/runs/strategyqa_smollm2_full
-echo -15 > /proc/$$/autogroup 2>/dev/null
-pkill -STOP -f "sert run cpu/strategyqa_smollm2_full"; echo "paused $(date -u +%FT%T) $(date +%s)" >> /work/checks/times
+#!/usr/bin/env bash
+# fp32 robustness evaluation of a full run's arms on all test questions (the run evaluated them in bf16).
+# Usage: bash notes/sqa_full_eval/checks/fp32_full.sh RUN_DIR ARM [ARM ...]   -> RUN_DIR/eval_fp32/<arm>/
+# For wall times, run it with nothing else computing on the machine.
+set -euo pipefail
+RUN=${1:?usage: fp32_full.sh RUN_DIR ARM [ARM ...]}; shift
+cd "$(dirname "$0")/../../.."
 for arm in "$@"; do
-  /usr/bin/time -f "%e s wall" python -m sert eval --model $RUN/arms/$arm/final --task strategyqa --config $RUN/config.yaml \
-     --dtype float32 --quiet --out $RUN/eval_fp32/$arm > /work/checks/fp32full_$arm.log 2>&1
+  /usr/bin/time -f "$arm %e s wall" python3 -m sert eval --model "$RUN/arms/$arm/final" --task strategyqa \
+     --config "$RUN/config.yaml" --dtype float32 --quiet --out "$RUN/eval_fp32/$arm"
 done
-pkill -CONT -f "sert run cpu/strategyqa_smollm2_full"; echo "resumed $(date -u +%FT%T) $(date +%s)" >> /work/checks/times
