@@ -191,6 +191,13 @@ def iter_jsonl(path: str | os.PathLike, *, tolerate_torn_tail: bool = False) -> 
     no newline when ``tolerate_torn_tail`` is set: that is a write cut short by a
     kill, and it is dropped (the caller redoes that record).
     """
+    for _, obj in iter_jsonl_numbered(path, tolerate_torn_tail=tolerate_torn_tail):
+        yield obj
+
+
+def iter_jsonl_numbered(path: str | os.PathLike, *, tolerate_torn_tail: bool = False) -> Iterator[tuple[int, dict]]:
+    """:func:`iter_jsonl` with each object's line number (blank lines are skipped, not renumbered), for
+    checks that name ``file:line``."""
     p = Path(path)
     try:
         f = open_text(p)
@@ -211,13 +218,10 @@ def iter_jsonl(path: str | os.PathLike, *, tolerate_torn_tail: bool = False) -> 
             if torn and tolerate_torn_tail:
                 return
             raise SertError(f"{p}:{i}: malformed JSON line ({e.msg})") from None
-        if torn and tolerate_torn_tail:
-            # Complete JSON but no newline: the writer may have died before the
-            # newline; keep it, the repair in JsonlLog adds the newline.
-            pass
+        # a complete object without its newline (the writer died before it) is kept: JsonlLog's repair adds it
         if not isinstance(obj, dict):
             raise SertError(f"{p}:{i}: expected a JSON object, got {type(obj).__name__}")
-        yield obj
+        yield i, obj
 
 
 def read_jsonl(path: str | os.PathLike, *, tolerate_torn_tail: bool = False) -> list[dict]:

@@ -55,7 +55,8 @@ from typing import Iterable, Sequence
 from .config import TrainConfig, check, to_dict
 from .errors import SertError
 from .identity import refuse_other
-from .io import RunLock, atomic_write_json, atomic_write_text, ensure_dir, open_text, read_json, read_jsonl, reads_utf8
+from .io import (RunLock, atomic_write_json, atomic_write_text, ensure_dir, iter_jsonl_numbered, read_json,
+                 reads_utf8)
 from .templates import distillation_target, finetune_target, self_training_target
 
 STAGES = ("finetune", "self", "distill", "joint")
@@ -141,8 +142,9 @@ def load_records(stage: str, data: str | os.PathLike | Sequence[dict], limit: in
             from .tasks import user_task
             recs = [{"question": e.question, "answer": e.answer} for e in user_task(p).examples("train")]
         else:
-            recs = read_jsonl(p)
-            _check_records(stage, p, recs)
+            numbered = list(iter_jsonl_numbered(p))
+            _check_records(stage, p, numbered)
+            recs = [r for _, r in numbered]
         src = str(p)
     if limit is not None:
         if limit < 1:
@@ -169,25 +171,25 @@ def _joint_records(files, limit: int | None) -> tuple[list[dict], str]:
             p = found[0]
         if not p.is_file():
             raise SertError(f"--data {p}: file not found")
-        part = read_jsonl(p)
+        numbered = list(iter_jsonl_numbered(p))
+        part = [r for _, r in numbered]
         if not part:
             raise SertError(f"--data {p}: no training records")
         kind = record_stage(part[0]) if isinstance(part[0], dict) else "self"
         if kind == "finetune":
             raise SertError(f"{p}: --stage joint mixes selected paths (field 'path') and teacher rationales "
                             "(field 'rationale'); this file has neither")
-        _check_records(kind, p, part)
+        _check_records(kind, p, numbered)
         recs += part[:limit] if limit is not None else part
         srcs.append(str(p))
     return recs, " + ".join(srcs)
 
 
 @reads_utf8("path")
-def _check_records(stage: str, path: Path, recs: list[dict]) -> None:
-    """Every record of a data file has the stage's fields with usable types; errors name file:line."""
-    with open_text(path) as f:  # a .xz/.gz file too, as read_jsonl reads it
-        lines = [n for n, line in enumerate(f, 1) if line.strip()]  # read_jsonl skips blank lines
-    for n, r in zip(lines, recs):
+def _check_records(stage: str, path: Path, numbered: list[tuple[int, dict]]) -> None:
+    """Every record of a data file (with its line number) has the stage's fields with usable types; errors
+    name file:line."""
+    for n, r in numbered:
         if stage == "self" and "token_ids" in r and not isinstance(r.get("path"), str):
             raise SertError(f"{path}:{n}: a mined path (sert mine's paths.jsonl), not a selected one: --stage self "
                             f"trains on the filter's output; run 'sert filter {path}' and pass its selected.jsonl")
