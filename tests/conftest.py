@@ -54,6 +54,15 @@ def tiny_lm(tok, arch: str = "llama", *, hidden: int = 64, layers: int = 2, head
     return model
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sert_logging():
+    """sert's log lines as the command line prints them (``[sert] ...`` / ``sert: warning: ...`` on stderr),
+    also for tests that call the library directly: its handler writes to the current ``sys.stderr``."""
+    from sert.log import configure
+
+    configure(0)
+
+
 @pytest.fixture(scope="session")
 def make_tiny():
     """:func:`tiny_lm`, for test modules' own fixtures."""

@@ -218,7 +218,7 @@ def test_make_judge_for_evaluation(server, tmp_path, capsys):
                                                                       "output": "no"}]
     out = judge(recs)
     assert [(r["id"], r["judge"]) for r in out] == [("a", 7.0), ("b", None)]
-    assert "1 of 2 requests failed" in capsys.readouterr().out
+    assert "1 of 2 requests failed" in capsys.readouterr().err  # a log line (sert.log): stderr
     with pytest.raises(SertError, match="openai:MODEL"):
         make_judge("llama3", url)
 
@@ -260,7 +260,7 @@ def test_coverage_never_averages_unscored_as_zero(server, tmp_path, capsys):
     m = summarize(recs)
     assert (m["judge"], m["judge_n"], m["judge_asked"], m["judge_failed"]) == (7.0, 2, 4, 1)
     assert "Judge 7.00 (2/4 scored)" in format_metrics(m)
-    assert "7.00 (2/4 scored)" in capsys.readouterr().out
+    assert "7.00 (2/4 scored)" in capsys.readouterr().err
     assert "judge" not in summarize([base])  # no judge: no judge columns
 
 
@@ -271,4 +271,4 @@ def test_judge_falls_back_to_text_where_logprobs_are_refused(server, tmp_path, c
     judge = make_judge("openai:j", url, cache_path=tmp_path / "j.jsonl", max_retries=0, timeout=0.3)
     out = judge([{"id": "a", "question": "q [s:nologprobs]", "output": "o"}])
     assert out[0]["judge"] == 5.0 and out[0]["judge_status"] == "scored"
-    assert "refuses log-probabilities" in capsys.readouterr().out and server.hits["nologprobs"] == 2
+    assert "refuses log-probabilities" in capsys.readouterr().err and server.hits["nologprobs"] == 2

@@ -146,8 +146,8 @@ def test_teach_and_judge_against_transformers_serve(env, tmp_path):
         out, err = p.communicate(timeout=180)
         assert p.returncode == 0, err[-2000:]
         summ = json.loads((k / "teach_summary.json").read_text())
-        assert summ["failed_requests"] >= 1 and "failed requests: rerun to retry them" in out
-        assert "request failed: " in out and "connection error" in out
+        assert summ["failed_requests"] >= 1 and "failed requests: rerun to retry them" in err  # log lines: stderr
+        assert "request failed: " in err and "connection error" in err
         kept = _ok_keys(k / "openai_cache.jsonl")
         assert len(kept) >= 2
     finally:

@@ -315,15 +315,15 @@ def test_a_directory_where_a_file_belongs_and_a_file_gone_missing(tmp_path, caps
     one_line(rc, so, se, 2, "predictions.jsonl: is a directory, expected a file")
     data = write_jsonl(tmp_path / "r.jsonl", sqa_records(2))
     import sert.train as st
-    real = st._check_records
+    real = st.iter_jsonl_numbered
 
-    def vanish(stage, path, recs):  # deleted between two reads
-        path.unlink()
-        return real(stage, path, recs)
+    def vanish(path, **kw):  # deleted between the check that it is a file and its read
+        Path(path).unlink()
+        return real(path, **kw)
 
-    monkeypatch.setattr(st, "_check_records", vanish)
+    monkeypatch.setattr(st, "iter_jsonl_numbered", vanish)
     rc, so, se = sert(["train", "--stage", "distill", "--data", data, "--out", tmp_path / "t"], capsys)
-    one_line(rc, so, se, 2, f"{data}: no such file or directory")
+    one_line(rc, so, se, 2, f"{data}: file not found")
 
 
 # ------------------------------------------------------------------ a truncated checkpoint

@@ -73,9 +73,9 @@ def test_keep_correct_only_off_keeps_all_and_rerun_is_skipped(tmp_path, capsys):
     recs = read_jsonl(tmp_path / "rationales.jsonl")
     assert s["kept"] == s["with_rationale"] == len(recs) == 60
     assert 0 < s["correct"] < 60 and sum(r["correct"] for r in recs) == s["correct"]
-    assert "kept 60 of 60" in capsys.readouterr().out
+    assert "kept 60 of 60" in capsys.readouterr().err  # a log line (sert.log): stderr
     run_teach("strategyqa", cfg, tmp_path, limit=60)
-    assert "skipped" in capsys.readouterr().out
+    assert "skipped" in capsys.readouterr().err
     run_teach("strategyqa", TeachConfig(), tmp_path, limit=60)  # other settings: recomputed
     assert json.loads((tmp_path / "teach_summary.json").read_text())["kept"] == s["correct"]
 

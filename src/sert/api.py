@@ -30,8 +30,16 @@ from typing import Any, Sequence
 
 from .config import (EvalConfig, FilterConfig, MineConfig, RunConfig, TeachConfig, TrainConfig, _set_dotted,
                      from_dict, load_run_config, to_dict)
+from .evaluate import run_eval
+from .filters import run_filter
 from .io import read_json, read_jsonl
+from .mine import run_mine
+from .pipeline import resolve_config
+from .pipeline import run_experiment as _run
+from .report import write_report as _write
 from .tasks import Example, Task, get_task
+from .teach import run_teach
+from .train import run_train
 
 PathLike = str | os.PathLike
 
@@ -113,8 +121,6 @@ def mine_paths(model: str, task: str | Task, out: PathLike, config: MineConfig |
                device: str | None = None, dtype: str | None = None, progress: bool = False,
                **settings) -> MineResult:
     """Stage 1 (``sert mine``): the latent reasoning paths of ``task``'s questions under ``model``."""
-    from .mine import run_mine
-
     cfg = _settings(MineConfig, config, settings, "mine_paths")
     paths = run_mine(model, _task_name(task), cfg, out, device=device, dtype=dtype, progress=progress)
     return MineResult(Path(paths), read_json(Path(out) / "mine_meta.json"))
@@ -123,8 +129,6 @@ def mine_paths(model: str, task: str | Task, out: PathLike, config: MineConfig |
 def filter_paths(paths: PathLike | MineResult, out: PathLike, config: FilterConfig | dict | None = None,
                  **settings) -> FilterResult:
     """Stage 1b (``sert filter``): the paper's filters in its order, then one path per question."""
-    from .filters import run_filter
-
     cfg = _settings(FilterConfig, config, settings, "filter_paths")
     src = paths.paths if isinstance(paths, MineResult) else Path(paths)
     funnel = run_filter(src, out, cfg)
@@ -134,8 +138,6 @@ def filter_paths(paths: PathLike | MineResult, out: PathLike, config: FilterConf
 def teach_rationales(task: str | Task, out: PathLike, config: TeachConfig | dict | None = None, *,
                      split: str = "train", **settings) -> TeachResult:
     """Stage 3's data (``sert teach``): the teacher's rationales (shipped, or any OpenAI-compatible endpoint)."""
-    from .teach import run_teach
-
     cfg = _settings(TeachConfig, config, settings, "teach_rationales")
     rat = run_teach(task if isinstance(task, Task) else str(task), cfg, out, split=split)
     return TeachResult(Path(rat), read_json(Path(out) / "teach_summary.json"))
@@ -148,8 +150,6 @@ def train_model(model: str, data: PathLike | Sequence[PathLike] | Sequence[dict]
     """Stages 2-3 and the Finetune arm (``sert train``): ``stage`` self | distill | finetune | joint on
     ``data`` (a file, its directory, a task name for finetune, records, a list of files for joint, or the
     result of :func:`filter_paths` / :func:`teach_rationales`)."""
-    from .train import run_train
-
     cfg = _settings(TrainConfig, config, settings, "train_model")
     if isinstance(data, FilterResult):
         data = data.selected
@@ -165,8 +165,6 @@ def evaluate_model(model: str | PathLike | TrainResult, task: str | Task, out: P
                    config: EvalConfig | dict | None = None, *, device: str | None = None,
                    dtype: str | None = None, progress: bool = False, **settings) -> EvalResult:
     """Evaluation (``sert eval``): greedy decoding on the test split and the paper's metrics."""
-    from .evaluate import run_eval
-
     cfg = _settings(EvalConfig, config, settings, "evaluate_model")
     name = str(model.checkpoint if isinstance(model, TrainResult) else model)
     m = run_eval(name, _task_name(task), cfg, out, device=device, dtype=dtype, progress=progress)
@@ -175,8 +173,6 @@ def evaluate_model(model: str | PathLike | TrainResult, task: str | Task, out: P
 
 def write_report(run_dir: PathLike) -> ReportResult:
     """``sert report``: report.md and report.html of a run directory."""
-    from .report import write_report as _write
-
     md, page = _write(run_dir)
     return ReportResult(Path(md), Path(page))
 
@@ -186,8 +182,6 @@ def run_experiment(config: RunConfig | PathLike | str, out: PathLike | None = No
     """``sert run``: the whole experiment of a config (a :class:`~sert.config.RunConfig`, a YAML file or a
     shipped config's name), resumable; ``overrides`` are dotted keys as ``--set`` takes them, with ``__``
     for the dot (``train__epochs=1``)."""
-    from .pipeline import resolve_config, run_experiment as _run
-
     sets = {k.replace("__", "."): v for k, v in overrides.items()}
     if isinstance(config, RunConfig):
         cfg = _with_sets(to_dict(config), sets)

@@ -1,4 +1,4 @@
-"""The ``sert`` command: parse, call the library, print.
+"""The ``sert`` command: parse, configure logging (:mod:`sert.log`: ``-q``/``-v``), call the library, print.
 
 The sub-commands live in :mod:`sert.commands` (one module per stage, on top of the
 library; no stage module imports the command layer). Heavy imports (torch, transformers)
@@ -15,6 +15,8 @@ import sys
 
 from .commands import COMMAND_MODULES, OneLineParser
 from .errors import SertError, environment_error
+from .log import configure as configure_logging
+from .log import restore as restore_logging
 
 __all__ = ["OneLineParser", "build_parser", "main"]
 
@@ -24,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = OneLineParser(prog="sert", description="Self-Enhanced Reasoning Training (SERT) for small causal LMs.")
     p.add_argument("--version", action="version", version=f"sert {__version__}")
+    p.add_argument("-q", "--quiet", dest="log_quiet", action="store_true",
+                   help="only warnings and errors (a command's own --quiet also hides its progress bars)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug lines too")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"sert.commands.{name}").add_parser(sub)
@@ -33,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    level = configure_logging(-1 if args.log_quiet or getattr(args, "quiet", False) else 1 if args.verbose else 0)
+    try:
+        return _run(args)
+    finally:
+        restore_logging(level)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, with every error it may end in as one line and its exit status."""
     try:
         rc = args.func(args)
         return int(rc or 0)

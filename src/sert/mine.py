@@ -62,6 +62,9 @@ from .sampling import (draw, path_record, paths_per_question, question_seed, sam
                        truncated_probs)
 from .templates import mining_prompt
 from .tokens import context_length, encode_prompt, eos_token_ids, fit_prompt, n_special_prefix
+from .log import get as _get_logger
+
+log = _get_logger(__name__)
 
 PATHS_FILE = "paths.jsonl"
 META_FILE = "mine_meta.json"
@@ -131,9 +134,9 @@ def prompt_ids(tokenizer, exs, ctx: int | None, max_new_tokens: int, where: str 
         ids = encode_prompt(tokenizer, mining_prompt(e.question, style))
         fit, dropped = fit_prompt(ids, limit, head)
         if dropped:
-            print(f"sert: warning: {getattr(e, 'source', None) or where} (id {e.id}): prompt of {len(ids)} tokens "
-                  f"exceeds the context ({ctx}) minus max_new_tokens ({max_new_tokens}); "
-                  f"kept its last {len(fit) - head} tokens", file=sys.stderr)
+            log.warning(f"{getattr(e, 'source', None) or where} (id {e.id}): prompt of {len(ids)} tokens "
+                        f"exceeds the context ({ctx}) minus max_new_tokens ({max_new_tokens}); "
+                        f"kept its last {len(fit) - head} tokens")
         out.append(fit)
     return out
 
@@ -400,7 +403,7 @@ def questions_per_batch(cfg: MineConfig, model, tokenizer, examples) -> int:
     free, _ = torch.cuda.mem_get_info(dev)
     rows = fit_rows(model.config, longest + cfg.max_new_tokens, model.dtype.itemsize, free)
     B = max(1, min(256, rows // paths_per_question(cfg)))
-    print(f"[sert] mine: batch_questions auto -> {B} ({free / 2**30:.1f} GiB free on {dev})", file=sys.stderr)
+    log.info(f"mine: batch_questions auto -> {B} ({free / 2**30:.1f} GiB free on {dev})")
     return B
 
 

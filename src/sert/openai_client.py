@@ -34,6 +34,9 @@ from typing import Any, Callable, Sequence
 
 from .errors import SertError
 from .io import JsonlLog, read_jsonl
+from .log import get as _get_logger
+
+log = _get_logger(__name__)
 
 KEY_ENV = "OPENAI_API_KEY"
 
@@ -402,14 +405,14 @@ class Judge:
             res = judge_many(client, items, self.logprobs)
             refused = [f for f in client.failed if f.error and f.error.startswith("HTTP 400") and "logprob" in f.error]
             if self.logprobs and refused:
-                print(f"[sert] {what}: the server refuses log-probabilities; scoring from the reply text")
+                log.info(f"{what}: the server refuses log-probabilities; scoring from the reply text")
                 self.logprobs = False
                 client.failed.clear()
                 res = judge_many(client, items, False)
             if client.failed:
-                print(f"[sert] {what}: {len(client.failed)} of {len(items)} requests failed; those have no score "
-                      f"(rerun to retry). First error: {client.failed[0].error}")
-        print(f"[sert] {what}: {format_judge(coverage(res))}")
+                log.warning(f"{what}: {len(client.failed)} of {len(items)} requests failed; those have no score "
+                            f"(rerun to retry). First error: {client.failed[0].error}")
+        log.info(f"{what}: {format_judge(coverage(res))}")
         return res
 
     def __call__(self, records: Sequence[dict]) -> list[dict]:

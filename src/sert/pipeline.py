@@ -31,6 +31,7 @@ import dataclasses
 import gc
 import hashlib
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -41,12 +42,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from .arms import (PAPER_ARMS, Source, arm_identity, arm_sources, arm_table, curve_arms, curve_epochs, curve_name,
                    round_instance, training_order)
-from .config import FilterConfig, RunConfig, TrainConfig, check, from_dict, to_dict
+from .config import FilterConfig, RunConfig, TrainConfig, check, from_dict, load_yaml, to_dict
 from .errors import SertError, did_you_mean
 from .identity import refuse_other
+from .evaluate import longest_training_completion, resolve_budget, run_eval
+from .filters import run_filter
 from .io import RunLock, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from .judge import run_judge
+from .mine import run_mine
+from .models import check_model
+from .report import write_report
+from .tasks import get_task
+from .teach import resolve_teacher, run_teach
+from .train import check_report_to, run_train
+from .version import __version__
+from .log import get as _get_logger
+
+log = _get_logger(__name__)
 
 # Keys that change how a run is executed or labelled, not what it computes: a run directory
 # may be resumed with other values (e.g. on another device, with smaller batches for generation,
@@ -98,7 +114,6 @@ def config_hash(cfg: RunConfig) -> str:
 
 
 def _read_run_config(run_dir: Path) -> RunConfig:
-    from .config import load_yaml
 
     return from_dict(RunConfig, load_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
 
@@ -128,10 +143,6 @@ def _check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
 def _check_inputs(cfg: RunConfig) -> None:
     """What can be checked cheaply, checked before the run directory is created: the task and
     the splits the arms read, the student, the teacher, the judge, the API key."""
-    import os
-
-    from .models import check_model
-    from .tasks import get_task
 
     task = get_task(cfg.task)
     sources = data_sources(cfg)
@@ -142,12 +153,10 @@ def _check_inputs(cfg: RunConfig) -> None:
     if kinds & {"task", "teach"}:
         task.examples("train", cfg.train_limit)
     if sources:  # arms are trained: a logger the Trainer does not know is refused now, not after the first stages
-        from .train import check_report_to
         check_report_to(cfg.train.report_to)
     check_model(cfg.model)
     online = []
     if "teach" in kinds:
-        from .teach import resolve_teacher
         if resolve_teacher(task, cfg.teach.teacher).startswith("openai:"):
             online.append(("teach.base_url", cfg.teach.base_url))
     if cfg.eval.judge:
@@ -164,9 +173,6 @@ def _check_inputs(cfg: RunConfig) -> None:
 
 
 def _write_config(run_dir: Path, cfg: RunConfig) -> None:
-    import yaml
-
-    from .version import __version__
 
     d = to_dict(cfg)
     d["out"] = str(run_dir)
@@ -296,7 +302,6 @@ def mine_stage(plan: Plan, src: Source, model: str | None = None, dep: str | Non
     mcfg = cfg.mine if src.miner is None else dataclasses.replace(cfg.mine, prompt="train")
 
     def mine(resume: bool) -> dict:
-        from .mine import run_mine
         start = cfg.model if dep is None else str(_checkpoint(plan.run_dir, dep.split(":", 1)[1]))
         run_mine(start, cfg.task, mcfg, out, device=plan.dev, dtype=plan.dt, progress=plan.progress)
         return {"paths": _count(out / "paths.jsonl")}
@@ -315,7 +320,6 @@ def filter_stage(plan: Plan, src: Source) -> Stage:
     out, mine_dir = plan.dir(src.dirname), plan.dir(src.mine_dirname)
 
     def filt(resume: bool) -> dict:
-        from .filters import run_filter
         run_filter(mine_dir / "paths.jsonl", out, fcfg)
         return {"selected": _count(out / "selected.jsonl")}
 
@@ -347,7 +351,6 @@ def teach_stage(plan: Plan) -> Stage:
     limit = cfg.teach.limit if cfg.teach.limit is not None else cfg.train_limit
 
     def teach(resume: bool) -> dict:
-        from .teach import run_teach
         run_teach(cfg.task, cfg.teach, teach_dir, split="train", limit=limit)
         info = {"rationales": _count(teach_dir / "rationales.jsonl")}
         failed = read_json(teach_dir / "teach_summary.json").get("failed_requests", 0)
@@ -380,12 +383,10 @@ def eval_stage(plan: Plan, arm: str, seed: int | None = None, epoch: int | None 
         return _checkpoint(plan.run_dir, trained_inst)
 
     def budget() -> dict:
-        from .evaluate import longest_training_completion, resolve_budget
         longest = None if untrained else longest_training_completion(str(checkpoint()))
         return resolve_budget(cfg.eval, longest, label=f"arm {name}")
 
     def ev(resume: bool) -> dict:
-        from .evaluate import run_eval
         model = cfg.model if untrained else str(checkpoint())
         m = run_eval(model, cfg.task, cfg.eval, out, device=plan.dev, dtype=plan.dt, progress=plan.progress)
         info = {"accuracy": f"{100 * m['acc']:.1f}%", "n": m["n"], "max_new_tokens": m["max_new_tokens"],
@@ -452,7 +453,6 @@ def train_stage(plan: Plan, arm: str, seed: int, inst: str, sources, init_arm: s
     init = cfg.model if init_inst is None else str(plan.run_dir / "arms" / init_inst / "final")
 
     def tr(resume: bool) -> dict:
-        from .train import run_train
         t0 = time.time()
         start = init if init_inst is None else str(_checkpoint(plan.run_dir, init_inst))
         final = run_train(start, data, stage, tcfg, out, resume=resume, device=plan.dev, dtype=plan.dt, limit=limit)
@@ -498,7 +498,6 @@ def _judge_stage(cfg: RunConfig, run_dir: Path, conf: str) -> Stage:
     out = run_dir / "judge"
 
     def judge(resume: bool) -> dict:
-        from .judge import run_judge
         fig = run_judge(run_dir, cfg.judge, out)
         info = {"judged": sum(r["asked"] for r in fig["sets"]), "scored": sum(r["scored"] for r in fig["sets"])}
         failed = sum(r["failed"] for r in fig["sets"])
@@ -547,7 +546,7 @@ def _intact(p: Path) -> bool:
 
 def _log(progress: bool, msg: str) -> None:
     if progress:
-        print(f"[sert] {msg}", file=sys.stderr, flush=True)
+        log.info(msg)
 
 
 class _Ledger:
@@ -670,16 +669,13 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, progress: 
     wall = round(time.time() - t_start, 1)
     _log(progress, f"finished in {format_duration(wall)}; report {md}")
     if retry:
-        print("sert: warning: " + "; ".join(f"{k}: {v}" for k, v in retry.items())
-              + "; rerun the same command to retry them", file=sys.stderr, flush=True)
+        log.warning("; ".join(f"{k}: {v}" for k, v in retry.items()) + "; rerun the same command to retry them")
     return {"run_dir": run_dir, "config_hash": h, "stages": did, "metrics": metrics, "report": (md, page),
             "retry": retry, "wall_s": wall}
 
 
 def _final_report(run_dir: Path, did: dict[str, dict]) -> tuple[Path, Path]:
     """The report, written again when a stage ran or a report file is missing."""
-    from .report import write_report
-
     ran = any(d["action"] != "skipped" for d in did.values())
     if ran or not (run_dir / "report.md").exists() or not (run_dir / "report.html").exists():
         return write_report(run_dir)

@@ -27,9 +27,17 @@ from pathlib import Path
 from typing import Callable
 
 from .arms import PAPER_ARMS, report_arms, split_curve
+from .answers import answer_consistent
+from .config import load_yaml
 from .errors import SertError
+from .evaluate import rebuild_metrics, rescore_dir
+from .metrics import class_balance, compare_clustered, compare_runs, mean_sd
+from .tasks import load_examples
 from .io import atomic_save_figure, atomic_write_text, read_json, read_jsonl
 from .openai_client import format_judge
+from .log import get as _get_logger
+
+log = _get_logger(__name__)
 
 ARMS = list(PAPER_ARMS)
 
@@ -79,7 +87,6 @@ def _load_run(run_dir: Path) -> dict:
     run: dict = {"dir": run_dir, "config": {}, "arms": {}, "train": {}}
     cfg_file = run_dir / "config.yaml"
     if cfg_file.exists():
-        from .config import load_yaml
         run["config"] = load_yaml(cfg_file)  # a damaged one: one line naming file and line
         run["config_text"] = cfg_file.read_text(encoding="utf-8")
     # the arms in order (learning-curve points after their arm), their labels, and the (baseline, treatment)
@@ -144,8 +151,6 @@ def _arm_eval(run: dict, inst: str) -> dict | None:
     """``{"metrics", "preds"}`` of the evaluated instance ``eval/<inst>``, or None (why: ``run["notes"]``).
     A missing or damaged metrics.json is rebuilt from a finished predictions.jsonl (written back, see
     :func:`sert.evaluate.rebuild_metrics`); what could not be read is noted, never silently dropped."""
-    from .evaluate import rebuild_metrics
-
     d = run["dir"] / "eval" / inst
     m, p = d / "metrics.json", d / "predictions.jsonl"
     if not m.exists() and not p.exists():
@@ -256,9 +261,6 @@ def consistency(run: dict, arm: str) -> float | None:
         return m["answer_consistency"]
     if not a["preds"] or not run.get("task"):
         return None
-    from .answers import answer_consistent
-    from .tasks import load_examples
-
     if "_examples" not in run:
         try:
             run["_examples"] = {e.id: e for e in load_examples(run["task"], m.get("split", "test"))}
@@ -289,8 +291,6 @@ def curve_points(run: dict) -> dict[str, list[tuple[int, str]]]:
 
 def curve_rows(run: dict) -> tuple[list[str], list[list[str]]]:
     """The learning curves as a table: accuracy [95% CI] per arm and epoch; with several seeds, their mean ± sd."""
-    from .metrics import mean_sd
-
     pts = curve_points(run)
     epochs = sorted({e for p in pts.values() for e, _ in p})
     rows = []
@@ -321,8 +321,6 @@ def finetune_cot_row(model: str, task: str) -> dict | None:
 
 def significance(run: dict) -> list[dict]:
     """Paired comparisons of the paper's claims on the questions both arms answered."""
-    from .metrics import compare_runs
-
     out = []
     _, paper, _ = paper_row(run["model"] or "", run["task"] or "")
     for base, treat in run["comparisons"]:
@@ -347,8 +345,6 @@ def pooled_significance(run: dict) -> list[dict]:
     """The paper's comparisons pooled over training seeds: every (question, seed) is one pair, the
     treatment of seed s against the baseline of seed s, and the question is the unit of the test
     (:func:`sert.metrics.compare_clustered`). Only where both arms have several seeds."""
-    from .metrics import compare_clustered, compare_runs
-
     out = []
     _, paper, _ = paper_row(run["model"] or "", run["task"] or "")
     for base, treat in run["comparisons"]:
@@ -372,8 +368,6 @@ def pooled_significance(run: dict) -> list[dict]:
 
 def seed_rows(run: dict) -> list[list[str]]:
     """One row per arm trained with several seeds: accuracy per seed and mean +- sd."""
-    from .metrics import mean_sd
-
     rows = []
     for arm, by_seed in run["seeds"].items():
         if len(by_seed) < 2:
@@ -388,8 +382,6 @@ def seed_rows(run: dict) -> list[list[str]]:
 def class_rows(run: dict) -> tuple[list[str], list[list[str]], str]:
     """Yes/no and multiple-choice tasks: per evaluated arm and seed, accuracy beside the balanced accuracy
     (:func:`sert.metrics.class_balance`), the share of each answer and each gold class's recall."""
-    from .metrics import class_balance
-
     insts = []
     for arm, a in run["arms"].items():
         label = run["labels"].get(arm, arm)
@@ -490,7 +482,7 @@ def accuracy_plot(run: dict, path: Path) -> Path | None:
     """Bars: our accuracy with 95% CI; diamonds: the paper's published accuracy."""
     if not run["arms"]:
         return None
-    import matplotlib
+    import matplotlib  # here, not at the top: its import costs ~0.5 s that reports without plots and the CLI skip
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -525,7 +517,7 @@ def curve_plot(run: dict, path: Path) -> Path | None:
     pts = curve_points(run)
     if not pts:
         return None
-    import matplotlib
+    import matplotlib  # here, not at the top: its import costs ~0.5 s that reports without plots and the CLI skip
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -841,7 +833,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     run = _load_run(run_dir)
     for inst, why in run["notes"].items():  # never silently: each evaluation the tables lack, and why
         shown = inst in run["arms"] or any(inst == f"{a}-s{s}" for a, by in run["seeds"].items() for s in by)
-        print(f"sert: warning: report: eval/{inst}{'' if shown else ' not shown'}: {why}", file=sys.stderr, flush=True)
+        log.warning(f"report: eval/{inst}{'' if shown else ' not shown'}: {why}")
     png = accuracy_plot(run, run_dir / "plots" / "accuracy.png")
     blocks = _build(run, png, curve_plot(run, run_dir / "plots" / "learning_curves.png"))
     md = atomic_write_text(run_dir / "report.md", render_markdown(blocks, run_dir))
@@ -865,11 +857,9 @@ def summary_table(run_dir: str | Path) -> str:
 
 def rescore_run(run_dir: str | Path, log: Callable[[str], None] = print) -> dict:
     """``sert report --rescore``: re-score each ``eval/<arm>/`` of a run (see ``evaluate.rescore_dir``)."""
-    from .evaluate import rescore_dir
 
     run_dir = Path(run_dir)
     cfg_file = run_dir / "config.yaml"
-    from .config import load_yaml
 
     cfg = load_yaml(cfg_file) if cfg_file.exists() else {}
     task, limit = cfg.get("task"), (cfg.get("eval") or {}).get("limit")

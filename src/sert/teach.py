@@ -37,6 +37,9 @@ from .errors import SertError, did_you_mean
 from .io import RunLock, atomic_write_json, atomic_write_jsonl, read_json
 from .tasks import LETTERS, Example, Task, get_task, read_data
 from .templates import COT_TRIGGER
+from .log import get as _get_logger
+
+log = _get_logger(__name__)
 
 DAVINCI, PALM = "text-davinci-002", "palm-540b"
 TEACHER_ALIASES = {"davinci": DAVINCI, "text-davinci": DAVINCI, "gpt-3.5": DAVINCI, "palm": PALM,
@@ -137,7 +140,7 @@ def _online(model: str, examples: list[Example], cfg: TeachConfig, out_dir: Path
                 out[e.id] = {"rationale": r1.text, "answer_text": "Therefore, the answer is " + r2.text.strip()}
         failed = len(client.failed)
         for f in client.failed[:5]:
-            print(f"[sert] teach: request failed: {f.error}")
+            log.warning(f"teach: request failed: {f.error}")
     return out, failed
 
 
@@ -205,7 +208,7 @@ def run_teach(task: str | Task, cfg: TeachConfig, out_dir: str | os.PathLike, sp
         if rat.exists() and summ.exists():
             old = read_json(summ)
             if old.get("settings") == settings and old.get("failed_requests", 0) == 0:
-                print(f"[sert] teach: {rat} exists ({old['kept']} kept of {old['total']}); skipped")
+                log.info(f"teach: {rat} exists ({old['kept']} kept of {old['total']}); skipped")
                 return rat
         examples = t.examples(split, limit)
         found, failed = teacher_rationales(t, teacher, examples, cfg, out)
@@ -224,9 +227,9 @@ def run_teach(task: str | Task, cfg: TeachConfig, out_dir: str | os.PathLike, sp
             "config": to_dict(cfg) | {"base_url": _safe_url(cfg.base_url)},
         }
         atomic_write_json(summ, summary)
-    msg = f"[sert] teach: kept {len(kept)} of {len(examples)} ({n_correct} correct, {len(recs)} with a rationale"
+    msg = f"teach: kept {len(kept)} of {len(examples)} ({n_correct} correct, {len(recs)} with a rationale"
     msg += f", {failed} failed requests: rerun to retry them)" if failed else ")"
-    print(msg)
+    log.info(msg)
     return rat
 
 
