@@ -1,8 +1,10 @@
 """Independent recount (no sert import) of a seed_method_demo run: accuracy from the raw outputs with
 this script's own answer reader, and answer consistency with its own reading (the final letter is the
 option whose text the output names last, matched case-insensitively as a whole phrase; outputs naming no
-option text are not checkable). Usage: python3 notes/seed_method/indep_demo.py RUN_DIR"""
+option text are not checkable). Usage: python3 notes/seed_method/indep_demo.py RUN_DIR
+(a run directory, or notes/seed_method/demo_run where the predictions are stored as .jsonl.xz)"""
 import json
+import lzma
 import re
 import sys
 from pathlib import Path
@@ -10,7 +12,9 @@ from pathlib import Path
 run = Path(sys.argv[1])
 print(f"{'arm':16} {'n':>3} {'acc sert':>8} {'acc here':>8} {'cons sert':>9} {'cons here':>9} {'checkable':>9}")
 for d in sorted((run / "eval").iterdir()):
-    recs = [json.loads(x) for x in (d / "predictions.jsonl").read_text().splitlines() if x.strip()]
+    p = d / "predictions.jsonl"
+    text = p.read_text() if p.exists() else lzma.open(p.with_suffix(".jsonl.xz"), "rt").read()
+    recs = [json.loads(x) for x in text.splitlines() if x.strip()]
     m = json.loads((d / "metrics.json").read_text())
     right = cons = checkable = 0
     for r in recs:
