@@ -214,6 +214,80 @@ def _records(tokenizer, exs, cfg: MineConfig, branch, branch_lp, toks, lps, marg
     return result
 
 
+@dataclasses.dataclass
+class _Paths:
+    """The decoded rows of a chunk: per row its tokens, their log-probs and margins, how many tokens
+    it keeps and whether it ended on EOS."""
+    toks: object
+    lps: object
+    margins: object
+    length: object
+    finish_eos: object
+
+    @classmethod
+    def start(cls, first, first_lp, first_margin, T: int, device) -> "_Paths":
+        """Buffers of ``T`` tokens per row, the branch token (its log-prob and margin) at step 0."""
+        import torch
+
+        R = len(first)
+        p = cls(torch.zeros((R, T), dtype=torch.long, device=device),
+                torch.zeros((R, T), dtype=torch.float32, device=device),
+                torch.zeros((R, T), dtype=torch.float32, device=device),
+                torch.full((R,), T, dtype=torch.long, device=device),   # tokens kept per row
+                torch.zeros(R, dtype=torch.bool, device=device))
+        p.toks[:, 0] = first
+        p.lps[:, 0] = first_lp
+        p.margins[:, 0] = first_margin
+        return p
+
+    def keep(self, t: int, rows, done, nxt, lp, mg, eos_t):
+        """Step ``t``'s token of every live row (batch row -> original row ``rows``); a row that drew
+        EOS ends with ``t`` tokens. Returns the rows done after this step."""
+        import torch
+
+        live = ~done
+        hit = live & torch.isin(nxt, eos_t)
+        write = live & ~hit
+        r_w = rows[write]
+        self.toks[r_w, t] = nxt[write]
+        self.lps[r_w, t] = lp[write]
+        self.margins[r_w, t] = mg[write]
+        r_h = rows[hit]
+        self.length[r_h] = t
+        self.finish_eos[r_h] = True
+        return done | hit
+
+
+def _question_generators(exs, cfg: MineConfig, device) -> list:
+    """One generator per question, seeded from the run's seed and the question's id."""
+    import torch
+
+    gens = []
+    for e in exs:
+        g = torch.Generator(device=device)
+        g.manual_seed(question_seed(cfg.seed, e.id))
+        gens.append(g)
+    return gens
+
+
+def _forward_step(model, cur, mask, next_pos, cache_kw: str, cache):
+    """One token per batch row through the model (the cache grows in place): the next token's logits, float."""
+    out = model(input_ids=cur.unsqueeze(-1), attention_mask=mask, position_ids=next_pos.unsqueeze(-1),
+                use_cache=True, **{cache_kw: cache})
+    return out.logits[:, -1, :].float()
+
+
+def _pick(logits, cfg: MineConfig, u):
+    """The next token of each row (:func:`_next_tokens`), its log-prob and the top-2 probability margin."""
+    import torch
+
+    lse = torch.logsumexp(logits, dim=-1)
+    nxt, top2v = _next_tokens(logits, cfg, u)
+    lp = logits.gather(-1, nxt.unsqueeze(-1)).squeeze(-1) - lse
+    mg = torch.exp(top2v[:, 0] - lse) - torch.exp(top2v[:, 1] - lse)
+    return nxt, lp, mg
+
+
 def _decode_chunk(model, tokenizer, exs, enc: list[list[int]], cfg: MineConfig, eos: list[int]
                   ) -> dict[str, list[dict]]:
     """Mine all paths of a few questions (prompt ids ``enc``) in one batch: one prefill, then one
@@ -233,64 +307,36 @@ def _decode_chunk(model, tokenizer, exs, enc: list[list[int]], cfg: MineConfig, 
     mask = mask.repeat_interleave(m, dim=0)
     next_pos = pos[:, -1].repeat_interleave(m) + 1                  # position of the token fed next
     cur = branch.repeat_interleave(N, dim=1).reshape(R)             # row r: question r//m, branch (r%m)//N
-
-    toks = torch.zeros((R, T), dtype=torch.long, device=device)
-    lps = torch.zeros((R, T), dtype=torch.float32, device=device)
-    margins = torch.zeros((R, T), dtype=torch.float32, device=device)
-    toks[:, 0] = cur
-    lps[:, 0] = branch_lp.repeat_interleave(N, dim=1).reshape(R)
-    margins[:, 0] = margin0.repeat_interleave(m)
-    length = torch.full((R,), T, dtype=torch.long, device=device)  # tokens kept per row
-    finish_eos = torch.zeros(R, dtype=torch.bool, device=device)
-
-    gens = []
-    if not greedy:
-        for e in exs:
-            g = torch.Generator(device=device)
-            g.manual_seed(question_seed(cfg.seed, e.id))
-            gens.append(g)
+    paths = _Paths.start(cur, branch_lp.repeat_interleave(N, dim=1).reshape(R), margin0.repeat_interleave(m), T,
+                         device)
+    gens = [] if greedy else _question_generators(exs, cfg, device)
 
     rows = torch.arange(R, device=device)                           # original row of each batch row
     rows_h = torch.arange(R)                                        # the same, on the host
     done = torch.isin(cur, eos_t)                                   # branch token is EOS: empty path
-    length[done] = 0
-    finish_eos |= done
+    paths.length[done] = 0
+    paths.finish_eos |= done
     for t in range(1, T):
         done_h = done.cpu()                                         # the one host sync per step
         n_done = int(done_h.sum())
         if n_done == len(done_h):
             break
-        if n_done and n_done >= _COMPACT_SHARE * len(done_h):
+        if n_done and n_done >= _COMPACT_SHARE * len(done_h):       # drop the finished rows from the batch
             keep = (~done).nonzero().squeeze(-1)
             cache.batch_select_indices(keep)
             rows, cur, mask, next_pos = rows[keep], cur[keep], mask[keep], next_pos[keep]
             rows_h = rows_h[~done_h]
             done, done_h = done[keep], done_h[~done_h]
         mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
-        out = model(input_ids=cur.unsqueeze(-1), attention_mask=mask, position_ids=next_pos.unsqueeze(-1),
-                    use_cache=True, **{cache_kw: cache})
-        logits = out.logits[:, -1, :].float()
-        del out
-        lse = torch.logsumexp(logits, dim=-1)
+        logits = _forward_step(model, cur, mask, next_pos, cache_kw, cache)
         u = None if greedy else _uniforms(gens, rows, rows_h[~done_h] // m, (B, m), device)
-        nxt, top2v = _next_tokens(logits, cfg, u)
-        lp = logits.gather(-1, nxt.unsqueeze(-1)).squeeze(-1) - lse
-        mg = torch.exp(top2v[:, 0] - lse) - torch.exp(top2v[:, 1] - lse)
-        live = ~done
-        hit = live & torch.isin(nxt, eos_t)
-        write = live & ~hit
-        r_w = rows[write]
-        toks[r_w, t] = nxt[write]
-        lps[r_w, t] = lp[write]
-        margins[r_w, t] = mg[write]
-        r_h = rows[hit]
-        length[r_h] = t
-        finish_eos[r_h] = True
-        done = done | hit
+        nxt, lp, mg = _pick(logits, cfg, u)
+        done = paths.keep(t, rows, done, nxt, lp, mg, eos_t)
         cur = torch.where(done, torch.full_like(nxt, pad), nxt)
         next_pos = next_pos + 1
     del cache
-    return _records(tokenizer, exs, cfg, branch, branch_lp, toks, lps, margins, length, finish_eos)
+    return _records(tokenizer, exs, cfg, branch, branch_lp, paths.toks, paths.lps, paths.margins, paths.length,
+                    paths.finish_eos)
 
 
 # ------------------------------------------------------------------ library API
