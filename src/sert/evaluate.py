@@ -31,6 +31,7 @@ from .io import JsonlLog, RunLock, atomic_write_json, atomic_write_jsonl, ensure
 from .metrics import SEVERE_REP4, bootstrap_ci, class_balance, format_issues, rep_n
 from .tasks import Example, load_examples
 from .templates import ANSWER_PHRASE, COT_TRIGGER, STOP_STRINGS, train_prompt
+from .train import TRAINING_INFO, longest_training_completion  # noqa: F401 - TRAINING_INFO re-exported
 
 
 def generate_greedy(model, tokenizer, prompts: Sequence[str], batch_size: int = 32, max_new_tokens: int = 128,
@@ -266,19 +267,6 @@ def _warn_long(e: Example, n: int, kept: int, max_new: int) -> None:
     where = e.source or f"id {e.id}"
     print(f"sert: warning: {where}: prompt of {n} tokens does not fit the model's context with "
           f"{max_new} new tokens; kept its last {kept} tokens", file=sys.stderr, flush=True)
-
-
-TRAINING_INFO = "sert_training.json"  # written by sert.train into every checkpoint it saves
-
-
-def longest_training_completion(model_name: str) -> int | None:
-    """The longest completion (student tokens, answer phrase and EOS included) that the checkpoint
-    ``model_name`` was ever trained on by sert, its ancestors' included; None if sert did not train it."""
-    p = Path(str(model_name)) / TRAINING_INFO
-    if not p.is_file():
-        return None
-    v = read_json(p).get("max_completion_tokens")
-    return int(v) if isinstance(v, int) else None
 
 
 def resolve_budget(cfg: EvalConfig, longest: int | None, label: str | None = None) -> dict:

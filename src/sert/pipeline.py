@@ -49,7 +49,7 @@ from .arms import (PAPER_ARMS, Source, arm_identity, arm_sources, arm_table, cur
 from .config import FilterConfig, RunConfig, TrainConfig, check, from_dict, load_yaml, to_dict
 from .errors import SertError, did_you_mean
 from .identity import refuse_other
-from .evaluate import longest_training_completion, resolve_budget, run_eval
+from .evaluate import resolve_budget, run_eval
 from .filters import run_filter
 from .io import RunLock, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from .judge import run_judge
@@ -58,7 +58,7 @@ from .models import check_model
 from .report import write_report
 from .tasks import get_task
 from .teach import resolve_teacher, run_teach
-from .train import check_report_to, run_train
+from .train import check_report_to, longest_training_completion, run_train
 from .version import __version__
 from .log import get as _get_logger
 

@@ -63,6 +63,7 @@ STAGES = ("finetune", "self", "distill", "joint")
 STAGE_FILES = {"self": "selected.jsonl", "distill": "rationales.jsonl"}
 _FIELDS = {"finetune": ("question", "answer"), "self": ("question", "answer", "path"),
            "distill": ("question", "answer", "rationale")}
+TRAINING_INFO = "sert_training.json"  # written into every checkpoint this module saves; read by sert.evaluate
 
 
 # ------------------------------------------------------------------ data
@@ -633,7 +634,6 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     run (arguments, callbacks), then the summary and the final write."""
     import torch
 
-    from .evaluate import longest_training_completion
     from .models import load_tokenizer, resolve_model
 
     final = out / "final"
@@ -716,6 +716,17 @@ def _weight_summary(feats: list[dict]) -> dict:
             for src in sorted({f.get("source", "self") for f in feats})}
 
 
+def longest_training_completion(model_name: str) -> int | None:
+    """The longest completion (student tokens, answer phrase and EOS included) that the checkpoint
+    ``model_name`` was ever trained on by sert, its ancestors' included (its :data:`TRAINING_INFO`);
+    None if sert did not train it. Evaluation sizes its generation budget from it."""
+    p = Path(str(model_name)) / TRAINING_INFO
+    if not p.is_file():
+        return None
+    v = read_json(p).get("max_completion_tokens")
+    return int(v) if isinstance(v, int) else None
+
+
 def snapshot_dir(out: Path, epoch: int) -> Path:
     """Where the model at the end of ``epoch`` is kept (``train.eval_epochs``)."""
     return Path(out) / f"epoch-{int(epoch)}"
@@ -754,8 +765,6 @@ def _epoch_snapshots(out: Path, cfg: TrainConfig, tok, info: dict):
 
 
 def _write_snapshot(d: Path, trained, tok, info: dict) -> None:
-    from .evaluate import TRAINING_INFO
-
     tmp = Path(tempfile.mkdtemp(prefix=".snap-tmp-", dir=d.parent))
     use_cache = trained.config.use_cache
     try:
@@ -941,8 +950,6 @@ def _trained_model(trainer, cfg: TrainConfig):
 def _write_final(out: Path, trained, tok, card: dict, info: dict, summary: dict) -> None:
     """Write ``out/final`` (weights, tokenizer, model card, sert_training.json) into a temp directory,
     then the summary, then rename: ``final/`` exists only complete and marks the run done."""
-    from .evaluate import TRAINING_INFO
-
     tmp = Path(tempfile.mkdtemp(prefix=".final-tmp-", dir=out))
     try:
         trained.save_pretrained(tmp)
