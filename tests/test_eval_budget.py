@@ -180,7 +180,7 @@ def test_train_cuts_examples_to_the_model_context_instead_of_crashing(short_cont
                         "--device", "cpu", "--dtype", "float32"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-1500:]
     assert "train.max_length 512 exceeds the model's context (64 positions)" in r.stderr
-    assert "1 of 3 examples exceed max_length=64" in r.stdout
+    assert "1 of 3 examples exceed max_length=64" in r.stderr
     assert (tmp_path / "tr" / "final" / "config.json").exists()
 
 
