@@ -58,12 +58,18 @@ from .config import MineConfig, check
 from .errors import SertError
 from .identity import refuse_other
 from .io import JsonlLog, RunLock, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from .log import get as _get_logger
+from .models import fit_rows, resolve_model
 from .sampling import (draw, path_record, paths_per_question, question_seed, samples_per_branch, settings_key,
                        truncated_probs)
+from .tasks import load_examples
 from .templates import mining_prompt
 from .tokens import context_length, encode_prompt, eos_token_ids, fit_prompt, n_special_prefix
-from .log import get as _get_logger
+from .version import __version__
+from .vllm_backend import load as load_generator  # = load_model unless vLLM serves (CUDA); vllm loads there
 
+# torch and tqdm are imported inside the functions that decode: `sert --help` and the stages that do
+# not mine import this module, and must not wait seconds for them.
 log = _get_logger(__name__)
 
 PATHS_FILE = "paths.jsonl"
@@ -443,8 +449,6 @@ def questions_per_batch(cfg: MineConfig, model, tokenizer, examples) -> int:
     dev = getattr(model, "device", None)
     if dev is None or getattr(dev, "type", "cpu") != "cuda":
         return 8
-    from .models import fit_rows
-
     longest = max(len(tokenizer(mining_prompt(e.question, cfg.prompt))["input_ids"]) for e in examples)
     free, _ = torch.cuda.mem_get_info(dev)
     rows = fit_rows(model.config, longest + cfg.max_new_tokens, model.dtype.itemsize, free)
@@ -466,10 +470,6 @@ def mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool =
 def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str | None = None,
              dtype: str | None = None, progress: bool = True) -> Path:
     """``sert mine``: load task and model, mine into ``out_dir/paths.jsonl``, write ``mine_meta.json``."""
-    from .version import __version__
-    from .models import resolve_model
-    from .tasks import load_examples
-
     check(cfg)
     examples = load_examples(task, cfg.split, cfg.limit)
     out = Path(out_dir)  # RunLock creates it (and removes it again if this fails before any output)
@@ -489,7 +489,6 @@ def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str |
         meta = {"stage": "mine", "status": "running", "model": model_name, "task": task, "settings": settings,
                 "sert_version": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "history": history}
         t0 = time.perf_counter()
-        from .vllm_backend import load as load_generator  # = load_model unless vLLM serves (CUDA)
         model, tok, place = load_generator(model_name, device, dtype)
         load_s = time.perf_counter() - t0
         model_context(model, tok, cfg)  # a max_new_tokens that fills the context is refused here
