@@ -413,7 +413,6 @@ def check_report_to(report_to: str) -> list[str]:
     installed, is refused in one line (checked before anything runs: by run_train and sert run)."""
     from transformers.integrations import integration_utils as iu
 
-
     names = [n.strip() for n in str(report_to).split(",") if n.strip() not in ("", "none")]
     unknown = [n for n in names if n not in iu.INTEGRATION_TO_CALLBACK]
     if unknown:
@@ -615,7 +614,6 @@ def _fit_max_length(model_name: str, max_length: int) -> int:
     """``train.max_length``, or the model's context when that is shorter (positions beyond it do not
     exist: an over-long example would end in an IndexError inside the model), with a warning."""
     from transformers import AutoConfig
-
 
     try:
         ctx = context_length(AutoConfig.from_pretrained(resolve_model(model_name)))
