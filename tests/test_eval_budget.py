@@ -134,9 +134,9 @@ def test_two_seeds_auto_budget_and_budget_change_redoes_evals(tiny_dir, tmp_path
     err = capsys.readouterr().err
     for inst in ("rd", "sert_rd", "rd-s2", "sert_rd-s2"):
         assert err.count(f"arm {inst} was trained on") == 1  # the budget is resolved once per stage
+        assert json.loads((run / "eval" / inst / "metrics.json").read_text())["max_new_tokens"] == 5
     warned = [ln for ln in err.splitlines() if "was trained on" in ln]
     assert warned and all("longest completion arm " in ln for ln in warned)  # none again from the evaluation
-        assert json.loads((run / "eval" / inst / "metrics.json").read_text())["max_new_tokens"] == 5
     # and the same budget again skips everything
     res3 = run_experiment(load_run_config(_config(tmp_path, tiny_dir, max_new_tokens=5)), progress=False)
     assert all(v["action"] == "skipped" for v in res3["stages"].values())
