@@ -1,7 +1,8 @@
 """The package's shape: no import circle among sert's modules, the command layer on top (no
 stage module imports it), the tools (``sert.tools``: the benchmark) apart from the stages (no stage
-module imports them; they use only the stages' public names), and every config field's help
-(meaning, paper value or our decision) reaching ``sert <command> --help``."""
+module imports them; they use only the stages' public names), no function longer than
+:data:`MAX_FUNCTION_LINES`, and every config field's help (meaning, paper value or our decision)
+reaching ``sert <command> --help``."""
 from __future__ import annotations
 
 import ast
@@ -16,6 +17,7 @@ from sert import config
 SRC = Path(sert.__file__).parent
 COMMAND_LAYER = {"sert.cli", "sert.commands"}
 TOOLS = "sert.tools"
+MAX_FUNCTION_LINES = 70  # issue 27: a function reads as one screen of named steps
 
 
 def module_name(path: Path) -> str:
@@ -27,8 +29,13 @@ def sert_imports(path: Path, modules: set[str]) -> set[str]:
     """The sert modules ``path`` imports anywhere (module level or inside functions)."""
     me = module_name(path)
     package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    return imports_in(path.read_text(encoding="utf-8"), package, modules) - {me}
+
+
+def imports_in(source: str, package: str, modules: set[str]) -> set[str]:
+    """The ``modules`` that ``source`` (a module of ``package``) imports, at its top or inside functions."""
     out = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name in modules}
         elif isinstance(node, ast.ImportFrom):
@@ -37,7 +44,7 @@ def sert_imports(path: Path, modules: set[str]) -> set[str]:
             target = ".".join(base + ([node.module] if node.module else []))
             subs = {f"{target}.{a.name}" for a in node.names} & modules
             out |= subs or ({target} & modules)
-    return out - {me}
+    return out
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -69,8 +76,11 @@ def test_the_graph_reader_sees_a_circle_and_lazy_imports(tmp_path):
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
     g = import_graph()
-    assert "sert.sampling" in g["sert.mine"] and "sert.vllm_backend" in g["sert.mine"]  # lazy import inside run_mine
+    assert "sert.sampling" in g["sert.mine"] and "sert.vllm_backend" in g["sert.mine"]
     assert {"sert.commands", "sert.mine", "sert.config"} <= g["sert.commands.mine"]
+    mods = {"sert.models", "sert.tasks", "sert.io"}
+    lazy = "from .io import read_json\ndef f():\n    from .models import load_model\n    import sert.tasks\n"
+    assert imports_in(lazy, "sert", mods) == mods
 
 
 def test_no_import_circle_among_sert_modules():
@@ -166,3 +176,40 @@ def test_help_shows_each_option_s_meaning_and_paper_value(command, flag, capsys,
         main([command, "--help"])
     assert e.value.code == 0
     assert flag in " ".join(capsys.readouterr().out.split())
+
+
+def long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> dict[str, int]:
+    """Every function (nested ones and methods too, by qualified name) of ``source`` longer than ``limit``
+    lines, from its ``def`` line to its last line, with its length."""
+    out: dict[str, int] = {}
+
+    def visit(node, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            name = getattr(child, "name", "")
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = child.end_lineno - child.lineno + 1
+                if n > limit:
+                    out[prefix + name] = n
+                visit(child, f"{prefix}{name}.")
+            else:
+                visit(child, f"{prefix}{name}." if isinstance(child, ast.ClassDef) else prefix)
+
+    visit(ast.parse(source), "")
+    return out
+
+
+def test_the_length_check_sees_a_long_function():
+    def fn(name: str, lines: int, indent: str = "") -> str:  # a function of exactly ``lines`` lines
+        return f"{indent}def {name}():\n" + "".join(f"{indent}    x = {i}\n" for i in range(lines - 1))
+
+    src = fn("fits", MAX_FUNCTION_LINES) + "class C:\n" + fn("long", MAX_FUNCTION_LINES + 1, "    ")
+    src += "def outer():\n" + fn("inner", MAX_FUNCTION_LINES + 5, "    ")
+    assert long_functions(src) == {"C.long": MAX_FUNCTION_LINES + 1, "outer": MAX_FUNCTION_LINES + 6,
+                                   "outer.inner": MAX_FUNCTION_LINES + 5}
+    assert long_functions(fn("fits", MAX_FUNCTION_LINES)) == {}
+
+
+def test_no_function_in_sert_is_longer_than_the_limit():
+    found = {f"{p.relative_to(SRC.parent)}:{name}": n for p in sorted(SRC.rglob("*.py"))
+             for name, n in long_functions(p.read_text(encoding="utf-8")).items()}
+    assert found == {}, f"split these into named steps (at most {MAX_FUNCTION_LINES} lines each): {found}"

@@ -57,7 +57,7 @@ def test_wheel_holds_every_package_file_and_the_licences(wheel):
     assert {"sert/assets/smollm2-135m/tokenizer.json", "sert/data/SOURCES.md",
             "sert/configs/paper/strategyqa_gpt2.yaml", "sert/configs/demo.yaml", "sert/cli.py",
             "sert/commands/__init__.py", "sert/commands/mine.py", "sert/sampling.py", "sert/tools/__init__.py",
-            "sert/tools/bench.py"} <= files
+            "sert/tools/bench/__init__.py", "sert/tools/bench/driver.py"} <= files
     assert not files - names, f"missing from the wheel: {sorted(files - names)}"
     lic = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
     assert len(lic) == 1

@@ -60,6 +60,6 @@ def test_train_killed_after_checkpoint_and_during_final_save(tiny, tmp_path, cap
 
     # 3. rerun of a finished directory: skipped, nothing rewritten
     before = tree(out)
-    rc, so, _ = sert(args(out), capsys)
-    assert rc == 0 and "skipped" in so and tree(out) == before
+    rc, _, se = sert(args(out), capsys)
+    assert rc == 0 and "skipped" in se and tree(out) == before
 

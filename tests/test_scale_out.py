@@ -58,8 +58,8 @@ def test_two_processes_train_one_writes_and_the_batch_is_the_configured_one(tiny
     curve = [c["loss"] for c in s["loss_curve"]]
     assert len(curve) == 12 and curve[-1] < curve[0] - 0.5  # it trains
     # one process wrote: one done line, each step logged once, no second copy or torn temp files
-    assert r.stdout.count("[sert] train: done") == 1
-    assert r.stdout.count("[sert] train: step 12/12") == 1
+    assert r.stderr.count("[sert] train: done") == 1
+    assert r.stderr.count("[sert] train: step 12/12") == 1
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".sert.lock")) == \
         ["checkpoints", "final", "train_config.json", "train_summary.json"]
     assert not list(out.rglob("*.tmp")) and not list(out.glob(".final-tmp-*"))

@@ -119,7 +119,7 @@ def test_joint_training_reads_each_file_as_its_own_stage(tiny_dir, tmp_path, one
 
 # ------------------------------------------------------------------ learning curves
 def test_epoch_snapshot_is_the_model_a_shorter_run_gives(tiny_dir, tmp_path, one_thread):
-    from sert.evaluate import TRAINING_INFO
+    from sert.train import TRAINING_INFO
 
     recs = RECORDS * 2
     base = dict(batch_size=4, max_length=128, learning_rate=1e-3, logging_steps=1, lr_scheduler="constant")

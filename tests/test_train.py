@@ -217,9 +217,10 @@ def test_resume_continues_and_finished_run_is_skipped(tiny, sqa_self_records, tm
             "--device", "cpu", "--epochs", "2", "--batch-size", "4", "--save-total-limit", "2",
             "--logging-steps", "1"]
     assert main(argv) == 0
-    printed = capsys.readouterr().out
-    # one readable line per logged step (logging_steps 1, 2 epochs of one batch), no raw Trainer dicts
-    assert "[sert] train: step 1/2 (epoch 1.00) loss " in printed and "[sert] train: step 2/2" in printed
+    cap = capsys.readouterr()
+    printed = cap.out + cap.err
+    # one readable log line per logged step (logging_steps 1, 2 epochs of one batch), no raw Trainer dicts
+    assert "[sert] train: step 1/2 (epoch 1.00) loss " in cap.err and "[sert] train: step 2/2" in cap.err
     assert "{'loss'" not in printed and "'grad_norm'" not in printed
     full = _params(out / "final")
     # simulate a run killed after the epoch-1 checkpoint
@@ -227,7 +228,7 @@ def test_resume_continues_and_finished_run_is_skipped(tiny, sqa_self_records, tm
     shutil.rmtree(out / "checkpoints/checkpoint-2")
     (out / "train_summary.json").unlink()
     assert main(argv + ["--resume"]) == 0
-    assert "resuming from" in capsys.readouterr().out
+    assert "resuming from" in capsys.readouterr().err
     s = json.loads((out / "train_summary.json").read_text())
     assert s["resumed_from"].endswith("checkpoint-1") and s["steps"] == 2
     assert [c["step"] for c in s["loss_curve"]] == [1, 2]  # the curve spans both sessions
@@ -235,7 +236,7 @@ def test_resume_continues_and_finished_run_is_skipped(tiny, sqa_self_records, tm
     assert all(torch.allclose(full[k], resumed[k], atol=1e-6) for k in full)  # same as uninterrupted
     mtime = (out / "final/model.safetensors").stat().st_mtime
     assert main(argv) == 0
-    assert "skipped" in capsys.readouterr().out
+    assert "skipped" in capsys.readouterr().err
     assert (out / "final/model.safetensors").stat().st_mtime == mtime
     # a different setting in the same directory is refused, not silently mixed
     shutil.rmtree(out / "final")

@@ -1,8 +1,8 @@
 """The ``sert`` command: parse, configure logging (:mod:`sert.log`: ``-q``/``-v``), call the library, print.
 
-The sub-commands live in :mod:`sert.commands` (one module per stage, on top of the
-library; no stage module imports the command layer). Heavy imports (torch, transformers)
-happen inside the commands so ``sert --help`` is instant. A :class:`~sert.errors.SertError`
+The sub-commands live in :mod:`sert.commands` (one module per command, named after it, on top
+of the library; no stage module imports the command layer). Heavy imports (torch, transformers)
+happen inside the library functions that need them, so ``sert --help`` is instant. A :class:`~sert.errors.SertError`
 becomes one line on stderr and its exit status (2, or 1 for faults that are not the user's);
 so does a fault of the environment (:func:`sert.errors.environment_error`: a full disk, a
 permission, a corrupt file, ...), never a traceback.
@@ -17,13 +17,12 @@ from .commands import COMMAND_MODULES, OneLineParser
 from .errors import SertError, environment_error
 from .log import configure as configure_logging
 from .log import restore as restore_logging
+from .version import __version__
 
 __all__ = ["OneLineParser", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .version import __version__
-
     p = OneLineParser(prog="sert", description="Self-Enhanced Reasoning Training (SERT) for small causal LMs.")
     p.add_argument("--version", action="version", version=f"sert {__version__}")
     p.add_argument("-q", "--quiet", dest="log_quiet", action="store_true",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .arms import check_arms
 from .errors import SertError, did_you_mean
 from .io import reads_utf8
 
@@ -346,8 +347,6 @@ class RunConfig:
     judge: JudgeConfig = opt(help="judge settings", factory=JudgeConfig)
 
     def validate(self) -> list[str]:
-        from .arms import check_arms
-
         e = check_arms(self.arms, self.arm_specs)
         if not self.arms:
             e.append("arms: expected at least one arm (e.g. [base, finetune, rd, sert, sert_rd]), got []")

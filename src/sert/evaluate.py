@@ -18,6 +18,7 @@ import contextlib
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,9 +29,18 @@ from .config import EvalConfig
 from .errors import SertError
 from .identity import refuse_other
 from .io import JsonlLog, RunLock, atomic_write_json, atomic_write_jsonl, ensure_dir, read_json, read_jsonl
+from .log import get as _get_logger
 from .metrics import SEVERE_REP4, bootstrap_ci, class_balance, format_issues, rep_n
+from .openai_client import coverage, format_judge, make_judge
 from .tasks import Example, load_examples
 from .templates import ANSWER_PHRASE, COT_TRIGGER, STOP_STRINGS, train_prompt
+from .train import TRAINING_INFO, longest_training_completion  # noqa: F401 - TRAINING_INFO re-exported
+from .version import __version__
+from .vllm_backend import load as load_generator  # = load_model unless vLLM serves (CUDA); vllm itself loads there
+
+# torch, transformers and tqdm are imported inside the functions that decode: `sert --help` and the
+# stages that do not generate import this module, and must not wait seconds for them.
+log = _get_logger(__name__)
 
 
 def generate_greedy(model, tokenizer, prompts: Sequence[str], batch_size: int = 32, max_new_tokens: int = 128,
@@ -180,21 +190,17 @@ def summarize(records: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dic
         m["balanced_acc"], m["balanced_acc_ci"] = cb["balanced_acc"], cb["balanced_acc_ci"]
         m["answers"] = cb["answers"]
     if any("judge" in r for r in records):  # judge = mean of the scored only, beside its coverage
-        from .openai_client import coverage
         m.update(coverage(records))
     return m
 
 
 def environment() -> dict:
-    import subprocess
-
     info = {"python": platform.python_version(), "platform": platform.platform()}
     for mod in ("torch", "transformers", "accelerate", "peft"):
         try:
             info[mod] = __import__(mod).__version__
         except Exception:  # pragma: no cover
             pass
-    from .version import __version__
     info["sert"] = __version__
     try:
         info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -264,21 +270,8 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, out
 
 def _warn_long(e: Example, n: int, kept: int, max_new: int) -> None:
     where = e.source or f"id {e.id}"
-    print(f"sert: warning: {where}: prompt of {n} tokens does not fit the model's context with "
-          f"{max_new} new tokens; kept its last {kept} tokens", file=sys.stderr, flush=True)
-
-
-TRAINING_INFO = "sert_training.json"  # written by sert.train into every checkpoint it saves
-
-
-def longest_training_completion(model_name: str) -> int | None:
-    """The longest completion (student tokens, answer phrase and EOS included) that the checkpoint
-    ``model_name`` was ever trained on by sert, its ancestors' included; None if sert did not train it."""
-    p = Path(str(model_name)) / TRAINING_INFO
-    if not p.is_file():
-        return None
-    v = read_json(p).get("max_completion_tokens")
-    return int(v) if isinstance(v, int) else None
+    log.warning(f"{where}: prompt of {n} tokens does not fit the model's context with "
+                f"{max_new} new tokens; kept its last {kept} tokens")
 
 
 def resolve_budget(cfg: EvalConfig, longest: int | None, label: str | None = None) -> dict:
@@ -294,9 +287,9 @@ def resolve_budget(cfg: EvalConfig, longest: int | None, label: str | None = Non
                 "rule": f"auto: budget_factor {cfg.budget_factor:g} x longest training completion {longest} "
                         f"+ budget_margin {cfg.budget_margin}"}
     if longest is not None and cfg.max_new_tokens < longest:
-        print(f"sert: warning: eval.max_new_tokens {cfg.max_new_tokens} is below the longest completion "
-              f"{label or 'this model'} was trained on ({longest} tokens): outputs can be cut before their answer; "
-              "use eval.max_new_tokens: auto", file=sys.stderr, flush=True)
+        log.warning(f"eval.max_new_tokens {cfg.max_new_tokens} is below the longest completion "
+                    f"{label or 'this model'} was trained on ({longest} tokens): outputs can be cut before their "
+                    "answer; use eval.max_new_tokens: auto")
     return {"max_new_tokens": cfg.max_new_tokens, "longest_training_completion": longest, "rule": "set"}
 
 
@@ -455,17 +448,21 @@ def _check_identity(out: Path, ident: dict) -> None:
 
 
 def run_eval(model_name: str, task: str, cfg: EvalConfig, out_dir: str | Path | None = None,
-             device: str | None = None, dtype: str | None = None, progress: bool = True) -> dict:
-
+             device: str | None = None, dtype: str | None = None, progress: bool = True,
+             budget: dict | None = None) -> dict:
+    """Evaluate ``model_name`` on ``task`` (``sert eval``); resumable with ``out_dir``. ``budget``: the
+    generation budget already resolved by the caller (:func:`resolve_budget`: the pipeline resolves it
+    once per stage, with the arm's name in its warning); by default resolved here from the checkpoint's
+    training record."""
     examples = load_examples(task, cfg.split, cfg.limit)
-    budget = resolve_budget(cfg, longest_training_completion(model_name), label=model_name)
+    if budget is None:
+        budget = resolve_budget(cfg, longest_training_completion(model_name), label=model_name)
     ident = _identity(model_name, task, cfg, budget["max_new_tokens"], out_dir)
     # a failure before any output removes the directory the lock made
     with RunLock(out_dir) if out_dir is not None else contextlib.nullcontext():
         if out_dir is not None:
             _check_identity(Path(out_dir), ident)
         t0 = time.time()
-        from .vllm_backend import load as load_generator  # = load_model unless vLLM serves (CUDA)
         model, tok, place = load_generator(model_name, device, dtype)
         load_s = time.time() - t0
         judge = _make_judge(cfg) if cfg.judge else None
@@ -482,10 +479,6 @@ def run_eval(model_name: str, task: str, cfg: EvalConfig, out_dir: str | Path | 
 
 def _make_judge(cfg: EvalConfig):
     """The paper's optional 0-10 LLM judge through any OpenAI-compatible endpoint."""
-    try:
-        from .openai_client import make_judge
-    except ImportError as e:  # pragma: no cover
-        raise SertError(f"eval.judge needs sert.openai_client ({e})") from None
     return make_judge(cfg.judge, cfg.judge_base_url)
 
 
@@ -494,6 +487,5 @@ def format_metrics(m: dict) -> str:
     s = (f"accuracy {100 * m['acc']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}, n={m['n']}) | "
          f"Fmt {100 * m['fmt']:.1f}% | Len {m['len']:.1f} | Rep {m['rep']:.3f}")
     if "judge" in m:
-        from .openai_client import format_judge
         s += f" | Judge {format_judge(m)}"
     return s

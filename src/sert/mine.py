@@ -58,12 +58,18 @@ from .config import MineConfig, check
 from .errors import SertError
 from .identity import refuse_other
 from .io import JsonlLog, RunLock, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from .log import get as _get_logger
+from .models import fit_rows, resolve_model
 from .sampling import (draw, path_record, paths_per_question, question_seed, samples_per_branch, settings_key,
                        truncated_probs)
+from .tasks import load_examples
 from .templates import mining_prompt
 from .tokens import context_length, encode_prompt, eos_token_ids, fit_prompt, n_special_prefix
-from .log import get as _get_logger
+from .version import __version__
+from .vllm_backend import load as load_generator  # = load_model unless vLLM serves (CUDA); vllm loads there
 
+# torch and tqdm are imported inside the functions that decode: `sert --help` and the stages that do
+# not mine import this module, and must not wait seconds for them.
 log = _get_logger(__name__)
 
 PATHS_FILE = "paths.jsonl"
@@ -214,6 +220,80 @@ def _records(tokenizer, exs, cfg: MineConfig, branch, branch_lp, toks, lps, marg
     return result
 
 
+@dataclasses.dataclass
+class _Paths:
+    """The decoded rows of a chunk: per row its tokens, their log-probs and margins, how many tokens
+    it keeps and whether it ended on EOS."""
+    toks: object
+    lps: object
+    margins: object
+    length: object
+    finish_eos: object
+
+    @classmethod
+    def start(cls, first, first_lp, first_margin, T: int, device) -> "_Paths":
+        """Buffers of ``T`` tokens per row, the branch token (its log-prob and margin) at step 0."""
+        import torch
+
+        R = len(first)
+        p = cls(torch.zeros((R, T), dtype=torch.long, device=device),
+                torch.zeros((R, T), dtype=torch.float32, device=device),
+                torch.zeros((R, T), dtype=torch.float32, device=device),
+                torch.full((R,), T, dtype=torch.long, device=device),   # tokens kept per row
+                torch.zeros(R, dtype=torch.bool, device=device))
+        p.toks[:, 0] = first
+        p.lps[:, 0] = first_lp
+        p.margins[:, 0] = first_margin
+        return p
+
+    def keep(self, t: int, rows, done, nxt, lp, mg, eos_t):
+        """Step ``t``'s token of every live row (batch row -> original row ``rows``); a row that drew
+        EOS ends with ``t`` tokens. Returns the rows done after this step."""
+        import torch
+
+        live = ~done
+        hit = live & torch.isin(nxt, eos_t)
+        write = live & ~hit
+        r_w = rows[write]
+        self.toks[r_w, t] = nxt[write]
+        self.lps[r_w, t] = lp[write]
+        self.margins[r_w, t] = mg[write]
+        r_h = rows[hit]
+        self.length[r_h] = t
+        self.finish_eos[r_h] = True
+        return done | hit
+
+
+def _question_generators(exs, cfg: MineConfig, device) -> list:
+    """One generator per question, seeded from the run's seed and the question's id."""
+    import torch
+
+    gens = []
+    for e in exs:
+        g = torch.Generator(device=device)
+        g.manual_seed(question_seed(cfg.seed, e.id))
+        gens.append(g)
+    return gens
+
+
+def _forward_step(model, cur, mask, next_pos, cache_kw: str, cache):
+    """One token per batch row through the model (the cache grows in place): the next token's logits, float."""
+    out = model(input_ids=cur.unsqueeze(-1), attention_mask=mask, position_ids=next_pos.unsqueeze(-1),
+                use_cache=True, **{cache_kw: cache})
+    return out.logits[:, -1, :].float()
+
+
+def _pick(logits, cfg: MineConfig, u):
+    """The next token of each row (:func:`_next_tokens`), its log-prob and the top-2 probability margin."""
+    import torch
+
+    lse = torch.logsumexp(logits, dim=-1)
+    nxt, top2v = _next_tokens(logits, cfg, u)
+    lp = logits.gather(-1, nxt.unsqueeze(-1)).squeeze(-1) - lse
+    mg = torch.exp(top2v[:, 0] - lse) - torch.exp(top2v[:, 1] - lse)
+    return nxt, lp, mg
+
+
 def _decode_chunk(model, tokenizer, exs, enc: list[list[int]], cfg: MineConfig, eos: list[int]
                   ) -> dict[str, list[dict]]:
     """Mine all paths of a few questions (prompt ids ``enc``) in one batch: one prefill, then one
@@ -233,64 +313,36 @@ def _decode_chunk(model, tokenizer, exs, enc: list[list[int]], cfg: MineConfig, 
     mask = mask.repeat_interleave(m, dim=0)
     next_pos = pos[:, -1].repeat_interleave(m) + 1                  # position of the token fed next
     cur = branch.repeat_interleave(N, dim=1).reshape(R)             # row r: question r//m, branch (r%m)//N
-
-    toks = torch.zeros((R, T), dtype=torch.long, device=device)
-    lps = torch.zeros((R, T), dtype=torch.float32, device=device)
-    margins = torch.zeros((R, T), dtype=torch.float32, device=device)
-    toks[:, 0] = cur
-    lps[:, 0] = branch_lp.repeat_interleave(N, dim=1).reshape(R)
-    margins[:, 0] = margin0.repeat_interleave(m)
-    length = torch.full((R,), T, dtype=torch.long, device=device)  # tokens kept per row
-    finish_eos = torch.zeros(R, dtype=torch.bool, device=device)
-
-    gens = []
-    if not greedy:
-        for e in exs:
-            g = torch.Generator(device=device)
-            g.manual_seed(question_seed(cfg.seed, e.id))
-            gens.append(g)
+    paths = _Paths.start(cur, branch_lp.repeat_interleave(N, dim=1).reshape(R), margin0.repeat_interleave(m), T,
+                         device)
+    gens = [] if greedy else _question_generators(exs, cfg, device)
 
     rows = torch.arange(R, device=device)                           # original row of each batch row
     rows_h = torch.arange(R)                                        # the same, on the host
     done = torch.isin(cur, eos_t)                                   # branch token is EOS: empty path
-    length[done] = 0
-    finish_eos |= done
+    paths.length[done] = 0
+    paths.finish_eos |= done
     for t in range(1, T):
         done_h = done.cpu()                                         # the one host sync per step
         n_done = int(done_h.sum())
         if n_done == len(done_h):
             break
-        if n_done and n_done >= _COMPACT_SHARE * len(done_h):
+        if n_done and n_done >= _COMPACT_SHARE * len(done_h):       # drop the finished rows from the batch
             keep = (~done).nonzero().squeeze(-1)
             cache.batch_select_indices(keep)
             rows, cur, mask, next_pos = rows[keep], cur[keep], mask[keep], next_pos[keep]
             rows_h = rows_h[~done_h]
             done, done_h = done[keep], done_h[~done_h]
         mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
-        out = model(input_ids=cur.unsqueeze(-1), attention_mask=mask, position_ids=next_pos.unsqueeze(-1),
-                    use_cache=True, **{cache_kw: cache})
-        logits = out.logits[:, -1, :].float()
-        del out
-        lse = torch.logsumexp(logits, dim=-1)
+        logits = _forward_step(model, cur, mask, next_pos, cache_kw, cache)
         u = None if greedy else _uniforms(gens, rows, rows_h[~done_h] // m, (B, m), device)
-        nxt, top2v = _next_tokens(logits, cfg, u)
-        lp = logits.gather(-1, nxt.unsqueeze(-1)).squeeze(-1) - lse
-        mg = torch.exp(top2v[:, 0] - lse) - torch.exp(top2v[:, 1] - lse)
-        live = ~done
-        hit = live & torch.isin(nxt, eos_t)
-        write = live & ~hit
-        r_w = rows[write]
-        toks[r_w, t] = nxt[write]
-        lps[r_w, t] = lp[write]
-        margins[r_w, t] = mg[write]
-        r_h = rows[hit]
-        length[r_h] = t
-        finish_eos[r_h] = True
-        done = done | hit
+        nxt, lp, mg = _pick(logits, cfg, u)
+        done = paths.keep(t, rows, done, nxt, lp, mg, eos_t)
         cur = torch.where(done, torch.full_like(nxt, pad), nxt)
         next_pos = next_pos + 1
     del cache
-    return _records(tokenizer, exs, cfg, branch, branch_lp, toks, lps, margins, length, finish_eos)
+    return _records(tokenizer, exs, cfg, branch, branch_lp, paths.toks, paths.lps, paths.margins, paths.length,
+                    paths.finish_eos)
 
 
 # ------------------------------------------------------------------ library API
@@ -397,8 +449,6 @@ def questions_per_batch(cfg: MineConfig, model, tokenizer, examples) -> int:
     dev = getattr(model, "device", None)
     if dev is None or getattr(dev, "type", "cpu") != "cuda":
         return 8
-    from .models import fit_rows
-
     longest = max(len(tokenizer(mining_prompt(e.question, cfg.prompt))["input_ids"]) for e in examples)
     free, _ = torch.cuda.mem_get_info(dev)
     rows = fit_rows(model.config, longest + cfg.max_new_tokens, model.dtype.itemsize, free)
@@ -420,10 +470,6 @@ def mine(model, tokenizer, examples, cfg: MineConfig, out_path, progress: bool =
 def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str | None = None,
              dtype: str | None = None, progress: bool = True) -> Path:
     """``sert mine``: load task and model, mine into ``out_dir/paths.jsonl``, write ``mine_meta.json``."""
-    from .version import __version__
-    from .models import resolve_model
-    from .tasks import load_examples
-
     check(cfg)
     examples = load_examples(task, cfg.split, cfg.limit)
     out = Path(out_dir)  # RunLock creates it (and removes it again if this fails before any output)
@@ -443,7 +489,6 @@ def run_mine(model_name: str, task: str, cfg: MineConfig, out_dir, device: str |
         meta = {"stage": "mine", "status": "running", "model": model_name, "task": task, "settings": settings,
                 "sert_version": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "history": history}
         t0 = time.perf_counter()
-        from .vllm_backend import load as load_generator  # = load_model unless vLLM serves (CUDA)
         model, tok, place = load_generator(model_name, device, dtype)
         load_s = time.perf_counter() - t0
         model_context(model, tok, cfg)  # a max_new_tokens that fills the context is refused here

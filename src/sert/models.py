@@ -21,7 +21,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import DEVICE_RE
 from .errors import SertError
+from .io import atomic_write_json
 from .log import get as _get_logger
 
 log = _get_logger(__name__)
@@ -205,8 +207,6 @@ def pick_placement(device: str | None = None, dtype: str | None = None) -> Place
 
     import re
 
-    from .config import DEVICE_RE
-
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if not re.fullmatch(DEVICE_RE, device):
@@ -279,7 +279,6 @@ def cpu_auto_dtype() -> tuple[str, str]:
         ratio = probe_bf16_speedup()
         known[key] = {"ratio": round(ratio, 2), "units": units, "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
         try:
-            from .io import atomic_write_json
             cache.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(cache, known)
         except OSError:

@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 from .errors import SertError
 from .io import JsonlLog, read_jsonl
 from .log import get as _get_logger
+from .models import cache_root
 
 log = _get_logger(__name__)
 
@@ -392,7 +393,6 @@ class Judge:
     def __init__(self, model: str, base_url: str | None = None, cache_path: str | os.PathLike | None = None,
                  concurrency: int = 8, max_retries: int = 6, timeout: float = 60.0, logprobs: bool = True):
         if cache_path is None:
-            from .models import cache_root
             cache_path = cache_root() / "judge" / "cache.jsonl"
         self.opts = dict(base_url=base_url, cache_path=cache_path, concurrency=concurrency,
                          max_retries=max_retries, timeout=timeout)

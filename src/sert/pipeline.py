@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import hashlib
 import json
 import os
 import shlex
 import shutil
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -49,7 +49,7 @@ from .arms import (PAPER_ARMS, Source, arm_identity, arm_sources, arm_table, cur
 from .config import FilterConfig, RunConfig, TrainConfig, check, from_dict, load_yaml, to_dict
 from .errors import SertError, did_you_mean
 from .identity import refuse_other
-from .evaluate import longest_training_completion, resolve_budget, run_eval
+from .evaluate import resolve_budget, run_eval
 from .filters import run_filter
 from .io import RunLock, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from .judge import run_judge
@@ -58,7 +58,7 @@ from .models import check_model
 from .report import write_report
 from .tasks import get_task
 from .teach import resolve_teacher, run_teach
-from .train import check_report_to, run_train
+from .train import check_report_to, longest_training_completion, run_train
 from .version import __version__
 from .log import get as _get_logger
 
@@ -382,13 +382,17 @@ def eval_stage(plan: Plan, arm: str, seed: int | None = None, epoch: int | None 
             return plan.run_dir / "arms" / trained_inst / f"epoch-{epoch}"
         return _checkpoint(plan.run_dir, trained_inst)
 
-    def budget() -> dict:
-        longest = None if untrained else longest_training_completion(str(checkpoint()))
-        return resolve_budget(cfg.eval, longest, label=f"arm {name}")
+    def model_path() -> str:
+        return cfg.model if untrained else str(checkpoint())
+
+    @functools.cache
+    def budget() -> dict:  # resolved once (its warning too): for the stage's identity, then for the evaluation
+        return resolve_budget(cfg.eval, longest_training_completion(model_path()), label=f"arm {name}")
 
     def ev(resume: bool) -> dict:
-        model = cfg.model if untrained else str(checkpoint())
-        m = run_eval(model, cfg.task, cfg.eval, out, device=plan.dev, dtype=plan.dt, progress=plan.progress)
+        model = model_path()
+        m = run_eval(model, cfg.task, cfg.eval, out, device=plan.dev, dtype=plan.dt, progress=plan.progress,
+                     budget=budget())
         info = {"accuracy": f"{100 * m['acc']:.1f}%", "n": m["n"], "max_new_tokens": m["max_new_tokens"],
                 "cut": f"{100 * m['cut']:.1f}%"}
         failed = m.get("judge_failed", m["n"] - m.get("judge_n", 0))  # unscored replies are final

@@ -38,6 +38,7 @@ from .io import RunLock, atomic_write_json, atomic_write_jsonl, read_json
 from .tasks import LETTERS, Example, Task, get_task, read_data
 from .templates import COT_TRIGGER
 from .log import get as _get_logger
+from .openai_client import LLMClient
 
 log = _get_logger(__name__)
 
@@ -121,8 +122,6 @@ def _online(model: str, examples: list[Example], cfg: TeachConfig, out_dir: Path
     Both go to the chat endpoint (one user message each), which every
     OpenAI-compatible server offers.
     """
-    from .openai_client import LLMClient
-
     params = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
     with LLMClient(model, base_url=cfg.base_url, cache_path=out_dir / CACHE_FILE, concurrency=cfg.concurrency,
                    max_retries=cfg.max_retries, timeout=cfg.timeout) as client:

@@ -53,16 +53,28 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .config import TrainConfig, check, to_dict
-from .errors import SertError
+from .errors import SertError, did_you_mean
+from .filters import weight_stats
 from .identity import refuse_other
 from .io import (RunLock, atomic_write_json, atomic_write_text, ensure_dir, iter_jsonl_numbered, read_json,
                  reads_utf8)
+from .log import get as _get_logger
+from .models import (_not_found, avoid_cudnn_attention, load_tokenizer, pick_placement, resolve_model,
+                     unreadable_weights)
+from .tasks import get_task, user_task
 from .templates import distillation_target, finetune_target, self_training_target
+from .tokens import context_length, encode_prompts, fit_prompt, n_special_prefix
+from .version import __version__
+
+# torch, transformers and peft are imported inside the functions that use them: `sert --help` and
+# the stages that do not train import this module, and must not wait seconds for them.
+log = _get_logger(__name__)
 
 STAGES = ("finetune", "self", "distill", "joint")
 STAGE_FILES = {"self": "selected.jsonl", "distill": "rationales.jsonl"}
 _FIELDS = {"finetune": ("question", "answer"), "self": ("question", "answer", "path"),
            "distill": ("question", "answer", "rationale")}
+TRAINING_INFO = "sert_training.json"  # written into every checkpoint this module saves; read by sert.evaluate
 
 
 # ------------------------------------------------------------------ data
@@ -80,7 +92,6 @@ def build_pairs(stage: str, records: Iterable[dict]) -> list[dict]:
     training mixes self and distill pairs; :func:`record_stage` tells them apart).
     """
     if stage not in STAGES:
-        from .errors import did_you_mean
         raise SertError(f"unknown stage '{stage}'{did_you_mean(stage, STAGES)}; expected one of {', '.join(STAGES)}")
     out = []
     for n, r in enumerate(records, 1):
@@ -132,14 +143,12 @@ def load_records(stage: str, data: str | os.PathLike | Sequence[dict], limit: in
                 raise SertError(f"--data {p}: a directory is only accepted for --stage self/distill")
             p = p / STAGE_FILES[stage]
         if stage == "finetune" and not p.is_file():
-            from .tasks import get_task
             exs = get_task(str(data)).examples("train", limit)
             return [{"question": e.question, "answer": e.answer} for e in exs], f"task {data} (train split)"
         if not p.is_file():
             hint = f" (the {STAGE_FILES[stage]} written by the previous stage)" if stage in STAGE_FILES else ""
             raise SertError(f"--data {p}: file not found{hint}")
         if stage == "finetune":
-            from .tasks import user_task
             recs = [{"question": e.question, "answer": e.answer} for e in user_task(p).examples("train")]
         else:
             numbered = list(iter_jsonl_numbered(p))
@@ -211,9 +220,8 @@ def _warn_unused_weights(pairs: list[dict], cfg: TrainConfig, source) -> None:
     """One stderr line when the data carry per-example weights (filter.confidence_weight) that
     training will ignore because ``use_weights`` is off."""
     if not cfg.use_weights and len({p["weight"] for p in pairs}) > 1:
-        print(f"sert: warning: {source}: records carry different 'weight' values (filter.confidence_weight) but "
-              "train.use_weights is false, so they are ignored; pass --use-weights true to use them",
-              file=sys.stderr)
+        log.warning(f"{source}: records carry different 'weight' values (filter.confidence_weight) but "
+                    "train.use_weights is false, so they are ignored; pass --use-weights true to use them")
 
 
 def tokenize_pairs(pairs: list[dict], tok, max_length: int) -> tuple[list[dict], int]:
@@ -224,7 +232,6 @@ def tokenize_pairs(pairs: list[dict], tok, max_length: int) -> tuple[list[dict],
     Over-long examples lose the start of the prompt first (the answer side is
     what is learned; a leading BOS stays), then the end of the completion.
     """
-    from .tokens import encode_prompts, fit_prompt, n_special_prefix
 
     prompts = encode_prompts(tok, [p["prompt"] for p in pairs])  # the convention of mining and evaluation
     comps = tok([p["completion"] for p in pairs], add_special_tokens=False)["input_ids"]
@@ -324,7 +331,6 @@ def normalize_weights(feats: list[dict], self_weight: float = 1.0) -> dict:
     """Rescale the examples' ``weight`` in place, per ``source``: the mean weight over that source's
     completion tokens becomes 1; then, when several sources train together, the ``self`` source's
     weights are multiplied by ``self_weight`` (lambda). Returns the weight distribution per source."""
-    from .filters import weight_stats
 
     by_source: dict[str, list[dict]] = {}
     for f in feats:
@@ -407,8 +413,6 @@ def check_report_to(report_to: str) -> list[str]:
     installed, is refused in one line (checked before anything runs: by run_train and sert run)."""
     from transformers.integrations import integration_utils as iu
 
-    from .errors import did_you_mean
-
     names = [n.strip() for n in str(report_to).split(",") if n.strip() not in ("", "none")]
     unknown = [n for n in names if n not in iu.INTEGRATION_TO_CALLBACK]
     if unknown:
@@ -439,7 +443,6 @@ def training_precision(cfg: TrainConfig, device: str, dtype: str | None) -> tupl
     ('bf16' | 'fp16' | 'fp32', reason). An explicit ``--dtype`` wins; under ``--dtype auto``,
     ``train.bf16`` true/false decides, and its ``auto`` takes the ``--dtype auto`` choice
     (:func:`sert.models.pick_placement`: bf16 on a GPU, on a CPU where bf16 is measured faster)."""
-    from .models import pick_placement
 
     short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
     b = str(cfg.bf16).lower()
@@ -481,7 +484,6 @@ def _versions() -> dict:
     import torch
     import transformers
 
-    from .version import __version__
     return {"sert": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "python": sys.version.split()[0]}
 
@@ -546,7 +548,7 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
     _warn_unused_weights(pairs, cfg, source)
     if (final / "config.json").exists():
         _check_fingerprint(out, _fingerprints(model_name, stage, pairs, cfg, out))
-        print(f"[sert] train: {final} exists; skipped (delete it to retrain)")
+        log.info(f"train: {final} exists; skipped (delete it to retrain)")
         return final
     if device not in (None, "auto", "cpu", "cuda"):
         raise SertError(f"--device {device}: training takes auto, cpu or cuda; "
@@ -559,7 +561,7 @@ def run_train(model_name: str, data: str | os.PathLike | Sequence[dict], stage: 
     with RunLock(out) if _is_main() else contextlib.nullcontext():
         if (final / "config.json").exists():  # finished by another process meanwhile
             _check_fingerprint(out, _fingerprints(model_name, stage, pairs, cfg, out))
-            print(f"[sert] train: {final} exists; skipped (delete it to retrain)")
+            log.info(f"train: {final} exists; skipped (delete it to retrain)")
             return final
         return _train(model_name, pairs, source, stage, cfg, out, resume, device, dtype, prec)
 
@@ -603,7 +605,7 @@ def _last_checkpoint(ckpt_dir: Path) -> str | None:
             json.loads((p / "trainer_state.json").read_text(encoding="utf-8"))
             return str(p)
         except (OSError, ValueError):
-            print(f"[sert] train: {p} is incomplete (interrupted while saving); removed")
+            log.info(f"train: {p} is incomplete (interrupted while saving); removed")
             shutil.rmtree(p, ignore_errors=True)
     return None
 
@@ -613,16 +615,13 @@ def _fit_max_length(model_name: str, max_length: int) -> int:
     exist: an over-long example would end in an IndexError inside the model), with a warning."""
     from transformers import AutoConfig
 
-    from .models import resolve_model
-    from .tokens import context_length
-
     try:
         ctx = context_length(AutoConfig.from_pretrained(resolve_model(model_name)))
     except (OSError, ValueError):
         return max_length  # the model load reports it in one line
     if ctx is not None and max_length > ctx:
-        print(f"sert: warning: train.max_length {max_length} exceeds the model's context ({ctx} positions); "
-              f"examples are cut to {ctx} tokens", file=sys.stderr, flush=True)
+        log.warning(f"train.max_length {max_length} exceeds the model's context ({ctx} positions); "
+                    f"examples are cut to {ctx} tokens")
         return ctx
     return max_length
 
@@ -631,51 +630,23 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
            prec: tuple[str, str]) -> Path:
     """Train and write ``out/final``: the resume point, the data, the student, the Trainer's
     run (arguments, callbacks), then the summary and the final write."""
-    import torch
-
-    from .evaluate import longest_training_completion
-    from .models import load_tokenizer, resolve_model
-
     final = out / "final"
     fps = _fingerprints(model_name, stage, pairs, cfg, out)
-    fp = fps[0]
     last = _resume_point(out, fps, resume)
     tok = load_tokenizer(model_name)
     feats, truncated = _features(pairs, tok, cfg, _fit_max_length(model_name, cfg.max_length))
     weights = _weight_summary(feats) if cfg.use_weights else None
     path = resolve_model(model_name)
-    own_longest = max(sum(1 for t in f["labels"] if t != -100) for f in feats)
-    inherited = longest_training_completion(path)
-    lengths = {"max_completion_tokens": max(own_longest, inherited or 0),  # what evaluation's budget must cover
-               "own_max_completion_tokens": own_longest, "inherited_max_completion_tokens": inherited}
+    lengths = _completion_lengths(feats, path)
     model = _load_student(model_name, path, tok, cfg)
     ensure_dir(out)
     if _is_main():  # written once the model has loaded: a bad --model leaves nothing behind
         atomic_write_json(out / "train_config.json", {
             "model": model_name, "stage": stage, "data": source, "n_examples": len(pairs), "device": device,
             "dtype": dtype, "precision": prec[0], "precision_reason": prec[1], "train": to_dict(cfg),
-            "fingerprint": fp, "fingerprint_aliases": fps[1:]})
-
-    cuda = device != "cpu" and torch.cuda.is_available()
-    if cuda:
-        from .models import avoid_cudnn_attention
-        avoid_cudnn_attention("cuda")  # no per-shape attention plans for length-grouped batches
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    plan = batch_plan(cfg, world)
-    if _is_main():
-        print(f"[sert] train: {prec[0]} ({prec[1]}); batch {plan['effective_batch']} = {world} "
-              f"process(es) x {plan['per_device_batch']} x {cfg.grad_accum} accumulated")
-    report_to, report_cbs = _reporting(cfg.report_to, out / "logs")
-    args = _training_args(cfg, out / "checkpoints", plan, prec[0], cuda, len(feats), report_to)
-    collator = PadCollator(tok.pad_token_id, use_weights=cfg.use_weights,
-                           multiple=pad_multiple("cuda" if cuda else "cpu"))
-    Trainer, WeightedTrainer = _trainer_classes()
-    cls = WeightedTrainer if cfg.use_weights else Trainer
+            "fingerprint": fps[0], "fingerprint_aliases": fps[1:]})
     info = {"stage": stage, "base_model": str(model_name), **lengths}
-    snaps = [_epoch_snapshots(out, cfg, tok, info)] if cfg.eval_epochs else []
-    trainer = cls(model=model, args=args, data_collator=collator, train_dataset=feats, processing_class=tok,
-                  callbacks=[*_callbacks(), *report_cbs, *snaps])
-    _quiet_trainer_logs(trainer)
+    trainer, collator, plan = _make_trainer(model, tok, feats, cfg, out, device, prec, info)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last or None)
     wall = time.time() - t0
@@ -695,25 +666,72 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         "resumed_from": last, "device": str(trainer.args.device), "precision": prec[0],
         "precision_reason": prec[1], **plan, "lr_scheduler": cfg.lr_scheduler,
         "warmup_ratio": cfg.warmup_ratio, "max_grad_norm": cfg.max_grad_norm,
-        "max_completion_tokens": lengths["max_completion_tokens"], "own_max_completion_tokens": own_longest,
-        "config": to_dict(cfg), "fingerprint": fp, "versions": _versions(),
+        "max_completion_tokens": lengths["max_completion_tokens"],
+        "own_max_completion_tokens": lengths["own_max_completion_tokens"],
+        "config": to_dict(cfg), "fingerprint": fps[0], "versions": _versions(),
         **({"weights": weights} if weights else {}),
         **({"epoch_snapshots": {e: str(snapshot_dir(out, e)) for e in _snapshot_epochs(cfg)}} if cfg.eval_epochs else {}),
     }
     card = {"name": f"{Path(str(model_name)).name}-sert-{stage}", "base_model": model_name, "stage": stage,
             "data": source, "n_examples": len(feats), "settings": settings, "metrics": metrics}
     _write_final(out, _trained_model(trainer, cfg), tok, card, info, summary)
-    print(f"[sert] train: done in {wall:.0f}s, final loss {metrics['final_loss']}, "
-          f"{metrics['useful_tokens_per_s']} tokens/s -> {final}")
+    log.info(f"train: done in {wall:.0f}s, final loss {metrics['final_loss']}, "
+             f"{metrics['useful_tokens_per_s']} tokens/s -> {final}")
     return final
+
+
+def _completion_lengths(feats: list[dict], path: str) -> dict:
+    """The longest completion (supervised tokens) of this training and of the base checkpoint's own
+    sert trainings: what evaluation's budget must cover (:data:`TRAINING_INFO`)."""
+    own_longest = max(sum(1 for t in f["labels"] if t != -100) for f in feats)
+    inherited = longest_training_completion(path)
+    return {"max_completion_tokens": max(own_longest, inherited or 0),
+            "own_max_completion_tokens": own_longest, "inherited_max_completion_tokens": inherited}
+
+
+def _make_trainer(model, tok, feats: list[dict], cfg: TrainConfig, out: Path, device, prec: tuple[str, str],
+                  info: dict):
+    """The Trainer of this run (its arguments, collator, callbacks) on the device and processes it runs
+    on; returns it, its collator and the batch plan."""
+    import torch
+
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        avoid_cudnn_attention("cuda")  # no per-shape attention plans for length-grouped batches
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    plan = batch_plan(cfg, world)
+    if _is_main():
+        log.info(f"train: {prec[0]} ({prec[1]}); batch {plan['effective_batch']} = {world} "
+                 f"process(es) x {plan['per_device_batch']} x {cfg.grad_accum} accumulated")
+    report_to, report_cbs = _reporting(cfg.report_to, out / "logs")
+    args = _training_args(cfg, out / "checkpoints", plan, prec[0], cuda, len(feats), report_to)
+    collator = PadCollator(tok.pad_token_id, use_weights=cfg.use_weights,
+                           multiple=pad_multiple("cuda" if cuda else "cpu"))
+    Trainer, WeightedTrainer = _trainer_classes()
+    cls = WeightedTrainer if cfg.use_weights else Trainer
+    snaps = [_epoch_snapshots(out, cfg, tok, info)] if cfg.eval_epochs else []
+    trainer = cls(model=model, args=args, data_collator=collator, train_dataset=feats, processing_class=tok,
+                  callbacks=[*_callbacks(), *report_cbs, *snaps])
+    _quiet_trainer_logs(trainer)
+    return trainer, collator, plan
 
 
 def _weight_summary(feats: list[dict]) -> dict:
     """The loss weights as trained (after :func:`normalize_weights`), per data source."""
-    from .filters import weight_stats
 
     return {src: weight_stats([f["weight"] for f in feats if f.get("source") == src])
             for src in sorted({f.get("source", "self") for f in feats})}
+
+
+def longest_training_completion(model_name: str) -> int | None:
+    """The longest completion (student tokens, answer phrase and EOS included) that the checkpoint
+    ``model_name`` was ever trained on by sert, its ancestors' included (its :data:`TRAINING_INFO`);
+    None if sert did not train it. Evaluation sizes its generation budget from it."""
+    p = Path(str(model_name)) / TRAINING_INFO
+    if not p.is_file():
+        return None
+    v = read_json(p).get("max_completion_tokens")
+    return int(v) if isinstance(v, int) else None
 
 
 def snapshot_dir(out: Path, epoch: int) -> Path:
@@ -747,15 +765,13 @@ def _epoch_snapshots(out: Path, cfg: TrainConfig, tok, info: dict):
                 import copy
                 trained = copy.deepcopy(trained).merge_and_unload()
             _write_snapshot(d, trained, tok, {**info, "epoch": round(e), "global_step": state.global_step})
-            print(f"[sert] train: epoch {round(e)} snapshot -> {d}", flush=True)
+            log.info(f"train: epoch {round(e)} snapshot -> {d}")
             return control
 
     return EpochSnapshots()
 
 
 def _write_snapshot(d: Path, trained, tok, info: dict) -> None:
-    from .evaluate import TRAINING_INFO
-
     tmp = Path(tempfile.mkdtemp(prefix=".snap-tmp-", dir=d.parent))
     use_cache = trained.config.use_cache
     try:
@@ -788,9 +804,9 @@ def _resume_point(out: Path, fps: list[str], resume: bool) -> str | None:
         if old is not None and not _same_training(recorded, fps):
             refuse_other(ckpt_dir, "holds checkpoints of a different model/data/settings", {"fingerprint": old},
                          {"fingerprint": fps[0]}, f"use another --out or delete {ckpt_dir}")
-        print(f"[sert] train: resuming from {last}")
+        log.info(f"train: resuming from {last}")
     elif resume:
-        print(f"[sert] train: --resume given but {ckpt_dir} has no checkpoint; starting from the base model")
+        log.info(f"train: --resume given but {ckpt_dir} has no checkpoint; starting from the base model")
     return last
 
 
@@ -798,8 +814,8 @@ def _features(pairs: list[dict], tok, cfg: TrainConfig, max_length: int) -> tupl
     """The tokenized examples (loss weights rescaled to mean 1 with ``use_weights``) and how many were truncated."""
     feats, truncated = tokenize_pairs(pairs, tok, max_length)
     if truncated:
-        print(f"[sert] train: {truncated} of {len(feats)} examples exceed max_length={max_length} "
-              "tokens and were truncated (start of the prompt first)")
+        log.info(f"train: {truncated} of {len(feats)} examples exceed max_length={max_length} "
+                 "tokens and were truncated (start of the prompt first)")
     if all(f["labels"][-1] != tok.eos_token_id for f in feats):  # the end of every target was cut off
         raise SertError(f"train.max_length {max_length}: every one of the {len(feats)} examples is longer and "
                         "loses the end of its target (its answer and EOS), so none would be learned whole; "
@@ -818,10 +834,8 @@ def _load_student(model_name: str, path: str, tok, cfg: TrainConfig):
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError) as e:
-        from .models import _not_found
         raise SertError(_not_found(model_name, e)) from None
     except Exception as e:  # noqa: BLE001 - a truncated weights file: one line; anything else is raised
-        from .models import unreadable_weights
         raise unreadable_weights(model_name, e) from None
     model.config.use_cache = False
     gc = model.generation_config
@@ -904,8 +918,8 @@ def _callbacks() -> list:
         def on_log(self, args, state, control, logs=None, **kw):
             if state.is_world_process_zero and logs and "loss" in logs:
                 ep = logs.get("epoch", state.epoch) or 0
-                print(f"[sert] train: step {state.global_step}/{state.max_steps} (epoch {float(ep):.2f}) "
-                      f"loss {float(logs['loss']):.4f}, lr {float(logs.get('learning_rate', 0)):.2e}", flush=True)
+                log.info(f"train: step {state.global_step}/{state.max_steps} (epoch {float(ep):.2f}) "
+                         f"loss {float(logs['loss']):.4f}, lr {float(logs.get('learning_rate', 0)):.2e}")
 
     return [LogAtSave(), StepLog()]
 
@@ -941,8 +955,6 @@ def _trained_model(trainer, cfg: TrainConfig):
 def _write_final(out: Path, trained, tok, card: dict, info: dict, summary: dict) -> None:
     """Write ``out/final`` (weights, tokenizer, model card, sert_training.json) into a temp directory,
     then the summary, then rename: ``final/`` exists only complete and marks the run done."""
-    from .evaluate import TRAINING_INFO
-
     tmp = Path(tempfile.mkdtemp(prefix=".final-tmp-", dir=out))
     try:
         trained.save_pretrained(tmp)

@@ -31,6 +31,7 @@ import os
 from typing import Callable, Sequence
 
 from .errors import SertError
+from .models import RANDOM_PREFIX, load_model, load_tokenizer, pick_placement, resolve_model
 from .sampling import path_record, question_seed, samples_per_branch, settings_key
 from .templates import STOP_STRINGS
 from .tokens import eos_token_ids
@@ -107,8 +108,6 @@ def is_vllm(model) -> bool:
 def load(model_name: str, device: str | None = None, dtype: str | None = None, seed: int = 0):
     """``(model, tokenizer, placement)``: a :class:`VllmLM` where :func:`choose_backend` says
     vllm, else exactly :func:`sert.models.load_model`'s result."""
-    from .models import RANDOM_PREFIX, load_model, load_tokenizer, pick_placement, resolve_model
-
     if model_name.startswith(RANDOM_PREFIX) or choose_backend(device) == "hf":
         return load_model(model_name, device, dtype)
     place = pick_placement(device, dtype)

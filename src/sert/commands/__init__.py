@@ -1,9 +1,10 @@
 """The command-line layer: one module per ``sert`` sub-command, on top of the library.
 
-Each module here has ``add_parser(subparsers)`` and the functions that run its command:
-parse, call the stage's library API (``sert.mine.run_mine``, ``sert.filters.run_filter``, ...),
-print. No stage module imports this package. Heavy imports (torch, transformers) happen inside
-the commands so ``sert --help`` is instant. The flags of a config dataclass come from its
+Each module here is named after its command (``sert eval``: ``eval.py``) and has
+``add_parser(subparsers)`` and ``run(args)``: parse, call the stage's library API
+(``sert.mine.run_mine``, ``sert.filters.run_filter``, ...), print. No stage module imports this
+package. The stage modules import torch and transformers only inside the functions that need them,
+so importing them here keeps ``sert --help`` instant. The flags of a config dataclass come from its
 fields: name, type (metavar) and help (the field's metadata: meaning, paper value or our decision).
 """
 from __future__ import annotations
@@ -12,10 +13,12 @@ import argparse
 import dataclasses
 import typing
 
+from ..config import RunConfig, _yaml_kind, from_dict, load_yaml
 from ..errors import SertError
 
-# Modules that contribute sub-commands, in the order of the SERT stages.
-COMMAND_MODULES = ["mine", "filters", "teach", "train", "evaluate", "judge", "pipeline", "report", "bench"]
+# One module per sub-command, named after it; `sert --help` lists them in this order (the SERT stages first).
+COMMAND_MODULES = ["mine", "filter", "teach", "train", "eval", "tasks", "judge", "run", "demo", "configs", "report",
+                   "bench"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -67,17 +70,12 @@ def add_config_flags(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()
 
 def config_from_args(cls, args: argparse.Namespace, section: str | None = None):
     """Defaults < YAML (``--config``, its ``section`` if given) < flags; validated, all errors at once."""
-    from ..config import from_dict, load_yaml
-
     data: dict = {}
     if getattr(args, "config", None):
-        from ..config import RunConfig
-
         y = load_yaml(args.config)
         run_keys = {f.name for f in dataclasses.fields(RunConfig)} - {f.name for f in dataclasses.fields(cls)}
         data = y.get(section) if section and section in y else {} if section and set(y) & run_keys else y
         if not isinstance(data, dict):  # `train:` left empty, or `train: [1, 2]`: as sert run says it
-            from ..config import _yaml_kind
             raise SertError(f"{args.config}: {section}: expected a mapping of its keys, got {_yaml_kind(data)}")
         data = dict(data)
     for k, v in vars(args).items():

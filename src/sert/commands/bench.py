@@ -4,14 +4,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ..errors import SertError
+from ..tools import bench
+from ..tools.bench import EXTRA_SECTIONS, PRESETS, SECTIONS, BenchSizes, report, run_bench
+
 
 def add_parser(sub) -> None:
-    from ..tools import bench
-    from ..tools.bench import EXTRA_SECTIONS, PRESETS, SECTIONS, BenchSizes
-
     p = sub.add_parser("bench", help="benchmark mining, training and evaluation against their baselines",
                        description=bench.__doc__.split("\n\n")[0]
-                       + " See the module doc (sert/tools/bench.py) for the method.")
+                       + " See the module doc (sert/tools/bench/__init__.py) for the method.")
     p.add_argument("--model", default="random:smollm2-135m", metavar="MODEL",
                    help="model to benchmark (default random:smollm2-135m: SmolLM2's architecture, random weights; "
                         "also random:gpt2[-medium|-large], smollm2-135m, an HF id or path)")
@@ -32,10 +33,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tools.bench import report, run_bench
-
-    from ..errors import SertError
-
     if args.threads is not None and args.threads < 1:
         raise SertError(f"--threads: expected a positive integer, got {args.threads}")
     only = [s.strip() for s in args.only.split(",") if s.strip()]

@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import judge
 from ..config import JudgeConfig, load_yaml
+from ..judge import format_fig4, run_judge
 from . import add_config_flags, config_from_args
 
 
 def add_parser(sub) -> None:
-    from .. import judge
-
     p = sub.add_parser("judge", help="the paper's Fig. 4: judge the paths each filter set keeps",
                        description=judge.__doc__.split("\n\n")[0] + " Example: sert judge runs/demo --model "
                        "openai:meta-llama/Meta-Llama-3-8B-Instruct --base-url http://127.0.0.1:8000/v1")
@@ -21,8 +21,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..judge import format_fig4, run_judge
-
     run_cfg = Path(args.run) / "config.yaml"
     if args.config is None and run_cfg.exists() and "judge" in load_yaml(run_cfg):
         args.config = str(run_cfg)  # a run's judge section; flags override it

@@ -5,6 +5,8 @@ import argparse
 from pathlib import Path
 
 from ..config import MineConfig
+from ..io import read_json
+from ..mine import META_FILE, run_mine
 from . import add_config_flags, add_model_args, config_from_args
 
 
@@ -22,9 +24,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io import read_json
-    from ..mine import META_FILE, run_mine
-
     cfg = config_from_args(MineConfig, args, section="mine")
     paths = run_mine(args.model, args.task, cfg, args.out, device=args.device, dtype=args.dtype,
                      progress=not args.quiet)

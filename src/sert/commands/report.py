@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..report import rescore_run, summary_table, write_report
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="write report.md and report.html for a run directory",
@@ -16,8 +18,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import rescore_run, summary_table, write_report
-
     if args.rescore:
         rescore_run(args.run_dir)
     md, page = write_report(args.run_dir)

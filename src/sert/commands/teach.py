@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 
+from .. import teach
 from ..config import TeachConfig
+from ..teach import run_teach
 from . import add_config_flags, config_from_args
 
 
 def add_parser(sub) -> None:
-    from .. import teach
-
     p = sub.add_parser("teach", help="collect teacher rationales for distillation (SERT §II-C)",
                        description=teach.__doc__.split("\n\n")[0])
     p.add_argument("--task", required=True, metavar="TASK",
@@ -21,8 +21,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..teach import run_teach
-
     cfg = config_from_args(TeachConfig, args, section="teach")
     print(run_teach(args.task, cfg, args.out, split=args.split))
     return 0

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 
+from .. import train
 from ..config import TrainConfig
+from ..train import run_train
 from . import add_config_flags, add_model_args, config_from_args
 
 
 def add_parser(sub) -> None:
-    from .. import train
-
     p = sub.add_parser("train", help="self-train / distil / fine-tune a model (SERT §II-B, §II-C)",
                        description=train.__doc__.split("\n\n")[0])
     add_model_args(p)
@@ -28,8 +28,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import run_train
-
     cfg = config_from_args(TrainConfig, args, section="train")
     data = args.data[0] if len(args.data) == 1 and args.stage != "joint" else args.data
     final = run_train(args.model, data, args.stage, cfg, args.out, resume=args.resume,

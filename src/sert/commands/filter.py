@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..config import FilterConfig
 from ..errors import SertError
+from ..filters import format_funnel, run_filter
 from . import add_config_flags, config_from_args
 
 
@@ -21,8 +22,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..filters import format_funnel, run_filter
-
     if args.paths and args.paths_opt and args.paths != args.paths_opt:
         raise SertError(f"two paths files given ({args.paths}, --paths {args.paths_opt}); pass one")
     paths = args.paths or args.paths_opt
