@@ -141,20 +141,22 @@ def sert_cli(args: list[str], work: Path, tag: str) -> None:
                    stderr=open(work / f"{tag}.log", "w"))
 
 
-def rd_data(work: Path) -> Path:
-    """CommonsenseQA's shipped teacher rationales for 256 train questions (sert teach)."""
-    teach = work / "teach"
+def rd_data(work: Path, n: int = 256) -> Path:
+    """CommonsenseQA's shipped teacher rationales for ``n`` train questions (sert teach)."""
+    teach = work / f"teach{n}"
     if not (teach / "rationales.jsonl").exists():
-        sert_cli(["teach", "--task", TASK, "--out", str(teach), "--limit", "256"], work, "teach")
+        sert_cli(["teach", "--task", TASK, "--out", str(teach), "--limit", str(n)], work, f"teach{n}")
     return teach / "rationales.jsonl"
 
 
-def rd_checkpoint(work: Path) -> Path:
-    ck = work / "rd"
+def rd_checkpoint(work: Path, n: int, epochs: float) -> Path:
+    ck = work / f"rd{n}x{epochs:g}"
     if not (ck / "final" / "config.json").exists():
-        print("  training the (b) checkpoint (RD, 2 epochs) once ...", file=sys.stderr, flush=True)
-        sert_cli(["train", "--stage", "distill", "--model", "smollm2-135m", "--data", str(rd_data(work)),
-                  "--out", str(ck), "--epochs", "2", "--dtype", "bfloat16", "--device", "cpu"], work, "train_ckpt")
+        print(f"  training the (b) checkpoint (RD, {n} questions, {epochs:g} epochs) once ...", file=sys.stderr,
+              flush=True)
+        sert_cli(["train", "--stage", "distill", "--model", "smollm2-135m", "--data", str(rd_data(work, n)),
+                  "--out", str(ck), "--epochs", f"{epochs:g}", "--dtype", "bfloat16", "--device", "cpu"], work,
+                 "train_ckpt")
     return ck / "final"
 
 
@@ -176,6 +178,8 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=256)
     p.add_argument("--b-questions", type=int, default=64)
     p.add_argument("--checkpoint", default=None, help="(b): a checkpoint sert trained (default: train one)")
+    p.add_argument("--ckpt-questions", type=int, default=256, help="(b) checkpoint trained here: RD questions")
+    p.add_argument("--ckpt-epochs", type=float, default=2, help="(b) checkpoint trained here: epochs")
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--train-steps", type=int, default=50)
     p.add_argument("--skip", default="", help="comma-separated: eval-a, eval-b, train")
@@ -201,7 +205,7 @@ def main() -> None:
     if "eval-a" not in skip:
         evals.append(("(a) embedded", "smollm2-135m", a.questions, a.budget))
     if "eval-b" not in skip:
-        ck = Path(a.checkpoint) if a.checkpoint else rd_checkpoint(work)
+        ck = Path(a.checkpoint) if a.checkpoint else rd_checkpoint(work, a.ckpt_questions, a.ckpt_epochs)
         b = resolve_budget(EvalConfig(), longest_training_completion(str(ck)))
         evals.append(("(b) trained", str(ck), a.b_questions, b["max_new_tokens"]))
         notes.append(f"(b) checkpoint {ck}: {b['rule']} -> {b['max_new_tokens']} tokens")

@@ -185,3 +185,35 @@ def test_decoder_keeps_run_identity():
     a, b = RunConfig(), RunConfig()
     b.eval.decoder = "generate"
     assert config_hash(a) == config_hash(b)
+
+
+def test_buffered_cache_equals_transformers_cache(lm):
+    """Keys and values in preallocated buffers (rows retired by moving the last live rows into the holes)
+    give the tokens transformers' DynamicCache gives, row for row."""
+    from sert.decode import decode_rows
+    from sert.tokens import encode_prompts
+
+    model, tok = lm
+    ids = encode_prompts(tok, prompts())
+    free = decode_rows(model, ids, 12, [], tok.pad_token_id)
+    eos = sorted({free[0][0][2], free[3][0][6], free[5][0][9]})   # rows end at steps 3, 7, 10 (or sooner)
+    a, b = {}, {}
+    res_b = decode_rows(model, ids, 12, eos, tok.pad_token_id, stats=a, buffered=True)
+    res_d = decode_rows(model, ids, 12, eos, tok.pad_token_id, stats=b, buffered=False)
+    assert res_b == res_d and a == b
+    assert a["row_steps"] < a["steps"] * len(ids)
+
+
+def test_retire_moves_the_last_rows_into_the_holes():
+    from sert.decode import _retire
+
+    class Plain:  # a cache without buffered layers: batch_select_indices with the new order
+        layers = None
+
+        def batch_select_indices(self, idx):
+            self.idx = idx.tolist()
+
+    c = Plain()
+    assert _retire(c, [0, 2, 4, 5]) == [0, 4, 2, 5] and c.idx == [0, 4, 2, 5]
+    assert _retire(c, [3]) == [3]
+    assert _retire(c, [0, 1]) == [0, 1]
