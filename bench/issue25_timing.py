@@ -13,7 +13,8 @@ matmul   GEMM rate in each dtype, in the same run: a 1024^3 matmul (the issue's 
          FLOP/s (2 x parameters per generated token, the issue's ~2 x 135M; attention not counted)
          over the 1024^3 rate.
 eval (a) the embedded model, CommonsenseQA test, ``--questions`` questions, ``--budget`` new tokens,
-         eval.batch_size 32 (the default), old ``generate_greedy`` vs new (``eval.decoder: rows``):
+         each tree's default eval.batch_size (old 32, new 128; ``--batch`` sets both), old
+         ``generate_greedy`` (``model.generate``) vs new (``eval.decoder: rows``):
          generated tokens / decoding seconds, outputs compared record by record (token ids, text,
          finish) and answer by answer (the shared extractor).
 eval (b) a checkpoint sert trained, at its automatic budget (budget_factor x longest training completion
@@ -88,11 +89,14 @@ def _worker_eval(a: dict) -> dict:
     exs = load_examples(TASK, "test", a["limit"])
     prompts = [train_prompt(e.question) for e in exs]
     generate_greedy(model, tok, prompts[:2], batch_size=2, max_new_tokens=4, progress=False)  # warm-up
+    from sert.config import EvalConfig
+
+    bs = a.get("batch") or EvalConfig().batch_size  # each tree's own default (old: 32, new: 128)
     t0 = time.perf_counter()
-    res = generate_greedy(model, tok, prompts, batch_size=32, max_new_tokens=a["budget"], progress=False)
+    res = generate_greedy(model, tok, prompts, batch_size=bs, max_new_tokens=a["budget"], progress=False)
     dt = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())
-    return {"seconds": dt, "tokens": sum(len(r["token_ids"]) for r in res), "dtype": place.dtype,
+    return {"seconds": dt, "tokens": sum(len(r["token_ids"]) for r in res), "dtype": place.dtype, "batch": bs,
             "n_params": n_params, "ids": [e.id for e in exs],
             "outputs": [{"token_ids": r["token_ids"], "text": r["text"], "finish": r["finish"]} for r in res]}
 
@@ -181,6 +185,7 @@ def main() -> None:
     p.add_argument("--ckpt-questions", type=int, default=256, help="(b) checkpoint trained here: RD questions")
     p.add_argument("--ckpt-epochs", type=float, default=2, help="(b) checkpoint trained here: epochs")
     p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--batch", type=int, default=None, help="eval batch size of both trees (default: each its own)")
     p.add_argument("--train-steps", type=int, default=50)
     p.add_argument("--skip", default="", help="comma-separated: eval-a, eval-b, train")
     a = p.parse_args()
@@ -212,7 +217,7 @@ def main() -> None:
     for label, model, n, budget in evals:
         exs = load_examples(TASK, "test", n)
         for dt in dtypes:
-            args = {"model": model, "dtype": dt, "limit": n, "budget": budget}
+            args = {"model": model, "dtype": dt, "limit": n, "budget": budget, "batch": a.batch}
             tag = f"eval_{label[1]}_{dt}"
             ro = run_worker("eval", old, args, work, tag + "_old")
             rn = run_worker("eval", new, args, work, tag + "_new")
@@ -223,6 +228,7 @@ def main() -> None:
             rows.append([f"eval {label} {dt}, {n} q, {budget} tok", f"{tso:.1f}", f"{tsn:.1f}", f"{tsn / tso:.2f}x",
                          f"{100 * tso * flop_tok / peak:.1f}% / {100 * tsn * flop_tok / peak:.1f}%",
                          f"identical outputs {c['identical']}/{c['n']}, same answer {c['same_answer']}/{c['n']}; "
+                         f"batch {ro['batch']} / {rn['batch']}; "
                          f"tokens {ro['tokens']} / {rn['tokens']}; s {ro['seconds']:.1f} / {rn['seconds']:.1f}"])
 
     if "train" not in skip:
