@@ -43,6 +43,9 @@ def plain_greedy(model) -> str | None:
         return "not a transformers model"
     if getattr(cfg, "is_encoder_decoder", False):
         return "an encoder-decoder model"
+    params = inspect.signature(model.forward).parameters
+    if "position_ids" not in params or not ({"cache", "past_key_values"} & set(params)):
+        return "its forward takes no position ids or no cache"
     gen = getattr(model, "generation_config", None)
     for k, plain in _PROCESSORS.items():
         v = getattr(gen, k, None) if gen is not None else None
