@@ -249,7 +249,8 @@ class EvalConfig:
                                "outputs end, and each step serves more rows (was 32)")
     decoder: str = opt("rows", "rows (greedy decoding that drops each output from its batch once it ends; the "
                                "same tokens as generate in fp32) or generate (transformers' model.generate, "
-                               "every batch runs to its longest output); (D) rows: 2x+ faster")
+                               "every batch runs to its longest output); (D) rows: once most outputs have ended a "
+                               "step costs a small batch's")
     max_new_tokens: int | None = opt(None, "generation budget; auto (none): budget_factor x the longest completion "
                                            "the checkpoint was trained on + budget_margin (default_budget for an "
                                            "untrained model), so a trained arm is never cut short; a number below "
