@@ -112,7 +112,8 @@ def _worker_train(a: dict) -> dict:
     s = read_json(Path(a["out"]) / "train_summary.json")
     return {"wall": time.perf_counter() - t0, "useful_tokens_per_s": s.get("useful_tokens_per_s"),
             "train_time_s": s.get("train_time_s"), "steps": s.get("steps"),
-            "losses": [c["loss"] for c in s["loss_curve"]], "tokens": s.get("tokens")}
+            "losses": [c["loss"] for c in s["loss_curve"]], "loss_steps": [c["step"] for c in s["loss_curve"]],
+            "tokens": s.get("tokens")}
 
 
 WORKERS = {"matmul": _worker_matmul, "eval": _worker_eval, "train": _worker_train}
@@ -243,14 +244,15 @@ def main() -> None:
                 shutil.rmtree(out)
             res[tag] = run_worker("train", src, {"model": "smollm2-135m", "data": str(data), "epochs": epochs,
                                                  "out": str(out)}, work, f"train_{tag}")
-        lo, ln = res["old"]["losses"], res["new"]["losses"]
-        dev = max(abs(x - y) for x, y in zip(lo, ln)) if lo and ln else float("nan")
+        lo, ln = (dict(zip(res[t]["loss_steps"], res[t]["losses"])) for t in ("old", "new"))  # by step
+        both = sorted(set(lo) & set(ln))
+        dev = max(abs(lo[k] - ln[k]) for k in both) if both else float("nan")
         to, tn = res["old"]["useful_tokens_per_s"], res["new"]["useful_tokens_per_s"]
         flop_tok = 6 * 134_515_008
         peak = mm["bfloat16"]["square_1024"] if "bfloat16" in mm else None
         mfu = f"{100 * to * flop_tok / peak:.1f}% / {100 * tn * flop_tok / peak:.1f}%" if peak else "-"
         rows.append([f"train bf16, {res['new']['steps']} steps, batch 8", f"{to}", f"{tn}", f"{tn / to:.2f}x", mfu,
-                     f"max |dloss| {dev:.2e} over {min(len(lo), len(ln))} steps; "
+                     f"max |dloss| {dev:.2e} over {len(both)} steps; "
                      f"train s {res['old']['train_time_s']} / {res['new']['train_time_s']}"])
 
     head = ["what", "old tok/s", "new tok/s", "ratio", "MFU old / new", "notes"]

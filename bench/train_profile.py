@@ -76,7 +76,7 @@ def run(model, bl, steps, fused=False, head_on_labels=False, profile=False):
         ph["backward"] += t2 - t1
         ph["clip"] += t3 - t2
         ph["optimizer"] += t4 - t3
-        losses.append(float(loss))
+        losses.append(loss.item())
     wall = time.perf_counter() - t_all
     if prof is not None:
         prof.__exit__(None, None, None)
