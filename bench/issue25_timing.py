@@ -5,6 +5,10 @@ a4e734d), back to back on this machine, and a table with the ratios.
         [--questions 128] [--budget 256] [--dtypes float32,bfloat16] [--checkpoint DIR]
         [--b-questions 64] [--train-steps 50] [--skip eval-a,eval-b,train]
 
+Expected duration on 2 quiet cores: about 25 minutes the first time (the (b) checkpoint is trained
+once and kept in ``--work``), ~20 after; ``--dtypes``, ``--b-questions`` and ``--skip`` trim it.
+Not yet timed end to end at full size on a quiet machine (written under heavy contention).
+
 Every measurement runs in its own process (``PYTHONPATH`` = the old or the new ``src``), one after
 another, nothing else of ours running; run it on a quiet machine for the figures to report.
 
@@ -18,9 +22,9 @@ eval (a) the embedded model, CommonsenseQA test, ``--questions`` questions, ``--
          generated tokens / decoding seconds, outputs compared record by record (token ids, text,
          finish) and answer by answer (the shared extractor).
 eval (b) a checkpoint sert trained, at its automatic budget (budget_factor x longest training completion
-         + margin): ``--checkpoint``, or one this script trains once into ``--work`` (``sert teach``
-         CommonsenseQA's shipped rationales for 256 train questions, then ``sert train --stage
-         distill`` 2 epochs: an RD arm that writes reasoning before its answer).
+         + margin): ``--checkpoint``, or one this script trains once into ``--work`` and reuses (``sert
+         teach`` CommonsenseQA's shipped rationales for ``--ckpt-questions`` 128 train questions, then
+         ``sert train --stage distill`` 2 epochs, bf16: an RD arm that writes reasoning before its answer).
 train    ``run_train`` of the old and the new tree on the same RD data, bf16, ``--train-steps``
          optimizer steps, batch 8, logging every step: useful (non-padding) tokens/s as sert reports
          it and max |loss_new - loss_old| over the steps.
@@ -183,7 +187,7 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=256)
     p.add_argument("--b-questions", type=int, default=64)
     p.add_argument("--checkpoint", default=None, help="(b): a checkpoint sert trained (default: train one)")
-    p.add_argument("--ckpt-questions", type=int, default=256, help="(b) checkpoint trained here: RD questions")
+    p.add_argument("--ckpt-questions", type=int, default=128, help="(b) checkpoint trained here: RD questions")
     p.add_argument("--ckpt-epochs", type=float, default=2, help="(b) checkpoint trained here: epochs")
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--batch", type=int, default=None, help="eval batch size of both trees (default: each its own)")
