@@ -256,7 +256,7 @@ def main() -> None:
         peak = mm["bfloat16"]["square_1024"] if "bfloat16" in mm else None
         mfu = f"{100 * to * flop_tok / peak:.1f}% / {100 * tn * flop_tok / peak:.1f}%" if peak else "-"
         rows.append([f"train bf16, {res['new']['steps']} steps, batch 8", f"{to}", f"{tn}", f"{tn / to:.2f}x", mfu,
-                     f"max |dloss| {dev:.2e} over {len(both)} steps; "
+                     f"max abs dloss {dev:.2e} over {len(both)} steps; "
                      f"train s {res['old']['train_time_s']} / {res['new']['train_time_s']}"])
 
     head = ["what", "old tok/s", "new tok/s", "ratio", "MFU old / new", "notes"]
