@@ -96,6 +96,6 @@ def test_evaluation_feeds_the_same_ids_as_training(bos_model, monkeypatch):
 
     monkeypatch.setattr(model, "generate", spy)
     out = generate_greedy(model, tok, [train_prompt(QUESTION), train_prompt("Is ice cold?")], batch_size=2,
-                          max_new_tokens=2, progress=False, stop_strings=None)
+                          max_new_tokens=2, progress=False, stop_strings=None, decoder="generate")
     assert sorted(seen) == sorted([want, short])  # unpadded rows: exactly the training prompt ids, BOS first
     assert all(s[0] == tok.bos_token_id for s in seen) and len(out) == 2

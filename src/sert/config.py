@@ -245,7 +245,13 @@ class EvalConfig:
     """Evaluation (SERT §III): greedy decoding, answer after 'So the answer is'."""
     split: str = opt("test", "task split to evaluate on; (S) paper: test")
     limit: int | None = opt(None, "questions to evaluate, none = the whole split; (D)")
-    batch_size: int = opt(32, "prompts decoded together; (D)")
+    batch_size: int = opt(128, "prompts decoded together (longest first; the unit a resumed evaluation decodes "
+                               "again); (D) 128: with the rows decoder a larger batch costs little once its "
+                               "outputs end, and each step serves more rows (was 32)")
+    decoder: str = opt("rows", "rows (greedy decoding that drops each output from its batch once it ends; the "
+                               "same tokens as generate in fp32) or generate (transformers' model.generate, "
+                               "every batch runs to its longest output); (D) rows: once most outputs have ended a "
+                               "step costs a small batch's")
     max_new_tokens: int | None = opt(None, "generation budget; auto (none): budget_factor x the longest completion "
                                            "the checkpoint was trained on + budget_margin (default_budget for an "
                                            "untrained model), so a trained arm is never cut short; a number below "
@@ -275,6 +281,8 @@ class EvalConfig:
             e.append(f"eval.limit: expected a positive integer, got {self.limit}")
         if self.split not in ("train", "test"):
             e.append(f"eval.split: expected train or test, got {self.split!r}")
+        if self.decoder not in ("rows", "generate"):
+            e.append(f"eval.decoder: expected rows or generate, got {self.decoder!r}")
         if self.judge is not None and not (self.judge.startswith("openai:") and self.judge[7:].strip()):
             e.append(f"eval.judge: expected openai:MODEL (any OpenAI-compatible endpoint), got {self.judge!r}")
         if self.n_bootstrap < MIN_BOOTSTRAP:

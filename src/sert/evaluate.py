@@ -46,8 +46,12 @@ log = _get_logger(__name__)
 def generate_greedy(model, tokenizer, prompts: Sequence[str], batch_size: int = 32, max_new_tokens: int = 128,
                     progress: bool = True, stop_strings: Sequence[str] | None = STOP_STRINGS,
                     on_batch: Callable[[list[int], list[dict]], None] | None = None,
-                    warn: Callable[[int, int, int], None] | None = None) -> list[dict]:
+                    warn: Callable[[int, int, int], None] | None = None, decoder: str = "rows",
+                    stats: dict | None = None) -> list[dict]:
     """Batched greedy decoding, longest prompts first (less padding, early OOM).
+
+    ``decoder``: ``rows`` (:mod:`sert.decode`: the same greedy decoding, each row dropped from its
+    batch once it ends; ``generate`` where it cannot reproduce it) or ``generate`` (``model.generate``).
 
     Prompts are tokenized as mining and training tokenize them (:mod:`sert.tokens`: the
     tokenizer's special tokens, e.g. BOS, included). A prompt that leaves fewer than
@@ -59,6 +63,7 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], batch_size: int = 
     import torch
     from tqdm.auto import tqdm
 
+    from .decode import generate_like, plain_greedy, stop_criteria
     from .tokens import context_length, encode_prompts, eos_token_ids, fit_prompt, n_special_prefix
 
     ids_all = encode_prompts(tokenizer, prompts)
@@ -79,9 +84,31 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], batch_size: int = 
     results: list[dict | None] = [None] * len(prompts)
     eos_ids = set(eos_token_ids(model, tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+
+    def results_of(idx: list[int], new: list[list[int]]) -> None:  # a batch's new tokens, padded as generate pads
+        batch_res = []
+        for i, ids in zip(idx, new):
+            cut = next((j for j, t in enumerate(ids) if t in eos_ids), None)
+            finish = "eos" if cut is not None else "length"
+            ids = ids[:cut] if cut is not None else ids
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            if finish == "length" and stop_strings and any(text.rstrip().endswith(s) for s in stop_strings):
+                finish = "stop"
+            results[i] = {"text": text, "token_ids": ids, "finish": finish, "prompt_truncated": cut_by.get(i, 0)}
+            batch_res.append(results[i])
+        if on_batch:
+            on_batch(idx, batch_res)
+        bar.update(len(idx))
+
     bar = tqdm(total=len(prompts), desc="eval", unit="q", disable=not progress, file=sys.stderr)
+    rows = decoder == "rows" and plain_greedy(model) is None
+    stop = stop_criteria(tokenizer, stop_strings) if rows else None
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
+        if rows:  # generate's output, padding included, from a decoder that retires ended rows
+            new = generate_like(model, [ids_all[i] for i in idx], max_new_tokens, eos_ids, pad, stop, stats)
+            results_of(idx, new)
+            continue
         width = max(len(ids_all[i]) for i in idx)
         input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -96,20 +123,7 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], batch_size: int = 
         with torch.inference_mode():
             out = model.generate(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
                                  **kw, top_p=None, top_k=None, temperature=None)
-        new = out[:, width:].tolist()
-        batch_res = []
-        for i, ids in zip(idx, new):
-            cut = next((j for j, t in enumerate(ids) if t in eos_ids), None)
-            finish = "eos" if cut is not None else "length"
-            ids = ids[:cut] if cut is not None else ids
-            text = tokenizer.decode(ids, skip_special_tokens=True)
-            if finish == "length" and stop_strings and any(text.rstrip().endswith(s) for s in stop_strings):
-                finish = "stop"
-            results[i] = {"text": text, "token_ids": ids, "finish": finish, "prompt_truncated": cut_by.get(i, 0)}
-            batch_res.append(results[i])
-        if on_batch:
-            on_batch(idx, batch_res)
-        bar.update(len(idx))
+        results_of(idx, out[:, width:].tolist())
     bar.close()
     return results  # type: ignore[return-value]
 
@@ -252,7 +266,7 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, out
             own(tokenizer, prompts, cfg.batch_size, max_new, progress=progress, on_batch=persist)
         else:
             generate_greedy(model, tokenizer, prompts, cfg.batch_size, max_new, progress=progress, on_batch=persist,
-                            warn=lambda i, n, k: _warn_long(todo[i], n, k, max_new))
+                            warn=lambda i, n, k: _warn_long(todo[i], n, k, max_new), decoder=cfg.decoder)
     if log is not None:
         log.close()
     records = [done[e.id] for e in examples]
