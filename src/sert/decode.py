@@ -176,6 +176,29 @@ def stop_criteria(tokenizer, stop_strings: Sequence[str] | None):
     return StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop_strings))
 
 
+def _count(stats: dict | None, **counts: int) -> None:
+    """Add ``counts`` to ``stats`` (when given): forward calls after the prefill and rows computed."""
+    if stats is not None:
+        for k, v in counts.items():
+            stats[k] = stats.get(k, 0) + v
+
+
+def _left_padded(prompts: Sequence[Sequence[int]], pad: int, device):
+    """A batch as evaluation always built it (left padding) with the position ids ``generate`` derives
+    from its mask; ``use_mask`` False when no row is padded (``generate`` drops an all-ones mask)."""
+    import torch
+
+    B, W = len(prompts), max(len(x) for x in prompts)
+    ids = torch.full((B, W), pad, dtype=torch.long)
+    mask = torch.zeros((B, W), dtype=torch.long)
+    for r, x in enumerate(prompts):
+        ids[r, W - len(x):] = torch.tensor(list(x), dtype=torch.long)
+        mask[r, W - len(x):] = 1
+    pos = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 0)
+    use_mask = not bool(mask.all())
+    return ids.to(device), mask.to(device), pos.to(device), use_mask
+
+
 def decode_rows(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Sequence[int], pad: int,
                 stop=None, stats: dict | None = None, buffered: bool = True) -> list[tuple[list[int], str]]:
     """Greedy-decode one batch of prompt ids, each row dropped from the batch once it ends.
@@ -190,15 +213,8 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eo
     import torch
 
     device = next(model.parameters()).device
-    B, W = len(prompts), max(len(x) for x in prompts)
-    ids = torch.full((B, W), pad, dtype=torch.long)
-    mask = torch.zeros((B, W), dtype=torch.long)
-    for r, x in enumerate(prompts):  # left padding, as evaluation always did
-        ids[r, W - len(x):] = torch.tensor(list(x), dtype=torch.long)
-        mask[r, W - len(x):] = 1
-    pos = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 0)  # generate's position ids
-    use_mask = not bool(mask.all())                           # generate drops an all-ones mask
-    ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
+    B = len(prompts)
+    ids, mask, pos, use_mask = _left_padded(prompts, pad, device)
     cache_kw, keep_kw = forward_kw(model)
     cache = new_cache(model, max_new_tokens if buffered else 0)
     eos_t = torch.tensor(sorted(set(int(e) for e in eos_ids)), dtype=torch.long, device=device)
@@ -251,9 +267,7 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eo
             steps += 1
             row_steps += len(rows)
     del cache
-    if stats is not None:
-        stats["steps"] = stats.get("steps", 0) + steps
-        stats["row_steps"] = stats.get("row_steps", 0) + row_steps
+    _count(stats, steps=steps, row_steps=row_steps)
     return [(toks[r], why[r]) for r in range(B)]
 
 

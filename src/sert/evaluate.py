@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 from .answers import answer_consistent, extract_answer, is_correct, truncate_continuation
 from .config import EvalConfig
+from .decode import generate_like, plain_greedy, stop_criteria
 from .errors import SertError
 from .identity import refuse_other
 from .io import JsonlLog, RunLock, atomic_write_json, atomic_write_jsonl, ensure_dir, read_json, read_jsonl
@@ -34,6 +35,7 @@ from .metrics import SEVERE_REP4, bootstrap_ci, class_balance, format_issues, re
 from .openai_client import coverage, format_judge, make_judge
 from .tasks import Example, load_examples
 from .templates import ANSWER_PHRASE, COT_TRIGGER, STOP_STRINGS, train_prompt
+from .tokens import context_length, encode_prompts, eos_token_ids, fit_prompt, n_special_prefix
 from .train import TRAINING_INFO, longest_training_completion  # noqa: F401 - TRAINING_INFO re-exported
 from .version import __version__
 from .vllm_backend import load as load_generator  # = load_model unless vLLM serves (CUDA); vllm itself loads there
@@ -41,6 +43,60 @@ from .vllm_backend import load as load_generator  # = load_model unless vLLM ser
 # torch, transformers and tqdm are imported inside the functions that decode: `sert --help` and the
 # stages that do not generate import this module, and must not wait seconds for them.
 log = _get_logger(__name__)
+
+
+def _fit_prompts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
+                 warn: Callable[[int, int, int], None] | None) -> tuple[list[list[int]], dict[int, int]]:
+    """Every prompt's ids, cut (keeping the special prefix) to leave ``max_new_tokens`` positions of the
+    model's context; returns the ids and, per cut prompt, how many tokens it lost."""
+    ids_all = encode_prompts(tokenizer, prompts)
+    ctx = context_length(model)
+    room = None if ctx is None else ctx - max_new_tokens
+    if room is not None and room < 1:
+        raise SertError(f"eval.max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
+                        f"context of {ctx} tokens; expected at most {ctx - 1}")
+    head = n_special_prefix(tokenizer)
+    cut_by: dict[int, int] = {}
+    for i, x in enumerate(ids_all):
+        ids_all[i], dropped = fit_prompt(x, room, keep_head=head)
+        if dropped:
+            cut_by[i] = dropped
+            if warn:
+                warn(i, len(x), len(ids_all[i]))
+    return ids_all, cut_by
+
+
+def _generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int], pad: int,
+                    stop_strings: Sequence[str] | None) -> list[list[int]]:
+    """``model.generate`` on one left-padded batch: each row's new tokens, padded with ``pad``."""
+    import torch  # heavy: imported where decoding starts (sert --help start-up time)
+
+    width = max(len(x) for x in prompts)
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, x in enumerate(prompts):  # left padding: every row's last prompt token is adjacent to generation
+        input_ids[r, width - len(x):] = torch.tensor(x, dtype=torch.long)
+        mask[r, width - len(x):] = 1
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=sorted(eos_ids))
+    if stop_strings:
+        kw.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
+    with torch.inference_mode():
+        out = model.generate(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
+                             **kw, top_p=None, top_k=None, temperature=None)
+    return out[:, width:].tolist()
+
+
+def _output_record(tokenizer, ids: list[int], eos_ids: set[int], stop_strings: Sequence[str] | None,
+                   prompt_truncated: int) -> dict:
+    """One row's new tokens (padded as generate pads) as an output record: text, tokens up to the first
+    EOS, and why it ended (eos, stop: a stop string ends the text, length: the budget)."""
+    cut = next((j for j, t in enumerate(ids) if t in eos_ids), None)
+    finish = "eos" if cut is not None else "length"
+    ids = ids[:cut] if cut is not None else ids
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if finish == "length" and stop_strings and any(text.rstrip().endswith(s) for s in stop_strings):
+        finish = "stop"
+    return {"text": text, "token_ids": ids, "finish": finish, "prompt_truncated": prompt_truncated}
 
 
 def generate_greedy(model, tokenizer, prompts: Sequence[str], batch_size: int = 32, max_new_tokens: int = 128,
@@ -60,70 +116,30 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], batch_size: int = 
     "finish", "prompt_truncated"}``; ``on_batch(indices, results)`` is called after every
     batch so callers can persist progress.
     """
-    import torch
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # imported where decoding starts (sert --help start-up time)
 
-    from .decode import generate_like, plain_greedy, stop_criteria
-    from .tokens import context_length, encode_prompts, eos_token_ids, fit_prompt, n_special_prefix
-
-    ids_all = encode_prompts(tokenizer, prompts)
-    ctx = context_length(model)
-    room = None if ctx is None else ctx - max_new_tokens
-    if room is not None and room < 1:
-        raise SertError(f"eval.max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
-                        f"context of {ctx} tokens; expected at most {ctx - 1}")
-    head = n_special_prefix(tokenizer)
-    cut_by: dict[int, int] = {}
-    for i, x in enumerate(ids_all):
-        ids_all[i], dropped = fit_prompt(x, room, keep_head=head)
-        if dropped:
-            cut_by[i] = dropped
-            if warn:
-                warn(i, len(x), len(ids_all[i]))
+    ids_all, cut_by = _fit_prompts(model, tokenizer, prompts, max_new_tokens, warn)
     order = sorted(range(len(prompts)), key=lambda i: -len(ids_all[i]))
     results: list[dict | None] = [None] * len(prompts)
     eos_ids = set(eos_token_ids(model, tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
-
-    def results_of(idx: list[int], new: list[list[int]]) -> None:  # a batch's new tokens, padded as generate pads
-        batch_res = []
-        for i, ids in zip(idx, new):
-            cut = next((j for j, t in enumerate(ids) if t in eos_ids), None)
-            finish = "eos" if cut is not None else "length"
-            ids = ids[:cut] if cut is not None else ids
-            text = tokenizer.decode(ids, skip_special_tokens=True)
-            if finish == "length" and stop_strings and any(text.rstrip().endswith(s) for s in stop_strings):
-                finish = "stop"
-            results[i] = {"text": text, "token_ids": ids, "finish": finish, "prompt_truncated": cut_by.get(i, 0)}
-            batch_res.append(results[i])
-        if on_batch:
-            on_batch(idx, batch_res)
-        bar.update(len(idx))
-
     bar = tqdm(total=len(prompts), desc="eval", unit="q", disable=not progress, file=sys.stderr)
     rows = decoder == "rows" and plain_greedy(model) is None
     stop = stop_criteria(tokenizer, stop_strings) if rows else None
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
+        batch = [ids_all[i] for i in idx]
         if rows:  # generate's output, padding included, from a decoder that retires ended rows
-            new = generate_like(model, [ids_all[i] for i in idx], max_new_tokens, eos_ids, pad, stop, stats)
-            results_of(idx, new)
-            continue
-        width = max(len(ids_all[i]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):  # left padding: every row's last prompt token is adjacent to generation
-            x = ids_all[i]
-            input_ids[r, width - len(x):] = torch.tensor(x, dtype=torch.long)
-            mask[r, width - len(x):] = 1
-        kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                  eos_token_id=sorted(eos_ids))
-        if stop_strings:
-            kw.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
-        with torch.inference_mode():
-            out = model.generate(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
-                                 **kw, top_p=None, top_k=None, temperature=None)
-        results_of(idx, out[:, width:].tolist())
+            new = generate_like(model, batch, max_new_tokens, eos_ids, pad, stop, stats)
+        else:
+            new = _generate_batch(model, tokenizer, batch, max_new_tokens, eos_ids, pad, stop_strings)
+        batch_res = []
+        for i, ids in zip(idx, new):
+            results[i] = _output_record(tokenizer, ids, eos_ids, stop_strings, cut_by.get(i, 0))
+            batch_res.append(results[i])
+        if on_batch:
+            on_batch(idx, batch_res)
+        bar.update(len(idx))
     bar.close()
     return results  # type: ignore[return-value]
 
