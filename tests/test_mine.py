@@ -19,7 +19,8 @@ import torch
 from sert.answers import extract_answer
 from sert.config import MineConfig
 from sert.errors import SertError
-from sert.mine import _forward_kw, mine
+from sert.decode import forward_kw as _forward_kw
+from sert.mine import mine
 from sert.sampling import path_delta, question_seed, sample_top_k_top_p, settings_key, top_k_top_p_dist
 from sert.tasks import Example, load_examples
 from sert.templates import mining_prompt

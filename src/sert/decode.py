@@ -183,7 +183,7 @@ def _count(stats: dict | None, **counts: int) -> None:
             stats[k] = stats.get(k, 0) + v
 
 
-def _left_padded(prompts: Sequence[Sequence[int]], pad: int, device):
+def left_padded(prompts: Sequence[Sequence[int]], pad: int, device):
     """A batch as evaluation always built it (left padding) with the position ids ``generate`` derives
     from its mask; ``use_mask`` False when no row is padded (``generate`` drops an all-ones mask)."""
     import torch
@@ -214,7 +214,7 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eo
 
     device = next(model.parameters()).device
     B = len(prompts)
-    ids, mask, pos, use_mask = _left_padded(prompts, pad, device)
+    ids, mask, pos, use_mask = left_padded(prompts, pad, device)
     cache_kw, keep_kw = forward_kw(model)
     cache = new_cache(model, max_new_tokens if buffered else 0)
     eos_t = torch.tensor(sorted(set(int(e) for e in eos_ids)), dtype=torch.long, device=device)

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 from .answers import answer_consistent, extract_answer, is_correct, truncate_continuation
 from .config import EvalConfig
-from .decode import generate_like, plain_greedy, stop_criteria
+from .decode import generate_like, left_padded, plain_greedy, stop_criteria
 from .errors import SertError
 from .identity import refuse_other
 from .io import JsonlLog, RunLock, atomic_write_json, atomic_write_jsonl, ensure_dir, read_json, read_jsonl
@@ -71,17 +71,13 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     """``model.generate`` on one left-padded batch: each row's new tokens, padded with ``pad``."""
     import torch  # heavy: imported where decoding starts (sert --help start-up time)
 
-    width = max(len(x) for x in prompts)
-    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for r, x in enumerate(prompts):  # left padding: every row's last prompt token is adjacent to generation
-        input_ids[r, width - len(x):] = torch.tensor(x, dtype=torch.long)
-        mask[r, width - len(x):] = 1
+    input_ids, mask, _, _ = left_padded(prompts, pad, model.device)  # each prompt's last token next to generation
+    width = input_ids.shape[1]
     kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=sorted(eos_ids))
     if stop_strings:
         kw.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
     with torch.inference_mode():
-        out = model.generate(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
+        out = model.generate(input_ids=input_ids, attention_mask=mask,
                              **kw, top_p=None, top_k=None, temperature=None)
     return out[:, width:].tolist()
 

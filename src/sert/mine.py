@@ -55,6 +55,7 @@ import time
 from pathlib import Path
 
 from .config import MineConfig, check
+from .decode import forward_kw, new_cache
 from .errors import SertError
 from .identity import refuse_other
 from .io import JsonlLog, RunLock, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
@@ -83,25 +84,6 @@ _COMPACT_SHARE = 0.125
 
 
 # ------------------------------------------------------------------ helpers
-def _forward_kw(model) -> tuple[str, dict]:
-    """The cache argument's name (transformers 5: ``cache``; 4.x: ``past_key_values``) and,
-    where supported, ``logits_to_keep=1`` so the prefill computes the LM head for one position."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    kw = "cache" if "cache" in params else "past_key_values"
-    return kw, ({"logits_to_keep": 1} if "logits_to_keep" in params else {})
-
-
-def _new_cache(model):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # older transformers
-        return DynamicCache()
-
-
 def model_context(model, tokenizer, cfg: MineConfig) -> int | None:
     """The model's context length (None: unknown); refuses a ``max_new_tokens`` that leaves no room for a prompt."""
     ctx = context_length(model)
@@ -162,8 +144,8 @@ def _prefill(model, enc: list[list[int]], pad: int, eos_t, cfg: MineConfig):
         mask[i, L - len(x):] = 1
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp_(min=0)
-    cache_kw, prefill_kw = _forward_kw(model)
-    cache = _new_cache(model)
+    cache_kw, prefill_kw = forward_kw(model)
+    cache = new_cache(model)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **prefill_kw,
                 **{cache_kw: cache})
     logits0 = out.logits[:, -1, :].float()
@@ -306,7 +288,7 @@ def _decode_chunk(model, tokenizer, exs, enc: list[list[int]], cfg: MineConfig, 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     eos_t = torch.tensor(eos, device=device)
     cache, mask, pos, branch, branch_lp, margin0 = _prefill(model, enc, pad, eos_t, cfg)
-    cache_kw = _forward_kw(model)[0]
+    cache_kw = forward_kw(model)[0]
 
     R = B * m
     cache.batch_repeat_interleave(m)
