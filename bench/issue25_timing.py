@@ -3,7 +3,7 @@ a4e734d), back to back on this machine, and a table with the ratios.
 
     python3 bench/issue25_timing.py [--old /work/wt-old-a4e734d/src] [--work /tmp/issue25]
         [--questions 128] [--budget 256] [--dtypes float32,bfloat16] [--checkpoint DIR]
-        [--b-questions 64] [--train-steps 50] [--skip eval-a,eval-b,train]
+        [--b-questions 64] [--checkpoint DIR|train ...] [--train-steps 50] [--skip eval-a,eval-b,train]
 
 Expected duration on 2 quiet cores: about 25 minutes the first time (the (b) checkpoint is trained
 once and kept in ``--work``), ~20 after; ``--dtypes``, ``--b-questions`` and ``--skip`` trim it.
@@ -186,7 +186,9 @@ def main() -> None:
     p.add_argument("--questions", type=int, default=128)
     p.add_argument("--budget", type=int, default=256)
     p.add_argument("--b-questions", type=int, default=64)
-    p.add_argument("--checkpoint", default=None, help="(b): a checkpoint sert trained (default: train one)")
+    p.add_argument("--checkpoint", action="append", default=None,
+                   help="(b): a checkpoint sert trained, repeatable; 'train' = the one this script trains "
+                        "(default: that one only)")
     p.add_argument("--ckpt-questions", type=int, default=128, help="(b) checkpoint trained here: RD questions")
     p.add_argument("--ckpt-epochs", type=float, default=2, help="(b) checkpoint trained here: epochs")
     p.add_argument("--dtypes", default="float32,bfloat16")
@@ -215,15 +217,16 @@ def main() -> None:
     if "eval-a" not in skip:
         evals.append(("(a) embedded", "smollm2-135m", a.questions, a.budget))
     if "eval-b" not in skip:
-        ck = Path(a.checkpoint) if a.checkpoint else rd_checkpoint(work, a.ckpt_questions, a.ckpt_epochs)
-        b = resolve_budget(EvalConfig(), longest_training_completion(str(ck)))
-        evals.append(("(b) trained", str(ck), a.b_questions, b["max_new_tokens"]))
-        notes.append(f"(b) checkpoint {ck}: {b['rule']} -> {b['max_new_tokens']} tokens")
+        for i, c in enumerate(a.checkpoint or ["train"]):
+            ck = rd_checkpoint(work, a.ckpt_questions, a.ckpt_epochs) if c == "train" else Path(c)
+            b = resolve_budget(EvalConfig(), longest_training_completion(str(ck)))
+            evals.append((f"(b{i + 1}) trained", str(ck), a.b_questions, b["max_new_tokens"]))
+            notes.append(f"(b{i + 1}) checkpoint {ck}: {b['rule']} -> {b['max_new_tokens']} tokens")
     for label, model, n, budget in evals:
         exs = load_examples(TASK, "test", n)
         for dt in dtypes:
             args = {"model": model, "dtype": dt, "limit": n, "budget": budget, "batch": a.batch}
-            tag = f"eval_{label[1]}_{dt}"
+            tag = f"eval_{label[1:label.index(')')]}_{dt}"
             ro = run_worker("eval", old, args, work, tag + "_old")
             rn = run_worker("eval", new, args, work, tag + "_new")
             c = compare(ro, rn, exs)

@@ -217,3 +217,58 @@ def test_retire_moves_the_last_rows_into_the_holes():
     assert _retire(c, [0, 2, 4, 5]) == [0, 4, 2, 5] and c.idx == [0, 4, 2, 5]
     assert _retire(c, [3]) == [3]
     assert _retire(c, [0, 1]) == [0, 1]
+
+
+# ------------------------------------------------------------------ guessed tokens checked (eval.draft_tokens)
+def test_lookup_draft_guesses_from_the_latest_occurrence():
+    from sert.decode import lookup_draft
+
+    assert lookup_draft([1, 2, 3, 9, 1, 2, 3, 7, 8, 1, 2, 3], 4) == [7, 8, 1, 2]  # the latest match of 1 2 3
+    assert lookup_draft([5, 6, 7, 5, 6], 3) == [7, 5, 6]                         # falls back to a 2-gram
+    assert lookup_draft([1, 2, 3, 4], 3) == [] and lookup_draft([1, 1, 1, 1], 0) == []
+    assert lookup_draft([4, 4, 4, 4], 3) == [4, 4, 4]                             # past the end: periodic
+    assert lookup_draft([7, 1, 2, 7, 1, 2, 7], 5) == [1, 2, 7, 1, 2]
+
+
+@pytest.mark.parametrize("scale", [1.0, 8.0], ids=["looping", "varied"])
+def test_draft_tokens_keep_generates_tokens_and_save_steps(lm, scale, make_tiny, tiny_model):
+    """With guessed tokens checked (the default) and without, every record equals generate's; a looping
+    model (random weights at their initial scale repeat themselves) accepts guesses, so the batch
+    needs fewer forward calls than tokens."""
+    from sert.evaluate import generate_greedy
+
+    model, tok = lm
+    if scale == 1.0:
+        model = copy.deepcopy(model)
+        sharpen(model, 1 / 8)
+    free = free_run(model, tok)
+    # a looping model runs to the budget; the varied one also ends a row on a token it writes
+    eos = sorted({tok.eos_token_id} | ({free[1]["token_ids"][5]} if scale > 1 else set()))
+    m = copy.deepcopy(model)
+    m.generation_config.eos_token_id = eos
+    kw = dict(batch_size=len(QUESTIONS), max_new_tokens=40, stop_strings=["Question:"], progress=False)
+    old = generate_greedy(m, tok, prompts(), decoder="generate", **kw)
+    runs = {}
+    for d in (0, 3, 8):
+        stats: dict = {}
+        runs[d] = (generate_greedy(m, tok, prompts(), decoder="rows", stats=stats, draft=d, **kw), stats)
+        assert runs[d][0] == old, d
+    assert "drafted" not in runs[0][1] and "drafted" in runs[8][1]
+    if scale == 1.0:  # a loop is guessed in full: about a step per 9 tokens once the rows loop
+        assert runs[8][1]["accepted"] > 0 and runs[8][1]["steps"] < runs[0][1]["steps"] / 2, runs
+
+
+def test_guesses_only_where_every_layer_keeps_all_positions(lm):
+    """A masked-out guess is harmless only in a full-attention cache: a sliding window or a recurrent
+    layer turns checking guesses off (the rows decoder alone then runs)."""
+    from types import SimpleNamespace
+
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    from sert.decode import _full_attention, new_cache
+
+    model, _ = lm
+    assert _full_attention(new_cache(model, 8)) and _full_attention(new_cache(model, 0))
+    assert _full_attention(SimpleNamespace(layers=[DynamicLayer()]))
+    assert not _full_attention(SimpleNamespace(layers=[DynamicLayer(), DynamicSlidingWindowLayer(sliding_window=4)]))
+    assert not _full_attention(SimpleNamespace(layers=[])) and not _full_attention(object())

@@ -382,3 +382,77 @@ def test_max_grad_norm_reaches_the_clipping(tiny, sqa_self_records, tmp_path, mo
     assert seen == [0.25]
     run_train(str(tiny), sqa_self_records[:4], "self", _cfg(max_grad_norm=0.0), tmp_path / "b", device="cpu")
     assert seen == [0.25, float("inf")]        # 0 = no clipping (the norm is still computed, for the log)
+
+
+# ------------------------------------------------------------------ LM head on the completion positions only
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_head_on_labels_gives_transformers_loss_and_gradients(arch, tok, sqa_self_records):
+    """The hook feeds the LM head the completion positions only; the loss and every gradient equal those
+    of the model's own forward with labels (transformers' causal-LM loss), and the head really saw fewer rows."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from sert.train import _head_on, completion_positions, selected_loss
+
+    torch.manual_seed(0)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4))
+    model.eval()  # no dropout: the two forwards must see the same network
+    feats, _ = tokenize_pairs(build_pairs("self", sqa_self_records[:4]), tok, 128)
+    b = PadCollator(tok.pad_token_id)(feats)
+    ref = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+    ref.backward()
+    g_ref = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    sel = completion_positions(b["labels"])
+    rows = []
+    seen = model.get_output_embeddings().register_forward_hook(lambda m, a, o: rows.append(a[0].shape))
+    hook = _head_on(model, sel)
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    hook.remove(), seen.remove()
+    assert tuple(logits.shape[:2]) == (1, int(sel.sum())) and int(sel.sum()) < sel.numel() / 2
+    assert rows[0][:2] == (1, int(sel.sum()))
+    loss = selected_loss(logits, b["labels"], sel)
+    loss.backward()
+    assert torch.allclose(loss, ref, atol=1e-6), (loss.item(), ref.item())
+    for k, p in model.named_parameters():
+        assert torch.allclose(p.grad, g_ref[k], atol=1e-6, rtol=1e-4), k
+
+
+def test_selected_loss_weighted_equals_weighted_loss(tok, sqa_self_records):
+    """With example weights and a step's token count, the loss on the selected positions is weighted_loss's."""
+    from sert.train import completion_positions, selected_loss
+
+    feats, _ = tokenize_pairs(build_pairs("self", sqa_self_records[:3]), tok, 128)
+    b = PadCollator(tok.pad_token_id)(feats)
+    torch.manual_seed(1)
+    logits = torch.randn(*b["input_ids"].shape, 50, dtype=torch.float32)
+    labels = b["labels"].clamp(max=49).masked_fill(b["labels"] == -100, -100)
+    w = torch.tensor([0.5, 2.0, 1.25])
+    sel = completion_positions(labels)
+    for n in (None, 37):
+        want = weighted_loss(logits, labels, w, n)
+        assert torch.allclose(selected_loss(logits, labels, sel, w, n), want, atol=1e-6)
+        assert torch.allclose(selected_loss(logits[sel][None], labels, sel, w, n), want, atol=1e-6)
+
+
+def test_training_with_head_on_labels_follows_the_plain_trainer(tiny, sqa_self_records, tmp_path):
+    """Two Trainer runs on the same data, head_on_labels on and off (fp32): the same loss curve and the
+    same final weights up to float rounding; on is the default, and it does not change the fingerprint."""
+    from sert.train import _fingerprint
+
+    curves, params = {}, {}
+    for on in (True, False):
+        final = run_train(str(tiny), sqa_self_records, "self", _cfg(epochs=2, learning_rate=3e-3, head_on_labels=on),
+                          tmp_path / str(on), device="cpu", dtype="float32")
+        s = json.loads((tmp_path / str(on) / "train_summary.json").read_text())
+        curves[on], params[on] = [x["loss"] for x in s["loss_curve"]], _params(final)
+    assert len(curves[True]) == 4 and curves[True][-1] < curves[True][0]
+    assert max(abs(a - b) for a, b in zip(curves[True], curves[False])) < 1e-3, curves
+    assert all(torch.allclose(params[True][k], params[False][k], atol=1e-4) for k in params[True])
+    assert TrainConfig().head_on_labels is True
+    pairs = build_pairs("self", sqa_self_records)
+    assert _fingerprint("m", "self", pairs, _cfg(head_on_labels=True)) == \
+        _fingerprint("m", "self", pairs, _cfg(head_on_labels=False))

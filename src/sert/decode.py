@@ -83,6 +83,10 @@ def new_cache(model, reserve: int = 0):
     return cache
 
 
+DRAFT_ROWS = 8  # speculation starts once at most this many rows are left (a step then reads all weights for
+#                 a few rows: checking guessed tokens there costs little more than one token)
+
+
 _BUFFERED = None
 
 
@@ -199,8 +203,22 @@ def left_padded(prompts: Sequence[Sequence[int]], pad: int, device):
     return ids.to(device), mask.to(device), pos.to(device), use_mask
 
 
+def _record(rows: list[int], toks: list[list[int]], why: list[str], nxt: list[int], code: list[int]) -> list[int]:
+    """Append each live row's new token and mark why the ended ones ended (code 1: EOS, 2: a stop
+    string); returns the batch rows that go on."""
+    keep = []
+    for j, (r, tok, c) in enumerate(zip(rows, nxt, code)):
+        toks[r].append(tok)
+        if c:
+            why[r] = "eos" if c & 1 else "stop"
+        else:
+            keep.append(j)
+    return keep
+
+
 def decode_rows(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Sequence[int], pad: int,
-                stop=None, stats: dict | None = None, buffered: bool = True) -> list[tuple[list[int], str]]:
+                stop=None, stats: dict | None = None, buffered: bool = True, draft: int = 0,
+                draft_rows: int | None = None) -> list[tuple[list[int], str]]:
     """Greedy-decode one batch of prompt ids, each row dropped from the batch once it ends.
 
     Returns per prompt ``(tokens, why)``: the new tokens up to and including the one that ended the
@@ -208,10 +226,13 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eo
     ``"length"`` (``max_new_tokens`` tokens). ``stop``: :func:`stop_criteria`'s object or None.
     ``stats`` (optional) is given ``steps`` (forward calls after the prefill) and ``row_steps``
     (rows computed, summed over those calls). ``buffered``: keys and values in preallocated buffers
-    (:func:`new_cache`), else transformers' DynamicCache as it is.
+    (:func:`new_cache`), else transformers' DynamicCache as it is. ``draft`` > 0: once at most
+    ``draft_rows`` (default :data:`DRAFT_ROWS`) rows are left, each step also checks up to ``draft``
+    tokens guessed from the row's own text (:func:`_speculate`); the greedy tokens are the same.
     """
     import torch
 
+    draft_rows = DRAFT_ROWS if draft_rows is None else draft_rows
     device = next(model.parameters()).device
     B = len(prompts)
     ids, mask, pos, use_mask = left_padded(prompts, pad, device)
@@ -236,27 +257,20 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eo
             if stop is not None:
                 tail = torch.cat([tail, nxt[:, None]], dim=1)[:, -stop.maximum_token_len:]
                 code = code + 2 * stop(tail, None).to(torch.long)  # 2: a stop string ends here
-            nxt_h, code_h = nxt.tolist(), code.tolist()        # the one host sync per step
-            for r, tok in zip(rows, nxt_h):
-                toks[r].append(tok)
-            if t == max_new_tokens - 1:
-                for r, c in zip(rows, code_h):
-                    if c:
-                        why[r] = "eos" if c & 1 else "stop"
+            keep = _record(rows, toks, why, nxt.tolist(), code.tolist())  # the one host sync per step
+            if t == max_new_tokens - 1 or not keep:
                 break
-            if any(code_h):
-                keep = [j for j, c in enumerate(code_h) if not c]
-                for r, c in zip(rows, code_h):
-                    if c:
-                        why[r] = "eos" if c & 1 else "stop"
-                if not keep:
-                    break
+            if len(keep) < len(rows):
                 order = _retire(cache, keep)                   # drop the ended rows
                 rows = [rows[j] for j in order]
                 kt = torch.tensor(order, dtype=torch.long, device=device)
                 nxt, mask, next_pos = nxt[kt], mask[kt], next_pos[kt]
                 if tail is not None:
                     tail = tail[kt]
+            if draft > 0 and len(rows) <= draft_rows and _full_attention(cache):  # the few rows left: guesses too
+                st = _Spec(model, cache, prompts, rows, toks, why, mask, use_mask, next_pos, nxt, tail, draft)
+                steps, row_steps = _speculate(st, eos_ids, stop, max_new_tokens, stats, steps, row_steps)
+                break
             if use_mask:
                 mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
             out = model(input_ids=nxt[:, None], attention_mask=mask if use_mask else None,
@@ -271,11 +285,139 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eo
     return [(toks[r], why[r]) for r in range(B)]
 
 
+# ------------------------------------------------------------------ the last rows: guessed tokens checked
+
+
+def lookup_draft(context: Sequence[int], k: int, ngrams: Sequence[int] = (3, 2)) -> list[int]:
+    """Up to ``k`` tokens guessed from ``context`` itself (prompt lookup): the tokens that followed the latest
+    earlier occurrence of its last ``n`` tokens, the longest ``n`` of ``ngrams`` that occurs, continued
+    periodically where the text runs out. A looping output guesses its loop exactly; an output that
+    copies the question guesses the copied words."""
+    if k <= 0:
+        return []
+    ctx = list(context)
+    for n in ngrams:
+        if len(ctx) <= n:
+            continue
+        key = ctx[-n:]
+        for s in range(len(ctx) - n - 1, -1, -1):
+            if ctx[s:s + n] == key:
+                out: list[int] = []
+                for j in range(s + n, s + n + k):  # past the end, the match repeats itself (a loop's period)
+                    out.append(ctx[j] if j < len(ctx) else out[j - len(ctx)])
+                return out
+    return []
+
+
+def _full_attention(cache) -> bool:
+    """Whether every layer of ``cache`` keeps all positions (a plain or buffered DynamicLayer): a masked-out
+    guess is then simply never attended to. A sliding window (it would count the masked positions) or a
+    recurrent state (it cannot take a token back) does not allow checking guesses."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(x) is DynamicLayer or type(x) is _buffer_layer() for x in layers)
+
+
+class _Spec:
+    """The live rows of a batch when speculation starts: per row (in batch order) its original index,
+    its context (prompt + new tokens), its stop-string window and the token it last chose (not yet fed)."""
+
+    def __init__(self, model, cache, prompts, rows, toks, why, mask, use_mask, next_pos, nxt, tail, draft):
+        import torch
+
+        self.model, self.cache, self.toks, self.why, self.draft = model, cache, toks, why, draft
+        self.rows, self.next_pos, self.pending = list(rows), next_pos, nxt.tolist()
+        self.ctx = [list(prompts[r]) + toks[r] for r in self.rows]
+        self.tails = tail.tolist() if tail is not None else None
+        n = cache.get_seq_length()
+        self.mask = mask if use_mask else torch.ones((len(self.rows), n), dtype=torch.long, device=mask.device)
+
+
+def _emit(st: _Spec, i: int, tok: int, eos: set, stop, max_new: int) -> bool:
+    """Append ``tok`` to live row ``i``; True when it ends the row (EOS, a stop string, the budget)."""
+    import torch
+
+    r = st.rows[i]
+    st.toks[r].append(tok)
+    st.ctx[i].append(tok)
+    if tok in eos:
+        st.why[r] = "eos"
+        return True
+    if stop is not None:
+        st.tails[i] = (st.tails[i] + [tok])[-stop.maximum_token_len:]
+        if bool(stop(torch.tensor([st.tails[i]], dtype=torch.long), None)[0]):
+            st.why[r] = "stop"
+            return True
+    return len(st.toks[r]) >= max_new
+
+
+def _verify_step(st: _Spec, max_new: int):
+    """Feed each row its pending token and its guess (:func:`lookup_draft`); returns the greedy choice at
+    every fed position (``[rows][1 + k]``) and the guesses."""
+    import torch
+
+    guesses = [lookup_draft(c, min(st.draft, max_new - len(st.toks[r]) - 1)) for c, r in zip(st.ctx, st.rows)]
+    k = max(len(g) for g in guesses)
+    R, dev = len(st.rows), st.next_pos.device
+    ids = torch.tensor([[p] + g + [p] * (k - len(g)) for p, g in zip(st.pending, guesses)], dtype=torch.long,
+                       device=dev)
+    pos = st.next_pos[:, None] + torch.arange(k + 1, device=dev)
+    st.mask = torch.cat([st.mask, st.mask.new_ones((R, k + 1))], dim=1)
+    cache_kw, keep_kw = forward_kw(st.model)
+    keep = {"logits_to_keep": k + 1} if keep_kw else {}
+    out = st.model(input_ids=ids, attention_mask=st.mask, position_ids=pos, use_cache=True, **keep,
+                   **{cache_kw: st.cache})
+    choice = torch.argmax(out.logits[:, -(k + 1):].to(dtype=torch.float32), dim=-1).tolist()
+    return choice, guesses, k
+
+
+def _speculate(st: _Spec, eos_ids, stop, max_new: int, stats: dict | None, steps: int, row_steps: int):
+    """Decode the last rows to their ends, each step checking guessed tokens: the row's pending token and
+    up to ``draft`` guesses go through one forward; the greedy choices are kept up to the first guess
+    that differs from them (the tokens greedy decoding emits, one forward for several); the positions
+    of the rejected guesses stay in the cache, masked out. Returns the updated step counts."""
+    import torch
+
+    eos = set(int(e) for e in eos_ids)
+    drafted = accepted = 0
+    while st.rows:
+        choice, guesses, k = _verify_step(st, max_new)
+        steps, row_steps = steps + 1, row_steps + len(st.rows)
+        keep, adv = [], []
+        for i, (c, g) in enumerate(zip(choice, guesses)):
+            a = 0
+            while a < len(g) and g[a] == c[a]:
+                a += 1
+            drafted, accepted = drafted + len(g), accepted + a
+            if not any(_emit(st, i, tok, eos, stop, max_new) for tok in c[:a + 1]):
+                keep.append(i)
+                adv.append(a)
+                st.pending[i] = c[a]
+                if k > a:
+                    st.mask[i, st.mask.shape[1] - (k - a):] = 0   # the rejected guesses' positions
+        if len(keep) < len(st.rows):
+            if not keep:
+                break
+            order = _retire(st.cache, keep)
+            idx = [keep.index(j) if j in keep else None for j in order]
+            st.rows, st.pending, st.ctx = [st.rows[j] for j in order], [st.pending[j] for j in order], \
+                [st.ctx[j] for j in order]
+            st.tails = [st.tails[j] for j in order] if st.tails is not None else None
+            adv = [adv[x] for x in idx]
+            kt = torch.tensor(order, dtype=torch.long, device=st.next_pos.device)
+            st.mask, st.next_pos = st.mask[kt], st.next_pos[kt]
+        st.next_pos = st.next_pos + 1 + torch.tensor(adv, dtype=st.next_pos.dtype, device=st.next_pos.device)
+    _count(stats, drafted=drafted, accepted=accepted)
+    return steps, row_steps
+
+
+
 def generate_like(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Sequence[int], pad: int,
-                  stop=None, stats: dict | None = None) -> list[list[int]]:
+                  stop=None, stats: dict | None = None, draft: int = 0) -> list[list[int]]:
     """What ``model.generate`` returns after the prompts for this batch (greedy, ``pad_token_id=pad``):
     each row's new tokens, padded with ``pad`` to the batch's longest row (a row that ended before
     the others is followed by padding there too), computed by :func:`decode_rows`."""
-    res = decode_rows(model, prompts, max_new_tokens, eos_ids, pad, stop, stats)
+    res = decode_rows(model, prompts, max_new_tokens, eos_ids, pad, stop, stats, draft=draft)
     width = max(len(t) for t, _ in res)
     return [t + [pad] * (width - len(t)) for t, _ in res]

@@ -99,11 +99,13 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], batch_size: int = 
                     progress: bool = True, stop_strings: Sequence[str] | None = STOP_STRINGS,
                     on_batch: Callable[[list[int], list[dict]], None] | None = None,
                     warn: Callable[[int, int, int], None] | None = None, decoder: str = "rows",
-                    stats: dict | None = None) -> list[dict]:
+                    stats: dict | None = None, draft: int = 8) -> list[dict]:
     """Batched greedy decoding, longest prompts first (less padding, early OOM).
 
     ``decoder``: ``rows`` (:mod:`sert.decode`: the same greedy decoding, each row dropped from its
     batch once it ends; ``generate`` where it cannot reproduce it) or ``generate`` (``model.generate``).
+    ``draft``: with ``rows``, the last few rows of a batch check up to this many tokens guessed from
+    their own text per step (:func:`sert.decode.lookup_draft`; the same greedy tokens; 0 = off).
 
     Prompts are tokenized as mining and training tokenize them (:mod:`sert.tokens`: the
     tokenizer's special tokens, e.g. BOS, included). A prompt that leaves fewer than
@@ -126,7 +128,7 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], batch_size: int = 
         idx = order[s:s + batch_size]
         batch = [ids_all[i] for i in idx]
         if rows:  # generate's output, padding included, from a decoder that retires ended rows
-            new = generate_like(model, batch, max_new_tokens, eos_ids, pad, stop, stats)
+            new = generate_like(model, batch, max_new_tokens, eos_ids, pad, stop, stats, draft=draft)
         else:
             new = _generate_batch(model, tokenizer, batch, max_new_tokens, eos_ids, pad, stop_strings)
         batch_res = []
@@ -278,7 +280,8 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, out
             own(tokenizer, prompts, cfg.batch_size, max_new, progress=progress, on_batch=persist)
         else:
             generate_greedy(model, tokenizer, prompts, cfg.batch_size, max_new, progress=progress, on_batch=persist,
-                            warn=lambda i, n, k: _warn_long(todo[i], n, k, max_new), decoder=cfg.decoder)
+                            warn=lambda i, n, k: _warn_long(todo[i], n, k, max_new), decoder=cfg.decoder,
+                            draft=cfg.draft_tokens)
     if log is not None:
         log.close()
     records = [done[e.id] for e in examples]
