@@ -456,3 +456,26 @@ def test_training_with_head_on_labels_follows_the_plain_trainer(tiny, sqa_self_r
     pairs = build_pairs("self", sqa_self_records)
     assert _fingerprint("m", "self", pairs, _cfg(head_on_labels=True)) == \
         _fingerprint("m", "self", pairs, _cfg(head_on_labels=False))
+
+
+def test_training_attention_eager_on_cpu_same_loss_and_not_saved(tiny, sqa_self_records, tmp_path):
+    """auto trains with eager attention on a CPU; eager and sdpa give the same loss curve (fp32) and the
+    saved checkpoint loads with the model's default kernel; a bad choice is a config error."""
+    from transformers import AutoModelForCausalLM
+
+    from sert.train import training_attention
+
+    m = AutoModelForCausalLM.from_pretrained(tiny)
+    assert m.config._attn_implementation == "sdpa"
+    assert training_attention(m, "auto", cuda=True) == "sdpa" and m.config._attn_implementation == "sdpa"
+    assert training_attention(m, "auto", cuda=False) == "eager" and m.config._attn_implementation == "eager"
+    assert training_attention(m, "sdpa", cuda=False) == "sdpa" and m.config._attn_implementation == "sdpa"
+    curves = {}
+    for att in ("eager", "sdpa"):
+        final = run_train(str(tiny), sqa_self_records, "self", _cfg(epochs=2, learning_rate=3e-3, attention=att),
+                          tmp_path / att, device="cpu", dtype="float32")
+        curves[att] = [x["loss"] for x in json.loads((tmp_path / att / "train_summary.json").read_text())["loss_curve"]]
+        assert AutoModelForCausalLM.from_pretrained(final).config._attn_implementation == "sdpa"
+    assert max(abs(a - b) for a, b in zip(curves["eager"], curves["sdpa"])) < 1e-3, curves
+    assert TrainConfig(attention="flash").validate() == [
+        "train.attention: expected auto, sdpa or eager, got 'flash'"]

@@ -171,6 +171,9 @@ class TrainConfig:
     head_on_labels: bool = opt(True, "the LM head and the loss run on the completion positions only (the prompt "
                                       "positions' logits are never computed): the same loss, ~1.3x faster on a "
                                       "CPU; false = the model's own forward on every position; (D) speed")
+    attention: str = opt("auto", "attention kernel while training: auto (eager on a CPU, where the sdpa flash kernel's "
+                                 "backward is slower at these lengths: ~1.2x per step; the model's own on a GPU) | "
+                                 "sdpa | eager; evaluation always uses the model's own; (D) speed")
     save_total_limit: int = opt(1, "checkpoints kept while training; (D)")
     logging_steps: int = opt(10, "optimizer steps between loss log lines; (D)")
     report_to: str = opt("none", "Trainer loggers: none | tensorboard | wandb, mlflow, ... (comma-separated); "
@@ -187,6 +190,8 @@ class TrainConfig:
             e.append(f"train.learning_rate: expected > 0, got {self.learning_rate}")
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             e.append(f"train.seeds: expected a non-empty list of distinct integers, got {self.seeds}")
+        if self.attention not in ("auto", "sdpa", "eager"):
+            e.append(f"train.attention: expected auto, sdpa or eager, got {self.attention!r}")
         if str(self.bf16).lower() not in ("auto", "true", "false"):
             e.append(f"train.bf16: expected auto, true or false, got {self.bf16!r}")
         if self.max_grad_norm < 0:

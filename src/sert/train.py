@@ -432,7 +432,7 @@ def _trainer_classes():
 def _fingerprint(model_name: str, stage: str, pairs: list[dict], cfg: TrainConfig) -> str:
     h = hashlib.sha256()
     skip = {"logging_steps", "save_total_limit", "report_to", "curve_arms",  # do not change what is learned
-            "head_on_labels"}
+            "head_on_labels", "attention"}
     # keys added later, at the value they stand for when absent: older runs keep their fingerprint
     skip |= {k for k, v in (("self_weight", 1.0), ("eval_epochs", None)) if getattr(cfg, k) in (v, [])}
     if cfg.max_grad_norm == 1.0:  # made explicit later at the value it always had: old runs keep their fingerprint
@@ -761,6 +761,9 @@ def _make_trainer(model, tok, feats: list[dict], cfg: TrainConfig, out: Path, de
     if _is_main():
         log.info(f"train: {prec[0]} ({prec[1]}); batch {plan['effective_batch']} = {world} "
                  f"process(es) x {plan['per_device_batch']} x {cfg.grad_accum} accumulated")
+    attention = training_attention(model, cfg.attention, cuda)
+    if _is_main():
+        log.info(f"train: attention {attention}")
     report_to, report_cbs = _reporting(cfg.report_to, out / "logs")
     args = _training_args(cfg, out / "checkpoints", plan, prec[0], cuda, len(feats), report_to)
     collator = PadCollator(tok.pad_token_id, use_weights=cfg.use_weights,
@@ -773,6 +776,23 @@ def _make_trainer(model, tok, feats: list[dict], cfg: TrainConfig, out: Path, de
     trainer.head_on_labels = bool(cfg.head_on_labels)
     _quiet_trainer_logs(trainer)
     return trainer, collator, plan
+
+
+def training_attention(model, choice: str, cuda: bool) -> str:
+    """Set the attention kernel ``model`` trains with (``train.attention``) and return its name. ``auto``:
+    eager on a CPU (torch's CPU flash kernel spends ~17% of a bf16 step in its backward at sert's
+    100-200-token batches; eager attention's matmuls take a fraction of that), the model's own elsewhere.
+    Not saved with the checkpoint: a trained model loads with its default kernel."""
+    current = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    want = ("eager" if not cuda else current) if choice == "auto" else choice
+    if want != current:
+        try:
+            model.set_attn_implementation(want)
+        except (ValueError, AttributeError, ImportError) as e:  # a model without that kernel keeps its own
+            log.warning(f"train: attention {want} not available for this model ({str(e).splitlines()[0]}); "
+                        f"keeping {current}")
+            return current
+    return want
 
 
 def _weight_summary(feats: list[dict]) -> dict:
