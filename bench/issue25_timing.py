@@ -2,12 +2,12 @@
 a4e734d), back to back on this machine, and a table with the ratios.
 
     python3 bench/issue25_timing.py [--old /work/wt-old-a4e734d/src] [--work /tmp/issue25]
-        [--questions 128] [--budget 256] [--dtypes float32,bfloat16] [--checkpoint DIR]
+        [--questions 128] [--budget 256] [--dtypes float32,bfloat16]
         [--b-questions 64] [--checkpoint DIR|train ...] [--train-steps 50] [--skip eval-a,eval-b,train]
 
-Expected duration on 2 quiet cores: about 25 minutes the first time (the (b) checkpoint is trained
-once and kept in ``--work``), ~20 after; ``--dtypes``, ``--b-questions`` and ``--skip`` trim it.
-Not yet timed end to end at full size on a quiet machine (written under heavy contention).
+Measured duration on 2 quiet cores (Zen 4, 2026-12-07): 25 min 47 s with ``--checkpoint DIR --checkpoint
+train`` (the (b) checkpoint trained here once, kept in ``--work``); the training section alone 412 s.
+``--dtypes``, ``--b-questions`` and ``--skip`` trim it.
 
 Every measurement runs in its own process (``PYTHONPATH`` = the old or the new ``src``), one after
 another, nothing else of ours running; run it on a quiet machine for the figures to report.
@@ -22,8 +22,8 @@ eval (a) the embedded model, CommonsenseQA test, ``--questions`` questions, ``--
          generated tokens / decoding seconds, outputs compared record by record (token ids, text,
          finish) and answer by answer (the shared extractor).
 eval (b) a checkpoint sert trained, at its automatic budget (budget_factor x longest training completion
-         + margin): ``--checkpoint``, or one this script trains once into ``--work`` and reuses (``sert
-         teach`` CommonsenseQA's shipped rationales for ``--ckpt-questions`` 128 train questions, then
+         + margin): each ``--checkpoint``, ``train`` meaning one this script trains once into ``--work``
+         and reuses (``sert teach`` CommonsenseQA's shipped rationales for ``--ckpt-questions`` 128 train questions, then
          ``sert train --stage distill`` 2 epochs, bf16: an RD arm that writes reasoning before its answer).
 train    ``run_train`` of the old and the new tree on the same RD data, bf16, ``--train-steps``
          optimizer steps, batch 8, logging every step: useful (non-padding) tokens/s as sert reports
