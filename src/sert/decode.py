@@ -181,7 +181,8 @@ def stop_criteria(tokenizer, stop_strings: Sequence[str] | None):
 
 
 def _count(stats: dict | None, **counts: int) -> None:
-    """Add ``counts`` to ``stats`` (when given): forward calls after the prefill and rows computed."""
+    """Add ``counts`` to ``stats`` (when given): forward calls after the prefill, rows computed, and with
+    guessed tokens the guesses fed and accepted."""
     if stats is not None:
         for k, v in counts.items():
             stats[k] = stats.get(k, 0) + v
@@ -225,7 +226,8 @@ def decode_rows(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eo
     row (its EOS, the last token of a stop string) and why it ended: ``"eos"``, ``"stop"`` or
     ``"length"`` (``max_new_tokens`` tokens). ``stop``: :func:`stop_criteria`'s object or None.
     ``stats`` (optional) is given ``steps`` (forward calls after the prefill) and ``row_steps``
-    (rows computed, summed over those calls). ``buffered``: keys and values in preallocated buffers
+    (rows computed, summed over those calls), and once guesses are checked ``drafted`` and
+    ``accepted`` (guessed tokens fed, and kept). ``buffered``: keys and values in preallocated buffers
     (:func:`new_cache`), else transformers' DynamicCache as it is. ``draft`` > 0: once at most
     ``draft_rows`` (default :data:`DRAFT_ROWS`) rows are left, each step also checks up to ``draft``
     tokens guessed from the row's own text (:func:`_speculate`); the greedy tokens are the same.
@@ -327,6 +329,7 @@ class _Spec:
         import torch
 
         self.model, self.cache, self.toks, self.why, self.draft = model, cache, toks, why, draft
+        self.cache_kw, self.keep_kw = forward_kw(model)
         self.rows, self.next_pos, self.pending = list(rows), next_pos, nxt.tolist()
         self.ctx = [list(prompts[r]) + toks[r] for r in self.rows]
         self.tails = tail.tolist() if tail is not None else None
@@ -364,10 +367,9 @@ def _verify_step(st: _Spec, max_new: int):
                        device=dev)
     pos = st.next_pos[:, None] + torch.arange(k + 1, device=dev)
     st.mask = torch.cat([st.mask, st.mask.new_ones((R, k + 1))], dim=1)
-    cache_kw, keep_kw = forward_kw(st.model)
-    keep = {"logits_to_keep": k + 1} if keep_kw else {}
+    keep = {"logits_to_keep": k + 1} if st.keep_kw else {}
     out = st.model(input_ids=ids, attention_mask=st.mask, position_ids=pos, use_cache=True, **keep,
-                   **{cache_kw: st.cache})
+                   **{st.cache_kw: st.cache})
     choice = torch.argmax(out.logits[:, -(k + 1):].to(dtype=torch.float32), dim=-1).tolist()
     return choice, guesses, k
 
@@ -399,18 +401,17 @@ def _speculate(st: _Spec, eos_ids, stop, max_new: int, stats: dict | None, steps
         if len(keep) < len(st.rows):
             if not keep:
                 break
-            order = _retire(st.cache, keep)
-            idx = [keep.index(j) if j in keep else None for j in order]
+            order = _retire(st.cache, keep)                  # old batch rows, each one of keep
+            at = {j: x for x, j in enumerate(keep)}
             st.rows, st.pending, st.ctx = [st.rows[j] for j in order], [st.pending[j] for j in order], \
                 [st.ctx[j] for j in order]
             st.tails = [st.tails[j] for j in order] if st.tails is not None else None
-            adv = [adv[x] for x in idx]
+            adv = [adv[at[j]] for j in order]
             kt = torch.tensor(order, dtype=torch.long, device=st.next_pos.device)
             st.mask, st.next_pos = st.mask[kt], st.next_pos[kt]
         st.next_pos = st.next_pos + 1 + torch.tensor(adv, dtype=st.next_pos.dtype, device=st.next_pos.device)
     _count(stats, drafted=drafted, accepted=accepted)
     return steps, row_steps
-
 
 
 def generate_like(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Sequence[int], pad: int,

@@ -55,7 +55,7 @@ import time
 from pathlib import Path
 
 from .config import MineConfig, check
-from .decode import forward_kw, new_cache
+from .decode import forward_kw, left_padded, new_cache
 from .errors import SertError
 from .identity import refuse_other
 from .io import JsonlLog, RunLock, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
@@ -135,15 +135,7 @@ def _prefill(model, enc: list[list[int]], pad: int, eos_t, cfg: MineConfig):
     first tokens (the branches, [B, k]), their log-probs and the first step's top-1 - top-2 margin."""
     import torch
 
-    device = eos_t.device
-    B, L = len(enc), max(len(x) for x in enc)
-    ids = torch.full((B, L), pad, dtype=torch.long)
-    mask = torch.zeros((B, L), dtype=torch.long)
-    for i, x in enumerate(enc):
-        ids[i, L - len(x):] = torch.tensor(x, dtype=torch.long)
-        mask[i, L - len(x):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    pos = (mask.cumsum(-1) - 1).clamp_(min=0)
+    ids, mask, pos, _ = left_padded(enc, pad, eos_t.device)  # the mask is passed even when nothing is padded
     cache_kw, prefill_kw = forward_kw(model)
     cache = new_cache(model)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **prefill_kw,

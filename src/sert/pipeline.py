@@ -67,9 +67,9 @@ log = _get_logger(__name__)
 # Keys that change how a run is executed or labelled, not what it computes: a run directory
 # may be resumed with other values (e.g. on another device, with smaller batches for generation,
 # or with arms added).
-OPERATIONAL_KEYS = {"out", "arms", "device", "mine.batch_questions", "eval.batch_size", "eval.decoder", "eval.draft_tokens",
-                    "train.logging_steps", "train.save_total_limit", "train.head_on_labels",
-                    "train.attention",
+OPERATIONAL_KEYS = {"out", "arms", "device", "mine.batch_questions", "eval.batch_size", "eval.decoder",
+                    "eval.draft_tokens", "train.logging_steps", "train.save_total_limit",
+                    "train.head_on_labels", "train.attention",
                     "teach.concurrency", "teach.max_retries", "teach.timeout", "train.report_to",
                     # the Fig. 4 judge stage reads the filter sets and changes nothing the arms compute
                     "judge.enabled", "judge.model", "judge.base_url", "judge.sample", "judge.seed",
