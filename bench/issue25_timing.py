@@ -3,10 +3,11 @@ a4e734d), back to back on this machine, and a table with the ratios.
 
     python3 bench/issue25_timing.py [--old /work/wt-old-a4e734d/src] [--work /tmp/issue25]
         [--questions 128] [--budget 256] [--dtypes float32,bfloat16]
-        [--b-questions 64] [--checkpoint DIR|train ...] [--train-steps 50] [--skip eval-a,eval-b,train]
+        [--b-questions 64] [--checkpoint DIR|train ...] [--train-steps 50] [--skip eval-a,eval-b,train,train-compile]
 
 Measured duration on 2 quiet cores (Zen 4, 2026-12-07): 25 min 47 s with ``--checkpoint DIR --checkpoint
-train`` (the (b) checkpoint trained here once, kept in ``--work``); the training section alone 412 s.
+train`` (the (b) checkpoint trained here once, kept in ``--work``) before the compiled variant was added;
+the training section alone 737 s (old 184 s, new 134 s, new + train.compile 387 s).
 ``--dtypes``, ``--b-questions`` and ``--skip`` trim it.
 
 Every measurement runs in its own process (``PYTHONPATH`` = the old or the new ``src``), one after
@@ -27,7 +28,10 @@ eval (b) a checkpoint sert trained, at its automatic budget (budget_factor x lon
          ``sert train --stage distill`` 2 epochs, bf16: an RD arm that writes reasoning before its answer).
 train    ``run_train`` of the old and the new tree on the same RD data, bf16, ``--train-steps``
          optimizer steps, batch 8, logging every step: useful (non-padding) tokens/s as sert reports
-         it and max |loss_new - loss_old| over the steps.
+         it and max |loss_new - loss_old| over the steps; then the new tree with ``train.compile`` on a
+         cold inductor cache (``--skip train-compile`` leaves it out). Each also after its first step
+         (the Trainer's ``training_step`` timed from outside sert, the same in both trees): the steady
+         rate, without the warm-up and the compile, whose seconds are reported beside it.
 """
 from __future__ import annotations
 
@@ -111,13 +115,35 @@ def _worker_train(a: dict) -> dict:
     from sert.train import run_train
 
     cfg = TrainConfig(epochs=a["epochs"], logging_steps=1, save_total_limit=1, seed=42, **a.get("extra", {}))
+    marks = _clock_training_steps()
     t0 = time.perf_counter()
     run_train(a["model"], a["data"], "distill", cfg, a["out"], device="cpu", dtype="bfloat16")
     s = read_json(Path(a["out"]) / "train_summary.json")
+    (t1, n1), (t2, n2) = marks[0], marks[-1]
     return {"wall": time.perf_counter() - t0, "useful_tokens_per_s": s.get("useful_tokens_per_s"),
             "train_time_s": s.get("train_time_s"), "steps": s.get("steps"),
             "losses": [c["loss"] for c in s["loss_curve"]], "loss_steps": [c["step"] for c in s["loss_curve"]],
-            "tokens": s.get("tokens")}
+            "tokens": s.get("tokens"), "first_step_s": round(t1 - t0, 1),
+            "after_first_tokens_per_s": round((n2 - n1) / (t2 - t1), 1)}
+
+
+def _clock_training_steps() -> list:
+    """Wrap the Trainer's ``training_step`` (either tree: the wrap is outside sert): after each call, the
+    time and the non-padding tokens so far. The steady rate is the tokens over the time after the first
+    step, which carries the warm-up (and, with ``train.compile``, the compile)."""
+    import transformers
+
+    marks, seen = [], [0]
+    orig = transformers.Trainer.training_step
+
+    def training_step(self, model, inputs, *a, **k):
+        out = orig(self, model, inputs, *a, **k)
+        seen[0] += int(inputs["attention_mask"].sum())
+        marks.append((time.perf_counter(), seen[0]))
+        return out
+
+    transformers.Trainer.training_step = training_step
+    return marks
 
 
 WORKERS = {"matmul": _worker_matmul, "eval": _worker_eval, "train": _worker_train}
@@ -130,12 +156,12 @@ def worker_main(kind: str, arg_file: str) -> None:
 
 
 # ------------------------------------------------------------------ the driver
-def run_worker(kind: str, src: str, args: dict, work: Path, tag: str) -> dict:
+def run_worker(kind: str, src: str, args: dict, work: Path, tag: str, env: dict | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     arg_file, result = work / f"{tag}.args.json", work / f"{tag}.json"
     args = dict(args, result=str(result))
     arg_file.write_text(json.dumps(args))
-    env = dict(os.environ, PYTHONPATH=src, SERT_DTYPE_PROBE="0", TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, PYTHONPATH=src, SERT_DTYPE_PROBE="0", TOKENIZERS_PARALLELISM="false", **(env or {}))
     t0 = time.time()
     print(f"  {tag} ...", end="", flush=True, file=sys.stderr)
     subprocess.run([sys.executable, str(HERE), "--worker", kind, str(arg_file)], env=env, check=True,
@@ -179,6 +205,43 @@ def compare(old: dict, new: dict, examples) -> dict:
     return {"identical": same, "same_answer": ans, "n": len(examples)}
 
 
+def train_rows(a, old: str, new: str, work: Path, mm: dict, compiled: bool) -> list[list[str]]:
+    """The training section: old, new and (``compiled``) new with ``train.compile`` on a cold inductor
+    cache, each a fresh process on the same data and seed; the whole run's rate (sert's own figure) and
+    the rate after the first step (warm-up and compile excluded), each against old's."""
+    import shutil
+
+    data = rd_data(work)
+    epochs = a.train_steps * 8 / sum(1 for _ in open(data))
+    variants = [("old", old, {}, None), ("new", new, {}, None)]
+    if compiled:
+        cold = work / f"inductor_cold_{int(time.time())}"  # nothing cached: the compile a first run pays
+        variants.append(("new + train.compile", new, {"compile": True}, {"TORCHINDUCTOR_CACHE_DIR": str(cold)}))
+    res = {}
+    for tag, src, extra, env in variants:
+        out = work / f"train_{tag.split()[0]}{'_compile' if extra else ''}"
+        shutil.rmtree(out, ignore_errors=True)
+        res[tag] = run_worker("train", src, {"model": "smollm2-135m", "data": str(data), "epochs": epochs,
+                                             "out": str(out), "extra": extra}, work, out.name, env=env)
+    flop_tok = 6 * 134_515_008
+    peak = mm["bfloat16"]["square_1024"] if "bfloat16" in mm else None
+    ro, rows = res["old"], []
+    lo = dict(zip(ro["loss_steps"], ro["losses"]))
+    for tag in list(res)[1:]:
+        r = res[tag]
+        ln = dict(zip(r["loss_steps"], r["losses"]))
+        both = sorted(set(lo) & set(ln))
+        dev = max(abs(lo[k] - ln[k]) for k in both) if both else float("nan")
+        for what, key in (("whole run", "useful_tokens_per_s"), ("after the first step", "after_first_tokens_per_s")):
+            to, tn = ro[key], r[key]
+            mfu = f"{100 * to * flop_tok / peak:.1f}% / {100 * tn * flop_tok / peak:.1f}%" if peak else "-"
+            rows.append([f"train bf16 {tag}, {r['steps']} steps, batch 8, {what}", f"{to}", f"{tn}",
+                         f"{tn / to:.2f}x", mfu,
+                         f"max abs dloss {dev:.2e} over {len(both)} steps; train s {ro['train_time_s']} / "
+                         f"{r['train_time_s']}; first step s {ro['first_step_s']} / {r['first_step_s']}"])
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--old", default="/work/wt-old-a4e734d/src", help="src/ of the reference tree")
@@ -194,7 +257,7 @@ def main() -> None:
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--batch", type=int, default=None, help="eval batch size of both trees (default: each its own)")
     p.add_argument("--train-steps", type=int, default=50)
-    p.add_argument("--skip", default="", help="comma-separated: eval-a, eval-b, train")
+    p.add_argument("--skip", default="", help="comma-separated: eval-a, eval-b, train, train-compile")
     a = p.parse_args()
     work, old, new = Path(a.work), a.old, str(NEW_SRC)
     work.mkdir(parents=True, exist_ok=True)
@@ -240,27 +303,7 @@ def main() -> None:
                          f"tokens {ro['tokens']} / {rn['tokens']}; s {ro['seconds']:.1f} / {rn['seconds']:.1f}"])
 
     if "train" not in skip:
-        data = rd_data(work)
-        n_ex = sum(1 for _ in open(data))
-        epochs = a.train_steps * 8 / n_ex
-        res = {}
-        for tag, src in (("old", old), ("new", new)):
-            out = work / f"train_{tag}"
-            if out.exists():
-                import shutil
-                shutil.rmtree(out)
-            res[tag] = run_worker("train", src, {"model": "smollm2-135m", "data": str(data), "epochs": epochs,
-                                                 "out": str(out)}, work, f"train_{tag}")
-        lo, ln = (dict(zip(res[t]["loss_steps"], res[t]["losses"])) for t in ("old", "new"))  # by step
-        both = sorted(set(lo) & set(ln))
-        dev = max(abs(lo[k] - ln[k]) for k in both) if both else float("nan")
-        to, tn = res["old"]["useful_tokens_per_s"], res["new"]["useful_tokens_per_s"]
-        flop_tok = 6 * 134_515_008
-        peak = mm["bfloat16"]["square_1024"] if "bfloat16" in mm else None
-        mfu = f"{100 * to * flop_tok / peak:.1f}% / {100 * tn * flop_tok / peak:.1f}%" if peak else "-"
-        rows.append([f"train bf16, {res['new']['steps']} steps, batch 8", f"{to}", f"{tn}", f"{tn / to:.2f}x", mfu,
-                     f"max abs dloss {dev:.2e} over {len(both)} steps; "
-                     f"train s {res['old']['train_time_s']} / {res['new']['train_time_s']}"])
+        rows += train_rows(a, old, new, work, mm, compiled="train-compile" not in skip)
 
     head = ["what", "old tok/s", "new tok/s", "ratio", "MFU old / new", "notes"]
     print("| " + " | ".join(head) + " |")

@@ -479,3 +479,33 @@ def test_training_attention_eager_on_cpu_same_loss_and_not_saved(tiny, sqa_self_
     assert max(abs(a - b) for a, b in zip(curves["eager"], curves["sdpa"])) < 1e-3, curves
     assert TrainConfig(attention="flash").validate() == [
         "train.attention: expected auto, sdpa or eager, got 'flash'"]
+
+
+def test_compiled_training_follows_eager_and_saves_plain_names(tiny, sqa_self_records, tmp_path):
+    """train.compile: the decoder compiled in place (dynamic shapes) trains along the eager loss curve
+    (fp32) over batches of different lengths, saves the same parameter names (no ``_orig_mod``), does
+    not change the fingerprint, and the summary reports the first step's time beside the steady rate."""
+    from safetensors.torch import load_file
+
+    from sert.train import _fingerprint
+
+    torch._dynamo.reset()
+    curves, names, summaries = {}, {}, {}
+    for on in (True, False):
+        final = run_train(str(tiny), sqa_self_records, "self", _cfg(epochs=2, learning_rate=3e-3, compile=on,
+                                                                     batch_size=2),
+                          tmp_path / str(on), device="cpu", dtype="float32")
+        summaries[on] = json.loads((tmp_path / str(on) / "train_summary.json").read_text())
+        curves[on] = [x["loss"] for x in summaries[on]["loss_curve"]]
+        names[on] = sorted(load_file(str(Path(final) / "model.safetensors")))
+        if on:  # it did compile, once for every length (dynamic shapes)
+            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+            assert 1 <= graphs <= 2, graphs
+    torch._dynamo.reset()
+    assert len(curves[True]) == 8 and max(abs(a - b) for a, b in zip(curves[True], curves[False])) < 1e-3, curves
+    assert names[True] == names[False] and not any("_orig_mod" in n for n in names[True])
+    s = summaries[True]
+    assert s["steps_after_first"] == 7 and s["first_step_s"] > 0 and s["useful_tokens_per_s_after_first_step"] > 0
+    assert TrainConfig().compile is False
+    pairs = build_pairs("self", sqa_self_records)
+    assert _fingerprint("m", "self", pairs, _cfg(compile=True)) == _fingerprint("m", "self", pairs, _cfg())

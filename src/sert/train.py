@@ -432,7 +432,7 @@ def _trainer_classes():
 def _fingerprint(model_name: str, stage: str, pairs: list[dict], cfg: TrainConfig) -> str:
     h = hashlib.sha256()
     skip = {"logging_steps", "save_total_limit", "report_to", "curve_arms",  # do not change what is learned
-            "head_on_labels", "attention"}
+            "head_on_labels", "attention", "compile"}
     # keys added later, at the value they stand for when absent: older runs keep their fingerprint
     skip |= {k for k, v in (("self_weight", 1.0), ("eval_epochs", None)) if getattr(cfg, k) in (v, [])}
     if cfg.max_grad_norm == 1.0:  # made explicit later at the value it always had: old runs keep their fingerprint
@@ -713,6 +713,8 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         return final
 
     curve, metrics = _loss_metrics(trainer, result, wall, useful, padded)
+    clock = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "StepClock"), None)
+    metrics.update(steady_rate(clock))
     settings = {"stage": stage, "data": source, "examples": len(feats), "truncated": truncated,
                 "precision": prec[0], "precision_reason": prec[1], **plan,
                 **{k: v for k, v in to_dict(cfg).items() if k not in ("logging_steps", "save_total_limit")}}
@@ -733,8 +735,10 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
     card = {"name": f"{Path(str(model_name)).name}-sert-{stage}", "base_model": model_name, "stage": stage,
             "data": source, "n_examples": len(feats), "settings": settings, "metrics": metrics}
     _write_final(out, _trained_model(trainer, cfg), tok, card, info, summary)
+    steady = (f" ({metrics['useful_tokens_per_s_after_first_step']} after a first step of "
+              f"{metrics['first_step_s']}s)" if metrics["useful_tokens_per_s_after_first_step"] else "")
     log.info(f"train: done in {wall:.0f}s, final loss {metrics['final_loss']}, "
-             f"{metrics['useful_tokens_per_s']} tokens/s -> {final}")
+             f"{metrics['useful_tokens_per_s']} tokens/s{steady} -> {final}")
     return final
 
 
@@ -764,6 +768,8 @@ def _make_trainer(model, tok, feats: list[dict], cfg: TrainConfig, out: Path, de
     attention = training_attention(model, cfg.attention, cuda)
     if _is_main():
         log.info(f"train: attention {attention}")
+    if cfg.compile:
+        compile_decoder(model)
     report_to, report_cbs = _reporting(cfg.report_to, out / "logs")
     args = _training_args(cfg, out / "checkpoints", plan, prec[0], cuda, len(feats), report_to)
     collator = PadCollator(tok.pad_token_id, use_weights=cfg.use_weights,
@@ -772,10 +778,61 @@ def _make_trainer(model, tok, feats: list[dict], cfg: TrainConfig, out: Path, de
     cls = SertTrainer if cfg.use_weights or cfg.head_on_labels else Trainer
     snaps = [_epoch_snapshots(out, cfg, tok, info)] if cfg.eval_epochs else []
     trainer = cls(model=model, args=args, data_collator=collator, train_dataset=feats, processing_class=tok,
-                  callbacks=[*_callbacks(), *report_cbs, *snaps])
+                  callbacks=[*_callbacks(), step_clock(), *report_cbs, *snaps])
     trainer.head_on_labels = bool(cfg.head_on_labels)
     _quiet_trainer_logs(trainer)
     return trainer, collator, plan
+
+
+def compile_decoder(model) -> None:
+    """``train.compile``: compile the decoder stack in place (``nn.Module.compile``, dynamic shapes, so
+    length-grouped batches of every length share one graph); the LM head and the loss stay eager (the
+    head runs on the completion positions only, :func:`_head_on`). In place, so checkpoints keep their
+    parameter names. The first step pays the compile (minutes on a CPU, less with inductor's cache warm)."""
+    target = model.get_decoder() if hasattr(model, "get_decoder") else model
+    target.compile(dynamic=True)
+    if _is_main():
+        log.info(f"train: torch.compile on {type(target).__name__} (dynamic shapes); the first step compiles")
+
+
+def _step_clock_class():
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        """Wall time and tokens seen (the Trainer's non-padding count) at the end of this session's first
+        optimizer step and at the end of training: the steady rate after a compile or a warm-up
+        (:func:`steady_rate`)."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.start = (time.time(), state.num_input_tokens_seen, state.global_step)
+            self.first = self.end = None
+
+        def on_step_end(self, args, state, control, **kw):
+            mark = (time.time(), state.num_input_tokens_seen, state.global_step)
+            if self.first is None:
+                self.first = mark
+            self.end = mark
+
+    return StepClock
+
+
+def step_clock():
+    """A :class:`StepClock` callback (its class is built on first use: transformers imports lazily)."""
+    return _step_clock_class()()
+
+
+def steady_rate(clock) -> dict:
+    """Seconds of this session's first step and useful tokens/s over the steps after it, from a
+    :class:`StepClock` (the same keys always; None where fewer than two steps ran in this session or
+    the Trainer counted no tokens)."""
+    out = {"first_step_s": None, "steps_after_first": 0, "useful_tokens_per_s_after_first_step": None}
+    if getattr(clock, "first", None) is None:
+        return out
+    (t0, _, _), (t1, n1, s1), (t2, n2, s2) = clock.start, clock.first, clock.end
+    out.update(first_step_s=round(t1 - t0, 1), steps_after_first=s2 - s1)
+    if n2 > n1 and t2 > t1:
+        out["useful_tokens_per_s_after_first_step"] = round((n2 - n1) / (t2 - t1), 1)
+    return out
 
 
 def training_attention(model, choice: str, cuda: bool) -> str:
@@ -945,6 +1002,8 @@ def _training_args(cfg: TrainConfig, ckpt_dir: Path, plan: dict, precision: str,
         version_kw["train_sampling_strategy"] = "group_by_length" if cfg.group_by_length else "random"
     else:
         version_kw["group_by_length"] = cfg.group_by_length
+    if "include_num_input_tokens_seen" in known:  # for StepClock's steady rate
+        version_kw["include_num_input_tokens_seen"] = "non_padding"
     if "warmup_ratio" in known:
         version_kw["warmup_ratio"] = cfg.warmup_ratio
     else:
