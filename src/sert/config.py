@@ -174,7 +174,7 @@ class TrainConfig:
     attention: str = opt("auto", "attention kernel while training: auto (eager on a CPU, where the sdpa flash kernel's "
                                  "backward is slower at these lengths: ~1.2x per step; the model's own on a GPU) | "
                                  "sdpa | eager; evaluation always uses the model's own; (D) speed")
-    compile: bool = opt(False, "torch.compile the decoder in place (dynamic shapes) before training: 1.13-1.15x "
+    compile: bool = opt(False, "torch.compile the decoder in place (dynamic shapes) before training: 1.13-1.22x "
                                "per bf16 step after a one-off compile of 267-294 s (cold inductor cache; 2-core "
                                "Zen 4): pays off past ~850 steps (CommonsenseQA RD at 20 epochs: 1960), a loss on "
                                "short runs; (D) speed")
