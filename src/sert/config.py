@@ -177,7 +177,7 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile the decoder in place (dynamic shapes) before training: 1.13-1.22x "
                                "per bf16 step after a one-off compile of 267-294 s (cold inductor cache; 2-core "
                                "Zen 4): pays off past ~850 steps (CommonsenseQA RD at 20 epochs: 1960), a loss on "
-                               "short runs; (D) speed")
+                               "short runs; for bf16 (on a CPU an fp32 step measured 0.92x: slower); (D) speed")
     save_total_limit: int = opt(1, "checkpoints kept while training; (D)")
     logging_steps: int = opt(10, "optimizer steps between loss log lines; (D)")
     report_to: str = opt("none", "Trainer loggers: none | tensorboard | wandb, mlflow, ... (comma-separated); "

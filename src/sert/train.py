@@ -769,6 +769,9 @@ def _make_trainer(model, tok, feats: list[dict], cfg: TrainConfig, out: Path, de
     if _is_main():
         log.info(f"train: attention {attention}")
     if cfg.compile:
+        if not cuda and prec[0] == "fp32" and _is_main():
+            log.warning("train.compile: an fp32 step on a CPU measured 0.92x compiled (docs/performance.md); "
+                        "it pays off in bf16")
         compile_decoder(model)
     report_to, report_cbs = _reporting(cfg.report_to, out / "logs")
     args = _training_args(cfg, out / "checkpoints", plan, prec[0], cuda, len(feats), report_to)
