@@ -509,3 +509,9 @@ def test_compiled_training_follows_eager_and_saves_plain_names(tiny, sqa_self_re
     assert TrainConfig().compile is False
     pairs = build_pairs("self", sqa_self_records)
     assert _fingerprint("m", "self", pairs, _cfg(compile=True)) == _fingerprint("m", "self", pairs, _cfg())
+    from sert.config import RunConfig
+    from sert.pipeline import config_hash
+
+    run = RunConfig()
+    run.train.compile = True
+    assert config_hash(run) == config_hash(RunConfig())  # a run directory resumes with it switched on

@@ -58,7 +58,7 @@ from .models import check_model
 from .report import write_report
 from .tasks import get_task
 from .teach import resolve_teacher, run_teach
-from .train import check_report_to, longest_training_completion, run_train
+from .train import OPERATIONAL as TRAIN_OPERATIONAL, check_report_to, longest_training_completion, run_train
 from .version import __version__
 from .log import get as _get_logger
 
@@ -68,9 +68,8 @@ log = _get_logger(__name__)
 # may be resumed with other values (e.g. on another device, with smaller batches for generation,
 # or with arms added).
 OPERATIONAL_KEYS = {"out", "arms", "device", "mine.batch_questions", "eval.batch_size", "eval.decoder",
-                    "eval.draft_tokens", "train.logging_steps", "train.save_total_limit",
-                    "train.head_on_labels", "train.attention",
-                    "teach.concurrency", "teach.max_retries", "teach.timeout", "train.report_to",
+                    "eval.draft_tokens", *(f"train.{k}" for k in TRAIN_OPERATIONAL),
+                    "teach.concurrency", "teach.max_retries", "teach.timeout",
                     # the Fig. 4 judge stage reads the filter sets and changes nothing the arms compute
                     "judge.enabled", "judge.model", "judge.base_url", "judge.sample", "judge.seed",
                     # Keys a run may change and still be the same run: the stages they affect record what

@@ -429,10 +429,15 @@ def _trainer_classes():
 
 
 # ------------------------------------------------------------------ running
+# TrainConfig keys that change how a training runs or is logged, not what it learns: the training
+# fingerprint leaves them out and a pipeline run counts them as operational (pipeline.OPERATIONAL_KEYS),
+# so both a training and a run directory resume across them.
+OPERATIONAL = ("logging_steps", "save_total_limit", "report_to", "head_on_labels", "attention", "compile")
+
+
 def _fingerprint(model_name: str, stage: str, pairs: list[dict], cfg: TrainConfig) -> str:
     h = hashlib.sha256()
-    skip = {"logging_steps", "save_total_limit", "report_to", "curve_arms",  # do not change what is learned
-            "head_on_labels", "attention", "compile"}
+    skip = {*OPERATIONAL, "curve_arms"}  # curve_arms: which epoch snapshots are evaluated, not what is learned
     # keys added later, at the value they stand for when absent: older runs keep their fingerprint
     skip |= {k for k, v in (("self_weight", 1.0), ("eval_epochs", None)) if getattr(cfg, k) in (v, [])}
     if cfg.max_grad_norm == 1.0:  # made explicit later at the value it always had: old runs keep their fingerprint
@@ -713,8 +718,7 @@ def _train(model_name, pairs, source, stage, cfg: TrainConfig, out: Path, resume
         return final
 
     curve, metrics = _loss_metrics(trainer, result, wall, useful, padded)
-    clock = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "StepClock"), None)
-    metrics.update(steady_rate(clock))
+    metrics.update(steady_rate(trainer.step_clock))
     settings = {"stage": stage, "data": source, "examples": len(feats), "truncated": truncated,
                 "precision": prec[0], "precision_reason": prec[1], **plan,
                 **{k: v for k, v in to_dict(cfg).items() if k not in ("logging_steps", "save_total_limit")}}
@@ -781,8 +785,9 @@ def _make_trainer(model, tok, feats: list[dict], cfg: TrainConfig, out: Path, de
     cls = SertTrainer if cfg.use_weights or cfg.head_on_labels else Trainer
     snaps = [_epoch_snapshots(out, cfg, tok, info)] if cfg.eval_epochs else []
     trainer = cls(model=model, args=args, data_collator=collator, train_dataset=feats, processing_class=tok,
-                  callbacks=[*_callbacks(), step_clock(), *report_cbs, *snaps])
+                  callbacks=[*_callbacks(), clock := step_clock(), *report_cbs, *snaps])
     trainer.head_on_labels = bool(cfg.head_on_labels)
+    trainer.step_clock = clock
     _quiet_trainer_logs(trainer)
     return trainer, collator, plan
 
@@ -798,41 +803,32 @@ def compile_decoder(model) -> None:
         log.info(f"train: torch.compile on {type(target).__name__} (dynamic shapes); the first step compiles")
 
 
-def _step_clock_class():
+def step_clock():
+    """A Trainer callback that notes the wall time and the tokens seen (the Trainer's non-padding count)
+    at the start of training, at the end of this session's first optimizer step and at the last one:
+    the steady rate after a compile or a warm-up (:func:`steady_rate`)."""
     from transformers import TrainerCallback
 
     class StepClock(TrainerCallback):
-        """Wall time and tokens seen (the Trainer's non-padding count) at the end of this session's first
-        optimizer step and at the end of training: the steady rate after a compile or a warm-up
-        (:func:`steady_rate`)."""
-
         def on_train_begin(self, args, state, control, **kw):
-            self.start = (time.time(), state.num_input_tokens_seen, state.global_step)
-            self.first = self.end = None
+            self.start, self.first, self.end = time.time(), None, None
 
         def on_step_end(self, args, state, control, **kw):
-            mark = (time.time(), state.num_input_tokens_seen, state.global_step)
-            if self.first is None:
-                self.first = mark
-            self.end = mark
+            self.end = (time.time(), state.num_input_tokens_seen, state.global_step)
+            self.first = self.first or self.end
 
-    return StepClock
-
-
-def step_clock():
-    """A :class:`StepClock` callback (its class is built on first use: transformers imports lazily)."""
-    return _step_clock_class()()
+    return StepClock()
 
 
 def steady_rate(clock) -> dict:
     """Seconds of this session's first step and useful tokens/s over the steps after it, from a
-    :class:`StepClock` (the same keys always; None where fewer than two steps ran in this session or
+    :func:`step_clock` (the same keys always; None where fewer than two steps ran in this session or
     the Trainer counted no tokens)."""
     out = {"first_step_s": None, "steps_after_first": 0, "useful_tokens_per_s_after_first_step": None}
     if getattr(clock, "first", None) is None:
         return out
-    (t0, _, _), (t1, n1, s1), (t2, n2, s2) = clock.start, clock.first, clock.end
-    out.update(first_step_s=round(t1 - t0, 1), steps_after_first=s2 - s1)
+    (t1, n1, s1), (t2, n2, s2) = clock.first, clock.end
+    out.update(first_step_s=round(t1 - clock.start, 1), steps_after_first=s2 - s1)
     if n2 > n1 and t2 > t1:
         out["useful_tokens_per_s_after_first_step"] = round((n2 - n1) / (t2 - t1), 1)
     return out
@@ -1005,7 +1001,7 @@ def _training_args(cfg: TrainConfig, ckpt_dir: Path, plan: dict, precision: str,
         version_kw["train_sampling_strategy"] = "group_by_length" if cfg.group_by_length else "random"
     else:
         version_kw["group_by_length"] = cfg.group_by_length
-    if "include_num_input_tokens_seen" in known:  # for StepClock's steady rate
+    if "include_num_input_tokens_seen" in known:  # for step_clock's steady rate
         version_kw["include_num_input_tokens_seen"] = "non_padding"
     if "warmup_ratio" in known:
         version_kw["warmup_ratio"] = cfg.warmup_ratio
